@@ -1,0 +1,494 @@
+//! The host-settings guard. Every global setting the suite changes (sysfs and
+//! procfs knobs, a swap file, a mount, a scratch directory) is written to a
+//! journal *before* it changes, and put back on normal exit, on a caught
+//! signal, on panic (Drop), and after SIGKILL by replaying the journal
+//! (`cowgup restore`, or the next run, which does that first).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A host setting: write `value` to `path`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Knob {
+    pub path: PathBuf,
+    pub value: String,
+}
+
+impl Knob {
+    pub fn new(path: impl Into<PathBuf>, value: impl Into<String>) -> Self {
+        Knob {
+            path: path.into(),
+            value: value.into(),
+        }
+    }
+
+    /// Whether the host already has this setting (so nothing needs to change).
+    pub fn holds(&self) -> bool {
+        read_knob(&self.path).is_ok_and(|v| v == self.value)
+    }
+}
+
+/// The value of a knob as it would be written back: the bracketed choice for
+/// selector files like `always [madvise] never`, the trimmed content otherwise.
+pub fn read_knob(path: &Path) -> io::Result<String> {
+    let raw = fs::read_to_string(path)?;
+    Ok(selected_value(&raw))
+}
+
+pub fn selected_value(raw: &str) -> String {
+    if let (Some(open), Some(close)) = (raw.find('['), raw.find(']')) {
+        if open < close {
+            return raw[open + 1..close].to_string();
+        }
+    }
+    raw.trim().to_string()
+}
+
+fn write_knob(path: &Path, value: &str) -> io::Result<()> {
+    // O_TRUNC as a shell's `>` does: sysfs ignores it, plain files need it.
+    let mut f = OpenOptions::new().write(true).truncate(true).open(path)?;
+    f.write_all(value.as_bytes()).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("writing {value:?} to {}: {e}", path.display()),
+        )
+    })
+}
+
+/// Write and wait until the kernel reports the value back: hugetlb pools, for
+/// one, shrink asynchronously.
+fn write_knob_settled(path: &Path, value: &str) -> io::Result<()> {
+    write_knob(path, value)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = read_knob(path)?;
+        if now == value {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::other(format!(
+                "{} reads {now:?} after writing {value:?}",
+                path.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Entry {
+    Knob { path: PathBuf, original: String },
+    Swapfile(PathBuf),
+    Mount(PathBuf),
+    ScratchDir(PathBuf),
+}
+
+impl Entry {
+    fn to_line(&self) -> String {
+        match self {
+            Entry::Knob { path, original } => format!("knob\t{}\t{}", path.display(), original),
+            Entry::Swapfile(p) => format!("swapfile\t{}", p.display()),
+            Entry::Mount(p) => format!("mount\t{}", p.display()),
+            Entry::ScratchDir(p) => format!("scratch\t{}", p.display()),
+        }
+    }
+
+    fn parse(line: &str) -> Option<Entry> {
+        let mut it = line.splitn(3, '\t');
+        match (it.next()?, it.next()?, it.next()) {
+            ("knob", p, Some(orig)) => Some(Entry::Knob {
+                path: p.into(),
+                original: orig.to_string(),
+            }),
+            ("swapfile", p, None) => Some(Entry::Swapfile(p.into())),
+            ("mount", p, None) => Some(Entry::Mount(p.into())),
+            ("scratch", p, None) => Some(Entry::ScratchDir(p.into())),
+            _ => None,
+        }
+    }
+
+    /// Put this one change back. Idempotent: replaying a journal twice is safe.
+    fn undo(&self) -> Result<Option<String>, String> {
+        match self {
+            Entry::Knob { path, original } => match read_knob(path) {
+                Ok(now) if now == *original => Ok(None),
+                Ok(now) => write_knob_settled(path, original)
+                    .map(|_| Some(format!("{}: {now} -> {original}", path.display())))
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(format!("{}: {e}", path.display())),
+            },
+            Entry::Swapfile(p) => {
+                let mut did = Vec::new();
+                if swap_is_active(p) {
+                    swapoff(p).map_err(|e| format!("swapoff {}: {e}", p.display()))?;
+                    did.push("swapoff");
+                }
+                match fs::remove_file(p) {
+                    Ok(()) => did.push("removed"),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(format!("removing {}: {e}", p.display())),
+                }
+                Ok((!did.is_empty())
+                    .then(|| format!("swap file {}: {}", p.display(), did.join(", "))))
+            }
+            Entry::Mount(p) => {
+                if !is_mountpoint(p) {
+                    return Ok(None);
+                }
+                nix::mount::umount(p)
+                    .map(|_| Some(format!("unmounted {}", p.display())))
+                    .map_err(|e| format!("umount {}: {e}", p.display()))
+            }
+            Entry::ScratchDir(p) => match fs::remove_dir_all(p) {
+                Ok(()) => Ok(Some(format!("removed {}", p.display()))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(format!("removing {}: {e}", p.display())),
+            },
+        }
+    }
+}
+
+fn swap_is_active(p: &Path) -> bool {
+    let target = fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    fs::read_to_string("/proc/swaps")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .any(|name| Path::new(name) == target || Path::new(name) == p)
+}
+
+fn swapoff(p: &Path) -> io::Result<()> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // SAFETY: a valid C string.
+    if unsafe { libc::swapoff(c.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub fn is_mountpoint(p: &Path) -> bool {
+    let want = p.to_string_lossy();
+    fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .any(|m| m == want)
+}
+
+/// What a restore did and what it could not do.
+#[derive(Debug, Default)]
+pub struct RestoreReport {
+    pub changed: Vec<String>,
+    pub problems: Vec<String>,
+}
+
+impl RestoreReport {
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+fn undo_all(entries: &[Entry]) -> RestoreReport {
+    let mut report = RestoreReport::default();
+    for e in entries.iter().rev() {
+        match e.undo() {
+            Ok(Some(what)) => report.changed.push(what),
+            Ok(None) => {}
+            Err(problem) => report.problems.push(problem),
+        }
+    }
+    report
+}
+
+const JOURNAL: &str = "journal";
+const LOCK: &str = "lock";
+
+/// Holds the host for one run. Only one process may hold it at a time.
+pub struct HostGuard {
+    dir: PathBuf,
+    journal: File,
+    _lock: File,
+    entries: Vec<Entry>,
+    journaled_knobs: BTreeMap<PathBuf, String>,
+    held: BTreeSet<PathBuf>,
+    owner: u32,
+    restored: bool,
+}
+
+impl HostGuard {
+    /// Take the host. A journal left by a run that died (SIGKILL, power cut)
+    /// is replayed first; its report is returned so the caller can say so.
+    pub fn acquire(dir: &Path) -> io::Result<(HostGuard, Option<RestoreReport>)> {
+        let lock = lock_state_dir(dir)?;
+        let stale = replay_journal(dir)?;
+        let journal = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(dir.join(JOURNAL))?;
+        let guard = HostGuard {
+            dir: dir.to_path_buf(),
+            journal,
+            _lock: lock,
+            entries: Vec::new(),
+            journaled_knobs: BTreeMap::new(),
+            held: BTreeSet::new(),
+            owner: std::process::id(),
+            restored: false,
+        };
+        Ok((guard, stale))
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn record(&mut self, entry: Entry) -> io::Result<()> {
+        writeln!(self.journal, "{}", entry.to_line())?;
+        self.journal.sync_data()?;
+        self.entries.push(entry);
+        Ok(())
+    }
+
+    /// Change a knob for the rest of the run (until restore).
+    pub fn set(&mut self, knob: &Knob) -> io::Result<()> {
+        let now = read_knob(&knob.path)?;
+        if now == knob.value {
+            return Ok(());
+        }
+        if !self.journaled_knobs.contains_key(&knob.path) {
+            self.record(Entry::Knob {
+                path: knob.path.clone(),
+                original: now.clone(),
+            })?;
+            self.journaled_knobs.insert(knob.path.clone(), now);
+        }
+        write_knob(&knob.path, &knob.value)
+    }
+
+    /// Make exactly these knobs hold on top of the host's own settings: knobs
+    /// held for an earlier trial and absent here go back to their originals.
+    pub fn hold(&mut self, knobs: &[Knob]) -> io::Result<()> {
+        let wanted: BTreeSet<PathBuf> = knobs.iter().map(|k| k.path.clone()).collect();
+        let release: Vec<PathBuf> = self.held.difference(&wanted).cloned().collect();
+        for path in release {
+            if let Some(original) = self.journaled_knobs.get(&path).cloned() {
+                write_knob(&path, &original)?;
+            }
+            self.held.remove(&path);
+        }
+        for k in knobs {
+            self.set(k)?;
+            self.held.insert(k.path.clone());
+        }
+        Ok(())
+    }
+
+    /// Create a swap file of `bytes` at `path` and swap on it.
+    pub fn add_swapfile(&mut self, path: &Path, bytes: u64) -> io::Result<()> {
+        self.record(Entry::Swapfile(path.to_path_buf()))?;
+        make_swapfile(path, bytes)?;
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(io::Error::other)?;
+        // SAFETY: a valid C string; flags 0.
+        if unsafe { libc::swapon(c.as_ptr(), 0) } != 0 {
+            let e = io::Error::last_os_error();
+            let _ = fs::remove_file(path);
+            return Err(io::Error::new(
+                e.kind(),
+                format!("swapon {}: {e}", path.display()),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn mount(&mut self, fstype: &str, target: &Path) -> io::Result<()> {
+        self.record(Entry::Mount(target.to_path_buf()))?;
+        nix::mount::mount(
+            Some(fstype),
+            target,
+            Some(fstype),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(io::Error::from)
+    }
+
+    /// A directory that is removed, with its contents, at restore.
+    pub fn scratch_dir(&mut self, path: &Path) -> io::Result<()> {
+        self.record(Entry::ScratchDir(path.to_path_buf()))?;
+        fs::create_dir_all(path)
+    }
+
+    /// Put everything back. The journal is removed only when all went well, so
+    /// that `cowgup restore` can try again.
+    pub fn restore(&mut self) -> RestoreReport {
+        self.restored = true;
+        let report = undo_all(&self.entries);
+        if report.is_clean() {
+            let _ = fs::remove_file(self.dir.join(JOURNAL));
+        }
+        report
+    }
+}
+
+impl Drop for HostGuard {
+    fn drop(&mut self) {
+        // A forked trial process inherits the guard; only its owner restores.
+        if self.restored || std::process::id() != self.owner {
+            return;
+        }
+        let report = self.restore();
+        for p in &report.problems {
+            eprintln!("cowgup: could not restore: {p}");
+        }
+    }
+}
+
+fn lock_state_dir(dir: &Path) -> io::Result<File> {
+    fs::create_dir_all(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    let mut lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(dir.join(LOCK))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut holder = String::new();
+        let _ = lock.read_to_string(&mut holder);
+        return Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "another cowgup (pid {}) is changing this host's settings (lock {})",
+                holder.trim(),
+                dir.join(LOCK).display()
+            ),
+        ));
+    }
+    lock.set_len(0)?;
+    write!(lock, "{}", std::process::id())?;
+    Ok(lock)
+}
+
+fn replay_journal(dir: &Path) -> io::Result<Option<RestoreReport>> {
+    let path = dir.join(JOURNAL);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let entries: Vec<Entry> = text.lines().filter_map(Entry::parse).collect();
+    let mut report = undo_all(&entries);
+    let unknown = text
+        .lines()
+        .filter(|l| !l.is_empty() && Entry::parse(l).is_none())
+        .count();
+    if unknown > 0 {
+        report.problems.push(format!(
+            "{unknown} journal line(s) in {} not understood",
+            path.display()
+        ));
+    }
+    if report.is_clean() {
+        fs::remove_file(&path)?;
+    }
+    Ok(Some(report))
+}
+
+/// `cowgup restore`: replay the journal a killed run left behind.
+pub fn restore_from_journal(dir: &Path) -> io::Result<Option<RestoreReport>> {
+    let _lock = lock_state_dir(dir)?;
+    replay_journal(dir)
+}
+
+/// A swap file as mkswap(8) writes one: version-1 header in the first page,
+/// the "SWAPSPACE2" signature at its end.
+fn make_swapfile(path: &Path, bytes: u64) -> io::Result<()> {
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64;
+    let pages = bytes / page;
+    if pages < 10 {
+        return Err(io::Error::other("swap file too small"));
+    }
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    nix::fcntl::fallocate(
+        &f,
+        nix::fcntl::FallocateFlags::empty(),
+        0,
+        (pages * page) as i64,
+    )?;
+    let mut header = vec![0u8; page as usize];
+    header[1024..1028].copy_from_slice(&1u32.to_ne_bytes()); // version
+    header[1028..1032].copy_from_slice(&((pages - 1) as u32).to_ne_bytes()); // last_page
+    let sig = b"SWAPSPACE2";
+    header[page as usize - sig.len()..].copy_from_slice(sig);
+    f.write_all(&header)?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selector_files_read_as_their_choice() {
+        assert_eq!(selected_value("always [madvise] never\n"), "madvise");
+        assert_eq!(selected_value("0\n"), "0");
+        assert_eq!(selected_value("[never] always"), "never");
+    }
+
+    #[test]
+    fn journal_lines_round_trip() {
+        for e in [
+            Entry::Knob {
+                path: "/sys/x/enabled".into(),
+                original: "madvise".into(),
+            },
+            Entry::Swapfile("/var/tmp/cowgup/swapfile".into()),
+            Entry::Mount("/sys/kernel/debug".into()),
+            Entry::ScratchDir("/var/tmp/cowgup/ext4".into()),
+        ] {
+            assert_eq!(Entry::parse(&e.to_line()), Some(e));
+        }
+        assert_eq!(Entry::parse("garbage"), None);
+    }
+
+    #[test]
+    fn guard_restores_plain_files_it_changed_and_replays_a_journal() {
+        let dir = std::env::temp_dir().join(format!("cowgup-guard-unit-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let knob_file = dir.join("knob");
+        fs::write(&knob_file, "always [madvise] never\n").unwrap();
+        let state = dir.join("state");
+        {
+            let (mut g, stale) = HostGuard::acquire(&state).unwrap();
+            assert!(stale.is_none());
+            g.set(&Knob::new(&knob_file, "never")).unwrap();
+            assert_eq!(fs::read_to_string(&knob_file).unwrap(), "never");
+            // Simulate SIGKILL: the guard never runs its restore.
+            g.restored = true;
+        }
+        assert!(state.join(JOURNAL).exists());
+        let report = restore_from_journal(&state).unwrap().unwrap();
+        assert!(report.is_clean(), "{report:?}");
+        assert_eq!(fs::read_to_string(&knob_file).unwrap(), "madvise");
+        assert!(!state.join(JOURNAL).exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

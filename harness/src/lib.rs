@@ -1,0 +1,16 @@
+//! The trial runner. It knows how to run a named piece of work in its own
+//! process, under a time limit, while holding a set of host settings, and how
+//! to put the host back afterwards. It knows nothing about memory management:
+//! the catalogue in `tests/` and the backings in `fixtures/` give it meaning.
+
+pub mod guard;
+pub mod outcome;
+pub mod probe;
+pub mod runner;
+pub mod signals;
+pub mod trial;
+
+pub use guard::{HostGuard, Knob};
+pub use outcome::{Outcome, OutcomeKind, Totals, TrialReport};
+pub use runner::{diag, run_trial, RunOptions, Stop};
+pub use trial::Trial;
