@@ -1,0 +1,80 @@
+//! `cargo test` runs the whole catalogue here, through libtest-mimic: the
+//! usual filters (`cargo test -- vmsplice`, `--exact`, `--skip`, `--list`)
+//! work, and so does `cargo nextest run`. Every trial still runs in its own
+//! process; libtest runs them one at a time on the main thread because they
+//! share global host settings and because the runner forks.
+
+use std::sync::{Arc, Mutex};
+
+use cowgup_harness::probe::Capabilities;
+use cowgup_harness::Outcome;
+use cowgup_tests::session::{Options, Session};
+use cowgup_tests::{cow_catalogue, Selection};
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+
+fn main() {
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    let caps = Capabilities::probe();
+    let scenarios = cow_catalogue(&caps);
+    let selection = Selection {
+        filters: args.filter.iter().cloned().collect(),
+        exact: args.exact,
+        skip: args.skip.clone(),
+    };
+    let selected: Vec<_> = scenarios
+        .iter()
+        .filter(|s| selection.selects(&s.name))
+        .collect();
+    let session = if args.list {
+        None
+    } else {
+        match Session::start(&Options::default(), &selected) {
+            Ok(s) => Some(Arc::new(Mutex::new(s))),
+            Err(e) => {
+                eprintln!("cowgup: {e}");
+                std::process::exit(1);
+            }
+        }
+    };
+    if let Some(s) = &session {
+        for line in &s.lock().unwrap().log {
+            println!("cowgup: {line}");
+        }
+    }
+    let trials = scenarios
+        .iter()
+        .map(|scenario| {
+            let session = session.clone();
+            let scenario = scenario.clone();
+            Trial::ignorable_test(scenario.name.clone(), move || {
+                let session = session.expect("trials only run when not listing");
+                let mut s = session.lock().unwrap();
+                let trial = s.trial(&scenario);
+                let report = match s.run(&trial) {
+                    Ok(r) => r,
+                    Err(stop) => s.abort(stop),
+                };
+                let detail = || report.diagnostics.join("\n");
+                match &report.outcome {
+                    Outcome::Pass => Ok(Completion::Completed),
+                    Outcome::Xfail(_) => Ok(Completion::Completed),
+                    Outcome::Skip(reason) => Ok(Completion::ignored_with(reason)),
+                    other => Err(Failed::from(format!("{other}\n{}", detail()))),
+                }
+            })
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    if let Some(s) = session {
+        if let Some(r) = s.lock().unwrap().finish() {
+            for p in &r.problems {
+                eprintln!("cowgup: could not restore: {p}");
+            }
+            if !r.is_clean() {
+                std::process::exit(1);
+            }
+        }
+    }
+    conclusion.exit()
+}

@@ -1,0 +1,106 @@
+//! cow.c's anonymous THP cases (`anon_thp_test_cases[]`): COW must survive
+//! MADV_COLLAPSE of a PTE-mapped THP that is (partly) shared with a child.
+//! They always run on one PMD-sized THP, and their names have no suffix.
+
+use cowgup_fixtures::anon::{pte_map, AnonMemory};
+use cowgup_fixtures::evidence;
+use cowgup_fixtures::pagemap;
+use cowgup_fixtures::stamp::Writer;
+use cowgup_fixtures::{fail, skip, Step};
+use nix::sys::mman::MmapAdvise;
+
+use crate::common::Checker;
+use crate::expectations::Observed;
+
+#[derive(Clone, Copy, Debug)]
+pub enum Collapse {
+    BeforeFork,
+    AfterForkFullyShared,
+    AfterForkLowerShared,
+    AfterForkUpperShared,
+}
+
+pub struct ThpCase {
+    pub desc: &'static str,
+    pub collapse: Collapse,
+}
+
+pub const CASES: [ThpCase; 4] = [
+    ThpCase {
+        desc: "Basic COW after fork() when collapsing before fork()",
+        collapse: Collapse::BeforeFork,
+    },
+    ThpCase {
+        desc: "Basic COW after fork() when collapsing after fork() (fully shared)",
+        collapse: Collapse::AfterForkFullyShared,
+    },
+    ThpCase {
+        desc: "Basic COW after fork() when collapsing after fork() (lower shared)",
+        collapse: Collapse::AfterForkLowerShared,
+    },
+    ThpCase {
+        desc: "Basic COW after fork() when collapsing after fork() (upper shared)",
+        collapse: Collapse::AfterForkUpperShared,
+    },
+];
+
+fn collapse(m: &AnonMemory) -> Step<()> {
+    m.region
+        .madvise_raw(libc::MADV_COLLAPSE)
+        .or_else(|e| skip(format!("MADV_COLLAPSE failed: {e}")))
+}
+
+pub fn run(case: &ThpCase, m: &AnonMemory) -> Step<Observed> {
+    let size = m.region.len;
+    let (lower, upper) = (m.region.sub(0, size / 2), m.region.sub(size / 2, size / 2));
+    pte_map(m.region)?;
+    // The half the child keeps (the other is MADV_DONTFORK'ed away from it).
+    let (shared, not_shared) = match case.collapse {
+        Collapse::BeforeFork | Collapse::AfterForkFullyShared => (m.region, None),
+        Collapse::AfterForkLowerShared => (lower, Some(upper)),
+        Collapse::AfterForkUpperShared => (upper, Some(lower)),
+    };
+    if matches!(case.collapse, Collapse::BeforeFork) {
+        collapse(m)?;
+    }
+    if let Some(r) = not_shared {
+        r.madvise(MmapAdvise::MADV_DONTFORK, "MADV_DONTFORK")?;
+    }
+    let checker = match Checker::fork(shared, m.pattern)? {
+        Ok(c) => c,
+        Err(observed) => return Ok(observed),
+    };
+    if not_shared.is_some() {
+        m.region.madvise(MmapAdvise::MADV_DOFORK, "MADV_DOFORK")?;
+    }
+    if !matches!(case.collapse, Collapse::BeforeFork) {
+        collapse(m)?;
+    }
+    let head = pagemap::entry(m.region.addr).or_else(fail)?;
+    if let Some(f) = head.pfn().and_then(pagemap::kflags) {
+        cowgup_harness::diag(format!(
+            "after MADV_COLLAPSE the first page is {}",
+            pagemap::describe_flags(f)
+        ));
+    }
+    m.pattern.stamp(m.region, Writer::Parent);
+    let parent = pagemap::read(shared, m.pattern.unit).or_else(fail)?;
+    let child = checker.finish()?;
+    let sharing = evidence::compare(
+        "parent vs child after the parent's write",
+        "parent",
+        &parent,
+        "child",
+        &child.ptes,
+    );
+    evidence::agree(
+        &sharing,
+        &child.data,
+        true,
+        "parent and child still share the page",
+    )?;
+    Ok(match child.data {
+        Ok(()) => Observed::Clean,
+        Err(mm) => Observed::Leak(format!("Leak from parent into child: {mm}")),
+    })
+}

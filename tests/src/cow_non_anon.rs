@@ -1,0 +1,75 @@
+//! cow.c's non-anonymous cases (`non_anon_test_cases[]`): a private mapping
+//! of a zeropage or of file data must COW away from the other view, and a
+//! R/O long-term pin on it must stay reliable.
+
+use cowgup_fixtures::evidence;
+use cowgup_fixtures::needs::Need;
+use cowgup_fixtures::non_anon::NonAnonMemory;
+use cowgup_fixtures::pagemap;
+use cowgup_fixtures::pin::GupTest;
+use cowgup_fixtures::stamp::Writer;
+use cowgup_fixtures::{fail, Step};
+
+use crate::cow_anon::ro_pin_and_check;
+use crate::expectations::{Mechanism, Observed};
+
+pub struct NonAnonCase {
+    pub desc: &'static str,
+    pub mechanism: Mechanism,
+    pub needs: &'static [Need],
+    pub run: fn(&NonAnonMemory) -> Step<Observed>,
+}
+
+pub const CASES: [NonAnonCase; 3] = [
+    NonAnonCase {
+        desc: "Basic COW",
+        mechanism: Mechanism::Fork,
+        needs: &[],
+        run: basic_cow,
+    },
+    NonAnonCase {
+        desc: "R/O longterm GUP pin",
+        mechanism: Mechanism::RoPin,
+        needs: &[Need::GupTest],
+        run: |m| ro_pin(m, false),
+    },
+    NonAnonCase {
+        desc: "R/O longterm GUP-fast pin",
+        mechanism: Mechanism::RoPin,
+        needs: &[Need::GupTest],
+        run: |m| ro_pin(m, true),
+    },
+];
+
+/// Writing the private mapping must not change the other view.
+fn basic_cow(m: &NonAnonMemory) -> Step<Observed> {
+    if let Err(mm) = m.pattern.check(m.smem, Writer::Nobody) {
+        return fail(format!("the other mapping does not start out zeroed: {mm}"));
+    }
+    m.pattern.stamp(m.mem, Writer::Parent);
+    let data = m.pattern.check(m.smem, Writer::Nobody);
+    let mem = pagemap::read(m.mem, m.pattern.unit).or_else(fail)?;
+    let smem = pagemap::read(m.smem, m.pattern.unit).or_else(fail)?;
+    let sharing = evidence::compare(
+        "written private mapping vs other mapping",
+        "other",
+        &smem,
+        "private",
+        &mem,
+    );
+    evidence::agree(
+        &sharing,
+        &data,
+        true,
+        "the write landed in the page the other mapping shows",
+    )?;
+    Ok(match data {
+        Ok(()) => Observed::Clean,
+        Err(mm) => Observed::Leak(format!("Other mapping modified: {mm}")),
+    })
+}
+
+fn ro_pin(m: &NonAnonMemory, fast: bool) -> Step<Observed> {
+    let gup = GupTest::open()?;
+    ro_pin_and_check(&gup, m.mem, m.pattern, fast)
+}

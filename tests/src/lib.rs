@@ -1,0 +1,266 @@
+//! The scenario catalogue, written once and used by `cargo test`, `cowgup`
+//! and the drop-in binaries. Like cow.c it is tables crossed with backings:
+//!
+//! | family          | cases                       | backings                          |
+//! |-----------------|-----------------------------|-----------------------------------|
+//! | `cow_anon`      | `cow_anon::CASES` (14)      | `fixtures::anon::AnonBacking::all` |
+//! | `cow_anon_thp`  | `cow_anon_thp::CASES` (4)   | one PMD THP                       |
+//! | `cow_non_anon`  | `cow_non_anon::CASES` (3)   | `fixtures::non_anon::NonAnonBacking::all` |
+//!
+//! A trial's name is derived, never typed: `<case> ... with <backing>`.
+
+pub mod common;
+pub mod cow_anon;
+pub mod cow_anon_thp;
+pub mod cow_non_anon;
+pub mod expectations;
+pub mod session;
+
+use std::sync::Arc;
+
+use cowgup_fixtures::anon::{AnonBacking, ThpShape};
+use cowgup_fixtures::needs::{first_unmet, Need};
+use cowgup_fixtures::non_anon::NonAnonBacking;
+use cowgup_harness::probe::Capabilities;
+use cowgup_harness::{Knob, Outcome, Trial};
+
+use expectations::{judge, MemoryClass};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    CowAnon,
+    CowAnonThp,
+    CowNonAnon,
+}
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::CowAnon => "cow: anonymous memory",
+            Family::CowAnonThp => "cow: anonymous THP collapse",
+            Family::CowNonAnon => "cow: non-anonymous memory",
+        }
+    }
+}
+
+/// A catalogue entry: a trial plus what it needs from the host.
+#[derive(Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub family: Family,
+    /// The backing group (for reports and benchmarks).
+    pub group: String,
+    pub needs: Vec<Need>,
+    pub knobs: Vec<Knob>,
+    pub body: Arc<dyn Fn() -> Outcome + Send + Sync>,
+}
+
+impl Scenario {
+    /// The runnable trial, skipped up front if the probed host cannot meet a need.
+    pub fn trial(&self, caps: &Capabilities) -> Trial {
+        let body = self.body.clone();
+        let mut t = Trial::new(self.name.clone(), move || body()).with_knobs(self.knobs.clone());
+        t.skip = first_unmet(&self.needs, caps);
+        t
+    }
+}
+
+fn outcome(step: cowgup_fixtures::Step<Outcome>) -> Outcome {
+    step.unwrap_or_else(|o| o)
+}
+
+/// Every cow trial for this kernel, in cow.c's order.
+pub fn cow_catalogue(caps: &Capabilities) -> Vec<Scenario> {
+    let hugetlb: Vec<usize> = caps.hugetlb.iter().map(|p| p.size).collect();
+    let anon = AnonBacking::all(&caps.thp_sizes, caps.pmd_size, &hugetlb);
+    let mut out = Vec::new();
+    for case in &cow_anon::CASES {
+        for &backing in &anon {
+            let memory = if backing.is_hugetlb() {
+                MemoryClass::AnonHugetlb
+            } else {
+                MemoryClass::Anon
+            };
+            let mechanism = case.mechanism;
+            let run = case.run;
+            out.push(Scenario {
+                name: format!("{} ... with {}", case.desc, backing.suffix()),
+                family: Family::CowAnon,
+                group: backing.group(),
+                needs: backing
+                    .needs()
+                    .into_iter()
+                    .chain(case.needs.iter().copied())
+                    .collect(),
+                knobs: backing.knobs(caps.pmd_size),
+                body: Arc::new(move || {
+                    outcome(
+                        backing
+                            .setup()
+                            .and_then(|m| run(&m))
+                            .map(|o| judge(mechanism, memory, o)),
+                    )
+                }),
+            });
+        }
+    }
+    if let Some(pmd) = caps.pmd_size {
+        let backing = AnonBacking::Thp {
+            shape: ThpShape::Pmd,
+            size: pmd,
+        };
+        for (i, case) in cow_anon_thp::CASES.iter().enumerate() {
+            out.push(Scenario {
+                name: case.desc.to_string(),
+                family: Family::CowAnonThp,
+                group: backing.group(),
+                needs: backing.needs(),
+                knobs: backing.knobs(caps.pmd_size),
+                body: Arc::new(move || {
+                    let case = &cow_anon_thp::CASES[i];
+                    outcome(
+                        backing
+                            .setup()
+                            .and_then(|m| cow_anon_thp::run(case, &m))
+                            .map(|o| {
+                                judge(expectations::Mechanism::Collapse, MemoryClass::Anon, o)
+                            }),
+                    )
+                }),
+            });
+        }
+    }
+    for case in &cow_non_anon::CASES {
+        for backing in NonAnonBacking::all(caps.pmd_size, &hugetlb) {
+            let mechanism = case.mechanism;
+            let run = case.run;
+            let knobs = match (backing, caps.pmd_size) {
+                (NonAnonBacking::HugeZeropage, Some(pmd)) => {
+                    cowgup_fixtures::thp::pmd_inherits(pmd)
+                }
+                _ => vec![],
+            };
+            out.push(Scenario {
+                name: format!("{} ... with {}", case.desc, backing.suffix()),
+                family: Family::CowNonAnon,
+                group: backing.group(),
+                needs: backing
+                    .needs()
+                    .into_iter()
+                    .chain(case.needs.iter().copied())
+                    .collect(),
+                knobs,
+                body: Arc::new(move || {
+                    outcome(
+                        backing
+                            .setup()
+                            .and_then(|m| run(&m))
+                            .map(|o| judge(mechanism, MemoryClass::NonAnon, o)),
+                    )
+                }),
+            });
+        }
+    }
+    out
+}
+
+/// libtest's selection rules: a name is run if it contains any filter (or
+/// equals one, with `exact`), and contains no skip pattern.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    pub filters: Vec<String>,
+    pub exact: bool,
+    pub skip: Vec<String>,
+}
+
+impl Selection {
+    pub fn selects(&self, name: &str) -> bool {
+        let matches = |f: &String| {
+            if self.exact {
+                name == f
+            } else {
+                name.contains(f.as_str())
+            }
+        };
+        (self.filters.is_empty() || self.filters.iter().any(matches))
+            && !self.skip.iter().any(|s| {
+                if self.exact {
+                    name == s
+                } else {
+                    name.contains(s.as_str())
+                }
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cowgup_harness::probe::HugetlbPool;
+
+    /// The host the reference name lists were taken on: THP 16K..2M, hugetlb 2M + 1G.
+    fn reference_host() -> Capabilities {
+        let mut caps = Capabilities::probe();
+        caps.pmd_size = Some(2 << 20);
+        caps.thp_sizes = (14..=21).map(|s| 1usize << s).collect();
+        caps.hugetlb = [2 << 20, 1 << 30]
+            .map(|size| HugetlbPool {
+                size,
+                total: 0,
+                free: 0,
+            })
+            .to_vec();
+        caps
+    }
+
+    #[test]
+    fn cow_names_equal_upstreams_list_byte_for_byte() {
+        let expected = include_str!("../names-cow.txt");
+        let names: Vec<String> = cow_catalogue(&reference_host())
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        let want: Vec<&str> = expected.lines().collect();
+        assert_eq!(names.len(), 778);
+        for (i, (got, want)) in names.iter().zip(&want).enumerate() {
+            assert_eq!(got, want, "name #{}", i + 1);
+        }
+        assert_eq!(names.len(), want.len());
+    }
+
+    #[test]
+    fn plan_size_follows_cow_c_formula() {
+        // plan = A*(2 + H + 6T + 2pmd) + 4*pmd + 3*(3 + H + pmd)
+        for (t, h) in [(1usize, 1usize), (8, 2), (3, 0)] {
+            let mut caps = reference_host();
+            caps.thp_sizes = (22 - t..=21).map(|s| 1usize << s).collect();
+            caps.hugetlb.truncate(h);
+            let plan = 14 * (2 + h + 6 * t + 2) + 4 + 3 * (3 + h + 1);
+            assert_eq!(cow_catalogue(&caps).len(), plan, "T={t} H={h}");
+        }
+        let mut caps = reference_host();
+        caps.pmd_size = None;
+        caps.thp_sizes.clear();
+        caps.hugetlb.clear();
+        assert_eq!(cow_catalogue(&caps).len(), 14 * 2 + 3 * 3);
+    }
+
+    #[test]
+    fn selection_follows_libtest() {
+        let s = Selection {
+            filters: vec!["vmsplice".into()],
+            exact: false,
+            skip: vec!["hugetlb".into()],
+        };
+        assert!(s.selects("vmsplice() + unmap in child ... with base page"));
+        assert!(!s.selects("vmsplice() + unmap in child ... with hugetlb (2048 kB)"));
+        assert!(!s.selects("Basic COW ... with memfd"));
+        let exact = Selection {
+            filters: vec!["Basic COW ... with memfd".into()],
+            exact: true,
+            skip: vec![],
+        };
+        assert!(exact.selects("Basic COW ... with memfd"));
+        assert!(!exact.selects("Basic COW ... with memfd hugetlb (2048 kB)"));
+    }
+}

@@ -1,0 +1,136 @@
+//! One run against the host: probe, take the host guard, provision what the
+//! selected trials need, run them one by one, restore. Shared by `cargo test`,
+//! `cowgup run` and the drop-in binaries so they behave the same.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cowgup_fixtures::needs::{provision, Need};
+use cowgup_fixtures::Env;
+use cowgup_harness::guard::RestoreReport;
+use cowgup_harness::probe::Capabilities;
+use cowgup_harness::{run_trial, signals, HostGuard, RunOptions, Stop, Trial, TrialReport};
+
+use crate::Scenario;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Change host settings (hugetlb pools, swap, THP knobs, debugfs) for the
+    /// run and restore them after. Off: leave the host exactly alone.
+    pub provision: bool,
+    pub thorough: bool,
+    pub timeout: Duration,
+    pub state_dir: PathBuf,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            provision: true,
+            thorough: false,
+            timeout: Duration::from_secs(60),
+            state_dir: default_state_dir(),
+        }
+    }
+}
+
+/// Where the journal, lock and swap file live: `$COWGUP_STATE_DIR`, or
+/// /var/tmp/cowgup (on disk, so a swap file works and the journal survives
+/// the run that wrote it).
+pub fn default_state_dir() -> PathBuf {
+    std::env::var_os("COWGUP_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/cowgup"))
+}
+
+pub struct Session {
+    pub caps: Capabilities,
+    guard: Option<HostGuard>,
+    /// What the session did to the host, or why it did nothing, for the report header.
+    pub log: Vec<String>,
+    run_opts: RunOptions,
+}
+
+impl Session {
+    /// Probe and provision for these scenarios. Errors are one line, for the user.
+    pub fn start(opts: &Options, selected: &[&Scenario]) -> Result<Session, String> {
+        signals::install();
+        let mut caps = Capabilities::probe();
+        let mut log = Vec::new();
+        let mut guard = None;
+        if !opts.provision {
+            log.push("provisioning off (--no-provision): host settings left alone".into());
+        } else if !caps.is_root() {
+            log.push(format!(
+                "not root (euid {}): host settings left alone; trials that need them skip",
+                caps.euid
+            ));
+        } else {
+            let (mut g, stale) = HostGuard::acquire(&opts.state_dir).map_err(|e| {
+                format!(
+                    "cannot take the host guard in {}: {e}",
+                    opts.state_dir.display()
+                )
+            })?;
+            if let Some(report) = stale {
+                log.push(format!(
+                    "restored settings left by an earlier run that did not finish: {}",
+                    if report.changed.is_empty() {
+                        "nothing needed changing".into()
+                    } else {
+                        report.changed.join("; ")
+                    }
+                ));
+                for p in report.problems {
+                    log.push(format!("could not restore: {p}"));
+                }
+            }
+            let needs: Vec<Need> = selected
+                .iter()
+                .flat_map(|s| s.needs.iter().copied())
+                .collect();
+            log.extend(provision(&needs, &caps, &mut g));
+            caps = Capabilities::probe();
+            guard = Some(g);
+        }
+        cowgup_fixtures::init_env(Env {
+            page_size: caps.page_size,
+            pmd_size: caps.pmd_size,
+            thorough: opts.thorough,
+            pfns_visible: caps.cap_sys_admin,
+        });
+        Ok(Session {
+            caps,
+            guard,
+            log,
+            run_opts: RunOptions {
+                timeout: opts.timeout,
+            },
+        })
+    }
+
+    pub fn trial(&self, s: &Scenario) -> Trial {
+        s.trial(&self.caps)
+    }
+
+    pub fn run(&mut self, trial: &Trial) -> Result<TrialReport, Stop> {
+        run_trial(trial, self.guard.as_mut(), &self.run_opts)
+    }
+
+    /// Put the host back. Idempotent.
+    pub fn finish(&mut self) -> Option<RestoreReport> {
+        self.guard.take().map(|mut g| g.restore())
+    }
+
+    /// Restore and die of the signal that interrupted the run.
+    pub fn abort(&mut self, stop: Stop) -> ! {
+        let Stop::Interrupted(sig) = stop;
+        if let Some(r) = self.finish() {
+            for p in r.problems {
+                eprintln!("cowgup: could not restore: {p}");
+            }
+        }
+        eprintln!("cowgup: interrupted by {sig}; host settings restored");
+        signals::die_of(sig)
+    }
+}
