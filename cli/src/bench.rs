@@ -1,0 +1,133 @@
+//! `cowgup bench`: wall time per backing group and in total, over repeated
+//! runs of the same selection, optionally next to upstream's C `cow` run on
+//! the same provisioned host. Figures are printed, never asserted.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use cowgup_harness::OutcomeKind;
+use cowgup_tests::session::Session;
+use cowgup_tests::Scenario;
+
+use crate::{fatal, select, SelectArgs, SessionArgs};
+
+#[derive(Args, Clone, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    select: SelectArgs,
+    #[command(flatten)]
+    session: SessionArgs,
+    /// How many times to run the selection.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    repeat: u32,
+    /// Also time this upstream `cow` binary (run with no arguments, same host state).
+    #[arg(long, value_name = "PATH")]
+    against: Option<PathBuf>,
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+pub fn bench(args: &BenchArgs) -> ExitCode {
+    let (_, chosen) = match select(&args.select) {
+        Ok(x) => x,
+        Err(e) => return fatal(&e),
+    };
+    let refs: Vec<&Scenario> = chosen.iter().collect();
+    let mut session = match Session::start(&args.session.options(), &refs) {
+        Ok(s) => s,
+        Err(e) => return fatal(&e),
+    };
+    for line in &session.log {
+        println!("cowgup: {line}");
+    }
+    let trials: Vec<_> = chosen
+        .iter()
+        .map(|s| (s.group.clone(), session.trial(s)))
+        .collect();
+    let mut per_group: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
+    let mut executed: BTreeMap<String, usize> = BTreeMap::new();
+    let mut totals = Vec::new();
+    for round in 0..args.repeat {
+        let mut sums: BTreeMap<String, Duration> = BTreeMap::new();
+        let t0 = Instant::now();
+        for (group, trial) in &trials {
+            let r = match session.run(trial) {
+                Ok(r) => r,
+                Err(stop) => session.abort(stop),
+            };
+            *sums.entry(group.clone()).or_default() += r.duration;
+            if round == 0 && r.outcome.kind() != OutcomeKind::Skip {
+                *executed.entry(group.clone()).or_default() += 1;
+            }
+        }
+        totals.push(t0.elapsed());
+        for (g, d) in sums {
+            per_group.entry(g).or_default().push(d);
+        }
+    }
+    println!(
+        "{:<28} {:>8} {:>12} {:>12}",
+        "backing group", "executed", "median", "min"
+    );
+    for (g, v) in &per_group {
+        let min = *v.iter().min().expect("at least one round");
+        println!(
+            "{g:<28} {:>8} {:>9.1} ms {:>9.1} ms",
+            executed.get(g).copied().unwrap_or(0),
+            median(v.clone()).as_secs_f64() * 1e3,
+            min.as_secs_f64() * 1e3
+        );
+    }
+    let ours = median(totals.clone());
+    println!(
+        "{:<28} {:>8} {:>9.1} ms {:>9.1} ms   ({} runs, {} trials each)",
+        "total (cowgup)",
+        executed.values().sum::<usize>(),
+        ours.as_secs_f64() * 1e3,
+        totals
+            .iter()
+            .min()
+            .expect("at least one round")
+            .as_secs_f64()
+            * 1e3,
+        args.repeat,
+        trials.len()
+    );
+    if let Some(path) = &args.against {
+        let mut runs = Vec::new();
+        for _ in 0..args.repeat {
+            let t0 = Instant::now();
+            let status = Command::new(path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            match status {
+                Ok(_) => runs.push(t0.elapsed()),
+                Err(e) => {
+                    session.finish();
+                    return fatal(&format!("cannot run {}: {e}", path.display()));
+                }
+            }
+        }
+        let theirs = median(runs);
+        println!(
+            "{:<28} {:>8} {:>9.1} ms                ratio cowgup/C = {:.3}",
+            format!("total ({})", path.display()),
+            "-",
+            theirs.as_secs_f64() * 1e3,
+            ours.as_secs_f64() / theirs.as_secs_f64()
+        );
+    }
+    if let Some(r) = session.finish() {
+        for p in r.problems {
+            eprintln!("cowgup: could not restore: {p}");
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,273 @@
+//! The host comes back as it was, whatever happens to a run: SIGTERM in the
+//! middle, SIGKILL followed by `cowgup restore`. And a run without root, and
+//! bad input, change nothing and crash nothing. Runs one test at a time
+//! (harness = false): these tests own the host's global mm settings.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const COWGUP: &str = env!("CARGO_BIN_EXE_cowgup");
+
+/// Everything the suite may change, as text, for before/after comparison.
+fn host_state(state_dir: &Path) -> String {
+    let mut s = String::new();
+    let mut add = |p: &Path| {
+        if let Ok(v) = fs::read_to_string(p) {
+            s.push_str(&format!("{}: {}\n", p.display(), v.trim()));
+        }
+    };
+    let thp = Path::new("/sys/kernel/mm/transparent_hugepage");
+    add(&thp.join("enabled"));
+    let mut dirs: Vec<PathBuf> = fs::read_dir(thp)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    dirs.extend(
+        fs::read_dir("/sys/kernel/mm/hugepages")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path()),
+    );
+    dirs.sort();
+    for d in dirs {
+        add(&d.join("enabled"));
+        add(&d.join("nr_hugepages"));
+    }
+    add(Path::new("/proc/swaps"));
+    let debugfs = fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/kernel/debug"));
+    s.push_str(&format!("debugfs mounted: {debugfs}\n"));
+    let mut left: Vec<String> = fs::read_dir(state_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lock")
+        .collect();
+    left.sort();
+    s.push_str(&format!("left in state dir: {left:?}\n"));
+    s
+}
+
+fn state_dir(tag: &str) -> PathBuf {
+    let d = PathBuf::from(format!(
+        "/var/tmp/cowgup-host-safety-{tag}-{}",
+        std::process::id()
+    ));
+    let _ = fs::remove_dir_all(&d);
+    d
+}
+
+fn cowgup(state: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(COWGUP);
+    c.args(args)
+        .env("COWGUP_STATE_DIR", state)
+        .stdin(Stdio::null());
+    c
+}
+
+/// Wait until the run has journaled a change that needs restoring.
+fn wait_for_provisioning(state: &Path, child: &mut std::process::Child) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let journal = fs::read_to_string(state.join("journal")).unwrap_or_default();
+        if journal.contains("nr_hugepages") || journal.contains("hugepages-") {
+            return true;
+        }
+        if child.try_wait().ok().flatten().is_some() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    false
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn sigterm_mid_run_restores_the_host() -> Result<(), String> {
+    let state = state_dir("term");
+    let before = host_state(&state);
+    let mut child = cowgup(&state, &["run"])
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    if !wait_for_provisioning(&state, &mut child) {
+        return Err("the run never journaled a change".into());
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .map_err(|e| e.to_string())?;
+    let status = child.wait().map_err(|e| e.to_string())?;
+    use std::os::unix::process::ExitStatusExt;
+    if status.signal() != Some(libc::SIGTERM) && status.success() {
+        return Err(format!("run was not interrupted: {status:?}"));
+    }
+    let after = host_state(&state);
+    let _ = fs::remove_dir_all(&state);
+    (before == after)
+        .then_some(())
+        .ok_or_else(|| format!("host differs after SIGTERM:\nbefore:\n{before}\nafter:\n{after}"))
+}
+
+fn sigkill_then_restore_command_restores_the_host() -> Result<(), String> {
+    let state = state_dir("kill");
+    let before = host_state(&state);
+    let mut child = cowgup(&state, &["run", "hugetlb", "swapped"])
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    if !wait_for_provisioning(&state, &mut child) {
+        return Err("the run never journaled a change".into());
+    }
+    child.kill().map_err(|e| e.to_string())?;
+    child.wait().map_err(|e| e.to_string())?;
+    let killed = host_state(&state);
+    if killed == before {
+        return Err("SIGKILL left nothing to restore; the test proves nothing".into());
+    }
+    let out = cowgup(&state, &["restore"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "restore failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let after = host_state(&state);
+    let again = cowgup(&state, &["restore"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let _ = fs::remove_dir_all(&state);
+    if !String::from_utf8_lossy(&again.stdout).contains("nothing to restore") {
+        return Err("a second restore found a journal again".into());
+    }
+    (before == after)
+        .then_some(())
+        .ok_or_else(|| format!("host differs after restore:\nbefore:\n{before}\nafter:\n{after}"))
+}
+
+fn run_as(uid: u32, args: &[&str]) -> Result<Output, String> {
+    use std::os::unix::process::CommandExt;
+    Command::new(COWGUP)
+        .args(args)
+        .uid(uid)
+        .gid(uid)
+        .env("TMPDIR", "/tmp")
+        .current_dir("/tmp")
+        .output()
+        .map_err(|e| format!("cannot run {COWGUP} as uid {uid}: {e}"))
+}
+
+fn non_root_runs_and_every_privileged_case_skips_with_a_reason() -> Result<(), String> {
+    let state = state_dir("nonroot");
+    let before = host_state(&state);
+    let out = run_as(65534, &["run", "--verbose", "Basic COW"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let after = host_state(&state);
+    if before != after {
+        return Err(format!(
+            "a non-root run changed the host:\n{before}\n{after}"
+        ));
+    }
+    if !out.status.success() {
+        return Err(format!(
+            "non-root run failed:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    for needle in [
+        "not root",
+        "PASS  Basic COW after fork() ... with base page",
+        "PFNs hidden",
+    ] {
+        if !text.contains(needle) {
+            return Err(format!("non-root output lacks {needle:?}:\n{text}"));
+        }
+    }
+    // Result lines carry " -- reason"; the summary groups them as "SKIP  xN  reason".
+    if text
+        .lines()
+        .any(|l| l.starts_with("SKIP ") && !l.starts_with("SKIP  x") && !l.contains(" -- "))
+    {
+        return Err(format!("a skip without a reason:\n{text}"));
+    }
+    Ok(())
+}
+
+fn bad_input_gets_a_short_error_and_changes_nothing() -> Result<(), String> {
+    let state = state_dir("bad");
+    let before = host_state(&state);
+    for args in [
+        &["run", "--no-such-flag"][..],
+        &["run", "no trial is called this"],
+        &["run", "--timeout", "0"],
+        &["bench", "--repeat", "many"],
+        &["frobnicate"],
+    ] {
+        let out = cowgup(&state, args).output().map_err(|e| e.to_string())?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() != Some(2)
+            || err.contains("panicked")
+            || err.lines().next().is_none_or(|l| l.len() > 200)
+        {
+            return Err(format!(
+                "{args:?}: status {:?}, stderr:\n{err}",
+                out.status.code()
+            ));
+        }
+    }
+    let after = host_state(&state);
+    let _ = fs::remove_dir_all(&state);
+    (before == after)
+        .then_some(())
+        .ok_or_else(|| "bad input changed the host".into())
+}
+
+fn main() {
+    let mut tests: Vec<(&str, fn() -> Result<(), String>)> = vec![(
+        "bad input gets a short error and changes nothing",
+        bad_input_gets_a_short_error_and_changes_nothing,
+    )];
+    if is_root() {
+        tests.push((
+            "SIGTERM mid-run restores the host",
+            sigterm_mid_run_restores_the_host,
+        ));
+        tests.push((
+            "SIGKILL, then `cowgup restore`, restores the host",
+            sigkill_then_restore_command_restores_the_host,
+        ));
+        tests.push((
+            "non-root runs and every privileged case skips with a reason",
+            non_root_runs_and_every_privileged_case_skips_with_a_reason,
+        ));
+    } else {
+        println!("skip: host-restore tests need root (they change and restore global mm settings)");
+    }
+    let mut failed = 0;
+    for (name, t) in &tests {
+        match t() {
+            Ok(()) => println!("ok     {name}"),
+            Err(e) => {
+                failed += 1;
+                println!("FAILED {name}: {e}");
+            }
+        }
+    }
+    println!("{} passed, {failed} failed", tests.len() - failed);
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
