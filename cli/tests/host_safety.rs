@@ -235,8 +235,10 @@ fn bad_input_gets_a_short_error_and_changes_nothing() -> Result<(), String> {
         .ok_or_else(|| "bad input changed the host".into())
 }
 
+type Check = fn() -> Result<(), String>;
+
 fn main() {
-    let mut tests: Vec<(&str, fn() -> Result<(), String>)> = vec![(
+    let mut tests: Vec<(&str, Check)> = vec![(
         "bad input gets a short error and changes nothing",
         bad_input_gets_a_short_error_and_changes_nothing,
     )];
