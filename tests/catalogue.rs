@@ -29,7 +29,13 @@ fn main() {
     let session = if args.list {
         None
     } else {
-        match Session::start(&Options::default(), &selected) {
+        // Under nextest every test is its own process and several run at
+        // once: they take turns holding the host.
+        let opts = Options {
+            lock_wait: std::time::Duration::from_secs(600),
+            ..Options::default()
+        };
+        match Session::start(&opts, &selected) {
             Ok(s) => Some(Arc::new(Mutex::new(s))),
             Err(e) => {
                 eprintln!("cowgup: {e}");

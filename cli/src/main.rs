@@ -106,6 +106,7 @@ impl SessionArgs {
                 .state_dir
                 .clone()
                 .unwrap_or_else(default_state_dir),
+            lock_wait: Duration::ZERO,
         }
     }
 }

@@ -224,8 +224,17 @@ pub struct HostGuard {
 impl HostGuard {
     /// Take the host. A journal left by a run that died (SIGKILL, power cut)
     /// is replayed first; its report is returned so the caller can say so.
-    pub fn acquire(dir: &Path) -> io::Result<(HostGuard, Option<RestoreReport>)> {
-        let lock = lock_state_dir(dir)?;
+    /// `wait`: how long to wait for another holder (zero: fail at once).
+    pub fn acquire(dir: &Path, wait: Duration) -> io::Result<(HostGuard, Option<RestoreReport>)> {
+        let deadline = Instant::now() + wait;
+        let lock = loop {
+            match lock_state_dir(dir) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
         let stale = replay_journal(dir)?;
         let journal = OpenOptions::new()
             .create(true)
@@ -477,7 +486,7 @@ mod tests {
         fs::write(&knob_file, "always [madvise] never\n").unwrap();
         let state = dir.join("state");
         {
-            let (mut g, stale) = HostGuard::acquire(&state).unwrap();
+            let (mut g, stale) = HostGuard::acquire(&state, Duration::ZERO).unwrap();
             assert!(stale.is_none());
             g.set(&Knob::new(&knob_file, "never")).unwrap();
             assert_eq!(fs::read_to_string(&knob_file).unwrap(), "never");

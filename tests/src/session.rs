@@ -21,6 +21,9 @@ pub struct Options {
     pub thorough: bool,
     pub timeout: Duration,
     pub state_dir: PathBuf,
+    /// How long to wait while another cowgup holds the host (nextest runs
+    /// test processes side by side; an interactive run should fail fast).
+    pub lock_wait: Duration,
 }
 
 impl Default for Options {
@@ -30,6 +33,7 @@ impl Default for Options {
             thorough: false,
             timeout: Duration::from_secs(60),
             state_dir: default_state_dir(),
+            lock_wait: Duration::ZERO,
         }
     }
 }
@@ -66,12 +70,13 @@ impl Session {
                 caps.euid
             ));
         } else {
-            let (mut g, stale) = HostGuard::acquire(&opts.state_dir).map_err(|e| {
-                format!(
-                    "cannot take the host guard in {}: {e}",
-                    opts.state_dir.display()
-                )
-            })?;
+            let (mut g, stale) =
+                HostGuard::acquire(&opts.state_dir, opts.lock_wait).map_err(|e| {
+                    format!(
+                        "cannot take the host guard in {}: {e}",
+                        opts.state_dir.display()
+                    )
+                })?;
             if let Some(report) = stale {
                 log.push(format!(
                     "restored settings left by an earlier run that did not finish: {}",
