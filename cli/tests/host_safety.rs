@@ -49,7 +49,6 @@ fn host_state(state_dir: &Path) -> String {
         .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "lock")
         .collect();
     left.sort();
     s.push_str(&format!("left in state dir: {left:?}\n"));

@@ -82,8 +82,13 @@ fn write_knob_settled(path: &Path, value: &str) -> io::Result<()> {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Entry {
-    Knob { path: PathBuf, original: String },
+    Knob {
+        path: PathBuf,
+        original: String,
+    },
     Swapfile(PathBuf),
+    /// A zram device set up as swap: /sys/block/<name>.
+    ZramSwap(String),
     Mount(PathBuf),
     ScratchDir(PathBuf),
 }
@@ -93,6 +98,7 @@ impl Entry {
         match self {
             Entry::Knob { path, original } => format!("knob\t{}\t{}", path.display(), original),
             Entry::Swapfile(p) => format!("swapfile\t{}", p.display()),
+            Entry::ZramSwap(name) => format!("zram\t{name}"),
             Entry::Mount(p) => format!("mount\t{}", p.display()),
             Entry::ScratchDir(p) => format!("scratch\t{}", p.display()),
         }
@@ -106,6 +112,7 @@ impl Entry {
                 original: orig.to_string(),
             }),
             ("swapfile", p, None) => Some(Entry::Swapfile(p.into())),
+            ("zram", name, None) => Some(Entry::ZramSwap(name.to_string())),
             ("mount", p, None) => Some(Entry::Mount(p.into())),
             ("scratch", p, None) => Some(Entry::ScratchDir(p.into())),
             _ => None,
@@ -136,6 +143,20 @@ impl Entry {
                 Ok((!did.is_empty())
                     .then(|| format!("swap file {}: {}", p.display(), did.join(", "))))
             }
+            Entry::ZramSwap(name) => {
+                let dev = PathBuf::from(format!("/dev/{name}"));
+                let mut did = Vec::new();
+                if swap_is_active(&dev) {
+                    swapoff(&dev).map_err(|e| format!("swapoff {}: {e}", dev.display()))?;
+                    did.push("swapoff");
+                }
+                let sys = Path::new("/sys/block").join(name);
+                if read_knob(&sys.join("disksize")).is_ok_and(|v| v != "0") {
+                    write_knob(&sys.join("reset"), "1").map_err(|e| e.to_string())?;
+                    did.push("reset");
+                }
+                Ok((!did.is_empty()).then(|| format!("zram swap {name}: {}", did.join(", "))))
+            }
             Entry::Mount(p) => {
                 if !is_mountpoint(p) {
                     return Ok(None);
@@ -161,6 +182,19 @@ fn swap_is_active(p: &Path) -> bool {
         .skip(1)
         .filter_map(|l| l.split_whitespace().next())
         .any(|name| Path::new(name) == target || Path::new(name) == p)
+}
+
+fn swapon(p: &Path) -> io::Result<()> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // SAFETY: a valid C string; flags 0.
+    if unsafe { libc::swapon(c.as_ptr(), 0) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("swapon {}: {e}", p.display()),
+        ));
+    }
+    Ok(())
 }
 
 fn swapoff(p: &Path) -> io::Result<()> {
@@ -317,6 +351,21 @@ impl HostGuard {
         Ok(())
     }
 
+    /// Use an unused zram device (disksize 0) as swap of `bytes`.
+    pub fn add_zram_swap(&mut self, name: &str, bytes: u64) -> io::Result<()> {
+        let sys = Path::new("/sys/block").join(name);
+        if read_knob(&sys.join("disksize"))? != "0" {
+            return Err(io::Error::other(format!("{name} is in use")));
+        }
+        self.record(Entry::ZramSwap(name.to_string()))?;
+        write_knob(&sys.join("disksize"), &bytes.to_string())?;
+        let dev = PathBuf::from(format!("/dev/{name}"));
+        let mut f = OpenOptions::new().write(true).open(&dev)?;
+        f.write_all(&swap_header(bytes))?;
+        f.sync_all()?;
+        swapon(&dev)
+    }
+
     pub fn mount(&mut self, fstype: &str, target: &Path) -> io::Result<()> {
         self.record(Entry::Mount(target.to_path_buf()))?;
         nix::mount::mount(
@@ -342,6 +391,7 @@ impl HostGuard {
         let report = undo_all(&self.entries);
         if report.is_clean() {
             let _ = fs::remove_file(self.dir.join(JOURNAL));
+            remove_lock(&self.dir);
         }
         report
     }
@@ -361,31 +411,48 @@ impl Drop for HostGuard {
 }
 
 fn lock_state_dir(dir: &Path) -> io::Result<File> {
+    use std::os::unix::fs::MetadataExt;
     fs::create_dir_all(dir)?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
-    let mut lock = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(dir.join(LOCK))?;
-    // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let mut holder = String::new();
-        let _ = lock.read_to_string(&mut holder);
-        return Err(io::Error::new(
-            io::ErrorKind::WouldBlock,
-            format!(
-                "another cowgup (pid {}) is changing this host's settings (lock {})",
-                holder.trim(),
-                dir.join(LOCK).display()
-            ),
-        ));
+    loop {
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(dir.join(LOCK))?;
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let mut holder = String::new();
+            let _ = lock.read_to_string(&mut holder);
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "another cowgup (pid {}) is changing this host's settings (lock {})",
+                    holder.trim(),
+                    dir.join(LOCK).display()
+                ),
+            ));
+        }
+        // The holder before us removes the lock file when it is done; if we
+        // locked a file that is no longer the one at the path, start over.
+        let same = fs::metadata(dir.join(LOCK))
+            .is_ok_and(|m| m.ino() == lock.metadata().map_or(0, |l| l.ino()));
+        if !same {
+            continue;
+        }
+        lock.set_len(0)?;
+        write!(lock, "{}", std::process::id())?;
+        return Ok(lock);
     }
-    lock.set_len(0)?;
-    write!(lock, "{}", std::process::id())?;
-    Ok(lock)
+}
+
+/// Leave nothing behind: the lock file, and the state directory if it is
+/// then empty. Called while still holding the lock.
+fn remove_lock(dir: &Path) {
+    let _ = fs::remove_file(dir.join(LOCK));
+    let _ = fs::remove_dir(dir);
 }
 
 fn replay_journal(dir: &Path) -> io::Result<Option<RestoreReport>> {
@@ -415,20 +482,41 @@ fn replay_journal(dir: &Path) -> io::Result<Option<RestoreReport>> {
 
 /// `cowgup restore`: replay the journal a killed run left behind.
 pub fn restore_from_journal(dir: &Path) -> io::Result<Option<RestoreReport>> {
+    if !dir.exists() {
+        return Ok(None);
+    }
     let _lock = lock_state_dir(dir)?;
-    replay_journal(dir)
+    let report = replay_journal(dir)?;
+    if report.as_ref().is_none_or(|r| r.is_clean()) {
+        remove_lock(dir);
+    }
+    Ok(report)
 }
 
-/// A swap file as mkswap(8) writes one: version-1 header in the first page,
-/// the "SWAPSPACE2" signature at its end.
-fn make_swapfile(path: &Path, bytes: u64) -> io::Result<()> {
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
         .ok()
         .flatten()
-        .unwrap_or(4096) as u64;
+        .unwrap_or(4096) as u64
+}
+
+/// The first page of a swap area as mkswap(8) writes it: a version-1 header
+/// and the "SWAPSPACE2" signature at the end of the page.
+fn swap_header(bytes: u64) -> Vec<u8> {
+    let page = page_size();
     let pages = bytes / page;
-    if pages < 10 {
-        return Err(io::Error::other("swap file too small"));
+    let mut header = vec![0u8; page as usize];
+    header[1024..1028].copy_from_slice(&1u32.to_ne_bytes()); // version
+    header[1028..1032].copy_from_slice(&((pages - 1) as u32).to_ne_bytes()); // last_page
+    let sig = b"SWAPSPACE2";
+    header[page as usize - sig.len()..].copy_from_slice(sig);
+    header
+}
+
+fn make_swapfile(path: &Path, bytes: u64) -> io::Result<()> {
+    let page = page_size();
+    if bytes / page < 10 {
+        return Err(io::Error::other("swap area too small"));
     }
     let mut f = OpenOptions::new()
         .write(true)
@@ -439,14 +527,9 @@ fn make_swapfile(path: &Path, bytes: u64) -> io::Result<()> {
         &f,
         nix::fcntl::FallocateFlags::empty(),
         0,
-        (pages * page) as i64,
+        (bytes / page * page) as i64,
     )?;
-    let mut header = vec![0u8; page as usize];
-    header[1024..1028].copy_from_slice(&1u32.to_ne_bytes()); // version
-    header[1028..1032].copy_from_slice(&((pages - 1) as u32).to_ne_bytes()); // last_page
-    let sig = b"SWAPSPACE2";
-    header[page as usize - sig.len()..].copy_from_slice(sig);
-    f.write_all(&header)?;
+    f.write_all(&swap_header(bytes))?;
     f.sync_all()
 }
 
@@ -469,6 +552,7 @@ mod tests {
                 original: "madvise".into(),
             },
             Entry::Swapfile("/var/tmp/cowgup/swapfile".into()),
+            Entry::ZramSwap("zram0".into()),
             Entry::Mount("/sys/kernel/debug".into()),
             Entry::ScratchDir("/var/tmp/cowgup/ext4".into()),
         ] {
@@ -497,7 +581,10 @@ mod tests {
         let report = restore_from_journal(&state).unwrap().unwrap();
         assert!(report.is_clean(), "{report:?}");
         assert_eq!(fs::read_to_string(&knob_file).unwrap(), "madvise");
-        assert!(!state.join(JOURNAL).exists());
+        assert!(
+            !state.exists(),
+            "a clean restore leaves no state directory behind"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }
