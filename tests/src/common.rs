@@ -2,8 +2,9 @@
 //! a child that just stays alive, the softdirty trick, and passing a check's
 //! result from a child to its parent.
 
+use cowgup_fixtures::evidence::View;
 use cowgup_fixtures::mem::Region;
-use cowgup_fixtures::pagemap::{self, Pte};
+use cowgup_fixtures::pagemap;
 use cowgup_fixtures::proc::{spawn, Child, Pipe};
 use cowgup_fixtures::stamp::{Mismatch, Pattern, Writer};
 use cowgup_fixtures::{fail, Step};
@@ -58,23 +59,6 @@ pub fn decode(words: &[u64], expected: Writer) -> Step<(Result<(), Mismatch>, &[
         )),
         _ => fail("child sent no result (see its diagnostics)"),
     }
-}
-
-pub fn ptes_to_words(p: &[Pte]) -> Vec<u64> {
-    let mut v = vec![p.len() as u64];
-    v.extend(p.iter().map(|p| p.0));
-    v
-}
-
-pub fn words_to_ptes(w: &[u64]) -> Step<(Vec<Pte>, &[u64])> {
-    let Some((&n, rest)) = w.split_first() else {
-        return fail("child sent no page-table entries");
-    };
-    let n = n as usize;
-    if rest.len() < n {
-        return fail("child sent truncated page-table entries");
-    }
-    Ok((rest[..n].iter().map(|&x| Pte(x)).collect(), &rest[n..]))
 }
 
 /// Run `f` in the child; on an error, print it and send nothing, so the parent
@@ -134,7 +118,7 @@ pub struct Checker {
 
 pub struct ChildView {
     pub data: Result<(), Mismatch>,
-    pub ptes: Vec<Pte>,
+    pub view: View,
 }
 
 impl Checker {
@@ -150,9 +134,8 @@ impl Checker {
                 }
                 go.wait()?;
                 let data = pattern.check(range, Writer::Setup);
-                let ptes = pagemap::read(range, pattern.unit).or_else(fail)?;
                 let mut w = encode(&data);
-                w.extend(ptes_to_words(&ptes));
+                w.extend(View::capture(range, pattern.unit)?.to_words());
                 Ok(w)
             })
         })?;
@@ -180,12 +163,12 @@ impl Checker {
         let words = self.report.recv()?;
         let code = self.child.exit_code()?;
         let (data, rest) = decode(&words, Writer::Setup)?;
-        let (ptes, _) = words_to_ptes(rest)?;
+        let (view, _) = View::from_words(rest)?;
         if code != 0 {
             return fail(format!("child exited with {code}"));
         }
         let _ = self.pattern;
-        Ok(ChildView { data, ptes })
+        Ok(ChildView { data, view })
     }
 }
 
@@ -240,12 +223,10 @@ mod tests {
             bad_units: 7,
         };
         let mut w = encode(&Err(m.clone()));
-        w.extend(ptes_to_words(&[Pte(5), Pte(6)]));
+        w.push(7);
         let (got, rest) = decode(&w, Writer::Setup).unwrap();
         assert_eq!(got, Err(m));
-        let (ptes, rest) = words_to_ptes(rest).unwrap();
-        assert_eq!(ptes, vec![Pte(5), Pte(6)]);
-        assert!(rest.is_empty());
+        assert_eq!(rest, &[7]);
         assert!(decode(&[], Writer::Setup).is_err());
     }
 }

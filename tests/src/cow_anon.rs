@@ -4,10 +4,9 @@
 //! `AnonBacking::Hugetlb` from fixtures/src/anon.rs.
 
 use cowgup_fixtures::anon::AnonMemory;
-use cowgup_fixtures::evidence;
+use cowgup_fixtures::evidence::{self, View};
 use cowgup_fixtures::mem::{self, Region, RW};
 use cowgup_fixtures::needs::Need;
-use cowgup_fixtures::pagemap;
 use cowgup_fixtures::pin::{self, FixedBuffer, GupTest};
 use cowgup_fixtures::proc::{spawn, Pipe};
 use cowgup_fixtures::stamp::{Pattern, Writer};
@@ -15,8 +14,8 @@ use cowgup_fixtures::{fail, skip, Step};
 use nix::sys::mman::{MapFlags, ProtFlags};
 
 use crate::common::{
-    child_body, child_first_look, clear_softdirty, decode, encode, lost_at_fork, ptes_to_words,
-    words_to_ptes, Bystander, Checker, FIRST_LOOK_LOST, FIRST_LOOK_OK,
+    child_body, child_first_look, clear_softdirty, decode, encode, lost_at_fork, Bystander,
+    Checker, FIRST_LOOK_LOST, FIRST_LOOK_OK,
 };
 use crate::expectations::{Mechanism, Observed};
 
@@ -132,14 +131,14 @@ fn basic_cow(m: &AnonMemory, mprotect: bool) -> Step<Observed> {
         mprotect_dance(m)?;
     }
     m.pattern.stamp(m.region, Writer::Parent);
-    let parent = pagemap::read(m.region, m.pattern.unit).or_else(fail)?;
+    let parent = View::capture(m.region, m.pattern.unit)?;
     let child = checker.finish()?;
     let sharing = evidence::compare(
         "parent vs child after the parent's write",
         "parent",
         &parent,
         "child",
-        &child.ptes,
+        &child.view,
     );
     evidence::agree(
         &sharing,
@@ -192,9 +191,9 @@ fn vmsplice_in_child(m: &AnonMemory, mprotect: bool) -> Step<Observed> {
     if mprotect {
         mprotect_dance(m)?;
     }
-    let before = pagemap::read(m.region, m.pattern.unit).or_else(fail)?;
+    let before = View::capture(m.region, m.pattern.unit)?;
     m.pattern.stamp(m.region, Writer::Parent);
-    let after = pagemap::read(m.region, m.pattern.unit).or_else(fail)?;
+    let after = View::capture(m.region, m.pattern.unit)?;
     go.notify()?;
     let words = report.recv()?;
     let code = child.exit_code()?;
@@ -212,9 +211,9 @@ fn vmsplice_in_child(m: &AnonMemory, mprotect: bool) -> Step<Observed> {
     let sharing = evidence::compare(
         "parent before vs after its write, pages in the pipe",
         "before",
-        &before[..units],
+        &before.first_units(units),
         "after",
-        &after[..units],
+        &after.first_units(units),
     );
     evidence::agree(
         &sharing,
@@ -241,11 +240,11 @@ fn vmsplice_in_parent(m: &AnonMemory, before_fork: bool) -> Step<Observed> {
         child_body(&report, || {
             ready.notify()?;
             go.wait()?;
-            let before = pagemap::read(m.region, m.pattern.unit).or_else(fail)?;
+            let before = View::capture(m.region, m.pattern.unit)?;
             m.pattern.stamp(m.region, Writer::Child);
-            let after = pagemap::read(m.region, m.pattern.unit).or_else(fail)?;
-            let mut w = ptes_to_words(&before);
-            w.extend(ptes_to_words(&after));
+            let after = View::capture(m.region, m.pattern.unit)?;
+            let mut w = before.to_words();
+            w.extend(after.to_words());
             Ok(w)
         })
     })?;
@@ -261,8 +260,8 @@ fn vmsplice_in_parent(m: &AnonMemory, before_fork: bool) -> Step<Observed> {
     if code != 0 {
         return fail(format!("child exited with {code}"));
     }
-    let (before, rest) = words_to_ptes(&words)?;
-    let (after, _) = words_to_ptes(rest)?;
+    let (before, rest) = View::from_words(&words)?;
+    let (after, _) = View::from_words(rest)?;
     let bytes = spliced.read_all()?;
     let data = m.pattern.check_bytes(&bytes, m.region.addr, Writer::Setup);
     let units = spliced.transferred.div_ceil(m.pattern.unit);
@@ -273,9 +272,9 @@ fn vmsplice_in_parent(m: &AnonMemory, before_fork: bool) -> Step<Observed> {
     let sharing = evidence::compare(
         "child before vs after its write, pages in the pipe",
         "before",
-        &before[..units],
+        &before.first_units(units),
         "after",
-        &after[..units],
+        &after.first_units(units),
     );
     evidence::agree(
         &sharing,
@@ -302,9 +301,9 @@ fn iouring(m: &AnonMemory, use_fork: bool) -> Step<Observed> {
         m.region.mprotect(RW)?;
         None
     };
-    let before = pagemap::read(m.region, m.pattern.unit).or_else(fail)?;
+    let before = View::capture(m.region, m.pattern.unit)?;
     m.pattern.stamp(m.region, Writer::Parent);
-    let after = pagemap::read(m.region, m.pattern.unit).or_else(fail)?;
+    let after = View::capture(m.region, m.pattern.unit)?;
     buf.write_through_pin(&file, m.pattern)?;
     let data = buf.check_file(&file, m.pattern, Writer::Parent)?;
     if let Some(b) = bystander {
@@ -372,9 +371,9 @@ pub fn ro_pin_and_check(
         Err(nix::errno::Errno::EINVAL) => return skip("PIN_LONGTERM_TEST_START failed: EINVAL"),
         Err(e) => return fail(format!("PIN_LONGTERM_TEST_START failed: {e}")),
     }
-    let before = pagemap::read(region, pattern.unit).or_else(fail)?;
+    let before = View::capture(region, pattern.unit)?;
     pattern.stamp(region, Writer::Parent);
-    let after = pagemap::read(region, pattern.unit).or_else(fail)?;
+    let after = View::capture(region, pattern.unit)?;
     let copy = mem::map_anon(region.len, RW, MapFlags::MAP_PRIVATE)
         .or_else(|e| fail(format!("mmap() failed: {e}")))?;
     let read = gup.read(copy);

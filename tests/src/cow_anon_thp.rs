@@ -3,7 +3,7 @@
 //! They always run on one PMD-sized THP, and their names have no suffix.
 
 use cowgup_fixtures::anon::{pte_map, AnonMemory};
-use cowgup_fixtures::evidence;
+use cowgup_fixtures::evidence::{self, View};
 use cowgup_fixtures::pagemap;
 use cowgup_fixtures::stamp::Writer;
 use cowgup_fixtures::{fail, skip, Step};
@@ -84,14 +84,14 @@ pub fn run(case: &ThpCase, m: &AnonMemory) -> Step<Observed> {
         ));
     }
     m.pattern.stamp(m.region, Writer::Parent);
-    let parent = pagemap::read(shared, m.pattern.unit).or_else(fail)?;
+    let parent = View::capture(shared, m.pattern.unit)?;
     let child = checker.finish()?;
     let sharing = evidence::compare(
         "parent vs child after the parent's write",
         "parent",
         &parent,
         "child",
-        &child.ptes,
+        &child.view,
     );
     evidence::agree(
         &sharing,

@@ -2,10 +2,9 @@
 //! of a zeropage or of file data must COW away from the other view, and a
 //! R/O long-term pin on it must stay reliable.
 
-use cowgup_fixtures::evidence;
+use cowgup_fixtures::evidence::{self, View};
 use cowgup_fixtures::needs::Need;
 use cowgup_fixtures::non_anon::NonAnonMemory;
-use cowgup_fixtures::pagemap;
 use cowgup_fixtures::pin::GupTest;
 use cowgup_fixtures::stamp::Writer;
 use cowgup_fixtures::{fail, Step};
@@ -48,8 +47,8 @@ fn basic_cow(m: &NonAnonMemory) -> Step<Observed> {
     }
     m.pattern.stamp(m.mem, Writer::Parent);
     let data = m.pattern.check(m.smem, Writer::Nobody);
-    let mem = pagemap::read(m.mem, m.pattern.unit).or_else(fail)?;
-    let smem = pagemap::read(m.smem, m.pattern.unit).or_else(fail)?;
+    let mem = View::capture(m.mem, m.pattern.unit)?;
+    let smem = View::capture(m.smem, m.pattern.unit)?;
     let sharing = evidence::compare(
         "written private mapping vs other mapping",
         "other",

@@ -1,0 +1,117 @@
+//! A kselftest program made of catalogue trials: what the drop-in `cow` (and
+//! later `gup_longterm`) binaries run. Prints what upstream prints — the
+//! `# [INFO]` lines, `# [RUN] <name>` before each result, the reason of a skip
+//! or failure as a diagnostic — and exits as `ksft_finished()` does.
+
+use std::io::{stdout, Write};
+use std::process::ExitCode;
+
+use cowgup_harness::probe::Capabilities;
+use cowgup_harness::{Outcome, Stop};
+use cowgup_tests::session::{Options, Session};
+use cowgup_tests::{Family, Scenario};
+
+use crate::write::{Dialect, TapWriter};
+
+pub struct Program {
+    /// The [INFO] lines cow.c prints before its plan.
+    pub info: Vec<String>,
+    pub scenarios: Vec<Scenario>,
+    /// The line printed when a family's trials start, as upstream does.
+    pub section: fn(Family) -> &'static str,
+}
+
+/// cow.c's section lines.
+pub fn cow_section(f: Family) -> &'static str {
+    match f {
+        Family::CowAnon => "[INFO] Anonymous memory tests in private mappings",
+        Family::CowAnonThp => "[INFO] Anonymous THP tests",
+        Family::CowNonAnon => "[RUN] Non-anonymous memory tests in private mappings",
+    }
+}
+
+/// cow.c's start-up [INFO] lines for this kernel.
+pub fn cow_info(caps: &Capabilities) -> Vec<String> {
+    let mut v = Vec::new();
+    if let Some(pmd) = caps.pmd_size {
+        v.push(format!("[INFO] detected PMD size: {} KiB", pmd / 1024));
+        for s in &caps.thp_sizes {
+            v.push(format!("[INFO] detected THP size: {} KiB", s / 1024));
+        }
+    }
+    for p in &caps.hugetlb {
+        v.push(format!(
+            "[INFO] detected hugetlb page size: {} KiB",
+            p.size / 1024
+        ));
+    }
+    v
+}
+
+fn options_from_env() -> Options {
+    Options {
+        // Under run_vmtests.sh the script manages hugetlb pools itself; we
+        // only top them up and put back what we changed. COWGUP_NO_PROVISION=1
+        // leaves the host alone entirely.
+        provision: std::env::var_os("COWGUP_NO_PROVISION").is_none(),
+        thorough: std::env::var_os("COWGUP_THOROUGH").is_some(),
+        ..Options::default()
+    }
+}
+
+pub fn run(program: Program) -> ExitCode {
+    let mut w = TapWriter::new(stdout().lock(), Dialect::Kselftest);
+    let tap_level_set = std::env::var_os("KSFT_TAP_LEVEL").is_some();
+    // Write errors (a closed pipe) end the program like a failure would.
+    let result = (|| -> std::io::Result<ExitCode> {
+        w.header(tap_level_set)?;
+        for line in &program.info {
+            w.diag(line)?;
+        }
+        let refs: Vec<&Scenario> = program.scenarios.iter().collect();
+        let mut session = match Session::start(&options_from_env(), &refs) {
+            Ok(s) => s,
+            Err(e) => {
+                w.bail_out(&e)?;
+                w.finish()?;
+                return Ok(ExitCode::from(crate::KSFT_FAIL as u8));
+            }
+        };
+        w.plan(program.scenarios.len())?;
+        for line in &session.log {
+            w.diag(&format!("[INFO] cowgup: {line}"))?;
+        }
+        let mut family = None;
+        for s in &program.scenarios {
+            if family != Some(s.family) {
+                family = Some(s.family);
+                w.diag((program.section)(s.family))?;
+            }
+            w.diag(&format!("[RUN] {}", s.name))?;
+            let trial = session.trial(s);
+            let report = match session.run(&trial) {
+                Ok(r) => r,
+                Err(stop @ Stop::Interrupted(_)) => {
+                    let _ = w.diag("interrupted; host settings restored");
+                    session.abort(stop)
+                }
+            };
+            for d in &report.diagnostics {
+                w.diag(d)?;
+            }
+            if !matches!(report.outcome, Outcome::Pass) {
+                w.diag(report.outcome.reason())?;
+            }
+            w.result(report.outcome.kind(), &s.name, report.outcome.reason())?;
+        }
+        if let Some(r) = session.finish() {
+            for p in &r.problems {
+                w.diag(&format!("cowgup: could not restore: {p}"))?;
+            }
+        }
+        w.finish()?;
+        Ok(ExitCode::from(w.exit_code() as u8))
+    })();
+    let _ = stdout().flush();
+    result.unwrap_or(ExitCode::from(crate::KSFT_FAIL as u8))
+}
