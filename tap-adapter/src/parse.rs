@@ -92,7 +92,10 @@ fn parse_totals(s: &str) -> Option<Totals> {
     (seen == 6).then_some(t)
 }
 
-fn parse_result(line: &str) -> Result<Option<(bool, usize, OutcomeKind, String, String)>, String> {
+/// ok?, number, kind, description, directive reason
+type RawResult = (bool, usize, OutcomeKind, String, String);
+
+fn parse_result(line: &str) -> Result<Option<RawResult>, String> {
     let (ok, rest) = if let Some(r) = line.strip_prefix("not ok ") {
         (false, r)
     } else if let Some(r) = line.strip_prefix("ok ") {
