@@ -2,6 +2,7 @@
 //! here; everything else is the session from `cowgup-tests`.
 
 mod bench;
+mod formats;
 mod report;
 
 use std::path::PathBuf;
@@ -120,6 +121,12 @@ struct RunArgs {
     /// Print every result with its diagnostics and evidence.
     #[arg(short, long)]
     verbose: bool,
+    /// Report format.
+    #[arg(long, value_enum, default_value_t = formats::Format::Human)]
+    format: formats::Format,
+    /// Write the report to FILE (the human report then still goes to the terminal).
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -210,33 +217,98 @@ fn restore(state: &StateArgs) -> ExitCode {
 }
 
 fn run(args: &RunArgs) -> ExitCode {
+    use formats::{Format, Record, Streaming};
     let (_, chosen) = match select(&args.select) {
         Ok(x) => x,
         Err(e) => return fatal(&e),
+    };
+    // Open the output before touching the host: a bad path must change nothing.
+    let mut file = match &args.output {
+        Some(p) => match std::fs::File::create(p) {
+            Ok(f) => Some(std::io::BufWriter::new(f)),
+            Err(e) => return fatal(&format!("cannot write {}: {e}", p.display())),
+        },
+        None => None,
     };
     let refs: Vec<&Scenario> = chosen.iter().collect();
     let mut session = match Session::start(&args.session.options(), &refs) {
         Ok(s) => s,
         Err(e) => return fatal(&e),
     };
-    let mut reporter = report::Human::new(args.verbose, chosen.len());
-    reporter.header(&session);
+    let human = args.format == Format::Human || file.is_some();
+    let mut reporter = human.then(|| report::Human::new(args.verbose, chosen.len()));
+    if let Some(r) = &reporter {
+        r.header(&session);
+    }
+    let mut stream = match args.format {
+        Format::Tap | Format::Ktap => {
+            let sink: Box<dyn std::io::Write> = match file.take() {
+                Some(f) => Box::new(f),
+                None => Box::new(std::io::stdout()),
+            };
+            match Streaming::new(sink, args.format, chosen.len(), &session) {
+                Ok(s) => Some(s),
+                Err(e) => return fatal(&format!("cannot write the report: {e}")),
+            }
+        }
+        _ => None,
+    };
+    let mut record = Record::new(&session);
     for s in &chosen {
         let trial = session.trial(s);
-        reporter.starting(&trial.name);
+        if let Some(r) = &reporter {
+            r.starting(&trial.name);
+        }
         match session.run(&trial) {
-            Ok(r) => reporter.finished(&r),
+            Ok(r) => {
+                if let Some(h) = &mut reporter {
+                    h.finished(&r);
+                }
+                if let Some(st) = &mut stream {
+                    if let Err(e) = st.trial(&r) {
+                        eprintln!("cowgup: cannot write the report: {e}");
+                        session.finish();
+                        return ExitCode::FAILURE;
+                    }
+                }
+                record.add(s, &r);
+            }
             Err(stop) => {
-                reporter.interrupted();
+                if let Some(h) = &reporter {
+                    h.interrupted();
+                }
                 session.abort(stop);
             }
         }
     }
     let restored = session.finish();
-    let ok = reporter.summary(restored.as_ref());
+    let ok = match &reporter {
+        Some(h) => h.summary(restored.as_ref()),
+        None => record.trials.iter().all(|(_, _, r)| r.outcome.is_success()),
+    };
+    let written = match (&mut stream, args.format) {
+        (Some(st), _) => st.tap.finish(),
+        (None, Format::Json) => write_doc(&args.output, &formats::json(&record, restored.as_ref())),
+        (None, Format::Junit) => write_doc(&args.output, &formats::junit(&record)),
+        _ => Ok(()),
+    };
+    if let Err(e) = written {
+        eprintln!("cowgup: cannot write the report: {e}");
+        return ExitCode::FAILURE;
+    }
     if ok && restored.as_ref().is_none_or(|r| r.is_clean()) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+fn write_doc(output: &Option<PathBuf>, text: &str) -> std::io::Result<()> {
+    match output {
+        Some(p) => std::fs::write(p, text),
+        None => {
+            use std::io::Write;
+            std::io::stdout().write_all(text.as_bytes())
+        }
     }
 }

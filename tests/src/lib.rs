@@ -34,6 +34,15 @@ pub enum Family {
 }
 
 impl Family {
+    /// Stable identifier (the catalogue file it lives in).
+    pub fn id(self) -> &'static str {
+        match self {
+            Family::CowAnon => "cow_anon",
+            Family::CowAnonThp => "cow_anon_thp",
+            Family::CowNonAnon => "cow_non_anon",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Family::CowAnon => "cow: anonymous memory",
