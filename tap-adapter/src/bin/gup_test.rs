@@ -222,6 +222,7 @@ fn run(o: &Opts, w: &mut TapWriter<std::io::Stdout>) -> std::io::Result<i32> {
         .read(true)
         .write(true)
         .create(true)
+        .truncate(false)
         .open(&o.file)
     {
         Ok(f) => f,
