@@ -10,40 +10,9 @@ use std::time::{Duration, Instant};
 
 const COWGUP: &str = env!("CARGO_BIN_EXE_cowgup");
 
-/// Everything the suite may change, as text, for before/after comparison.
+/// The host's mm settings plus what is left in the state directory.
 fn host_state(state_dir: &Path) -> String {
-    let mut s = String::new();
-    let mut add = |p: &Path| {
-        if let Ok(v) = fs::read_to_string(p) {
-            s.push_str(&format!("{}: {}\n", p.display(), v.trim()));
-        }
-    };
-    let thp = Path::new("/sys/kernel/mm/transparent_hugepage");
-    add(&thp.join("enabled"));
-    let mut dirs: Vec<PathBuf> = fs::read_dir(thp)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    dirs.extend(
-        fs::read_dir("/sys/kernel/mm/hugepages")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path()),
-    );
-    dirs.sort();
-    for d in dirs {
-        add(&d.join("enabled"));
-        add(&d.join("nr_hugepages"));
-    }
-    add(Path::new("/proc/swaps"));
-    let debugfs = fs::read_to_string("/proc/self/mounts")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some("/sys/kernel/debug"));
-    s.push_str(&format!("debugfs mounted: {debugfs}\n"));
+    let mut s = cowgup_fixtures::needs::host_snapshot();
     let mut left: Vec<String> = fs::read_dir(state_dir)
         .into_iter()
         .flatten()

@@ -59,6 +59,58 @@ fn options_from_env() -> Options {
     }
 }
 
+/// Command-line handling shared by the drop-ins: upstream's programs take no
+/// arguments; ours also take optional name filters (substrings, as
+/// `cargo test` does), so `KSELFTEST_COW_ARGS=memfd` runs a subset under the
+/// kernel's runner. Anything that looks like an option is refused in TAP.
+pub fn select(program: &str, mut scenarios: Vec<Scenario>) -> Result<Vec<Scenario>, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(bad) = args.iter().find(|a| a.starts_with('-')) {
+        return Err(format!(
+            "{program}: unknown option {bad:?} (usage: {program} [FILTER...]; a trial runs if its name contains a FILTER)"
+        ));
+    }
+    let selection = cowgup_tests::Selection {
+        filters: args,
+        ..Default::default()
+    };
+    scenarios.retain(|s| selection.selects(&s.name));
+    scenarios.extend(injected());
+    Ok(scenarios)
+}
+
+/// `COWGUP_INJECT=fail|hang` appends one deliberately broken trial, so the
+/// exit-code mapping of kselftest's runner can be tested end to end.
+fn injected() -> Option<Scenario> {
+    let what = std::env::var("COWGUP_INJECT").ok()?;
+    let body: std::sync::Arc<dyn Fn() -> Outcome + Send + Sync> = match what.as_str() {
+        "fail" => {
+            std::sync::Arc::new(|| Outcome::Fail("injected failure (COWGUP_INJECT=fail)".into()))
+        }
+        "hang" => std::sync::Arc::new(|| loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }),
+        _ => return None,
+    };
+    Some(Scenario {
+        name: format!("cowgup injected {what} (COWGUP_INJECT={what})"),
+        family: Family::CowNonAnon,
+        group: "injected".into(),
+        needs: vec![],
+        knobs: vec![],
+        body,
+    })
+}
+
+/// Refuse bad input the kselftest way: `Bail out!` and exit 1.
+pub fn bail(msg: &str) -> ExitCode {
+    let mut w = TapWriter::new(stdout().lock(), Dialect::Kselftest);
+    let _ = w.header(std::env::var_os("KSFT_TAP_LEVEL").is_some());
+    let _ = w.bail_out(msg);
+    let _ = w.finish();
+    ExitCode::from(crate::KSFT_FAIL as u8)
+}
+
 pub fn run(program: Program) -> ExitCode {
     let mut w = TapWriter::new(stdout().lock(), Dialect::Kselftest);
     let tap_level_set = std::env::var_os("KSFT_TAP_LEVEL").is_some();

@@ -197,6 +197,7 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
         }
     }
     match p.plan {
+        None if p.bail_out.is_some() => {}
         None => errors.push("no plan".into()),
         Some(n) if p.skip_all.is_none() && n != p.results.len() && p.bail_out.is_none() => {
             let listed = p
@@ -298,9 +299,17 @@ mod tests {
             ("TAP version 13\n1..1\nok 1 # TODO a\n", "unknown directive"),
             ("TAP version 13\n1..1\nok 1 a\ngarbage\n", "stray line"),
             ("TAP version 13\n1..1\n1..1\nok 1 a\n", "two plans"),
+            ("TAP version 13\n", "no plan and no bail out"),
         ] {
             assert!(parse(bad).is_err(), "{why} was accepted");
         }
+    }
+
+    #[test]
+    fn a_bail_out_needs_no_plan_and_means_exit_1() {
+        let p = parse("TAP version 13\nBail out! opening pagemap failed\n# Totals: pass:0 fail:0 xfail:0 xpass:0 skip:0 error:0\n").unwrap();
+        assert_eq!(p.bail_out.as_deref(), Some("opening pagemap failed"));
+        assert_eq!(p.expected_exit_code(), 1);
     }
 
     #[test]
