@@ -235,7 +235,9 @@ fn kselftest_runner_maps_exit_codes() -> Result<(), String> {
         .to_string_lossy()
         .into_owned();
     let memfd = [("KSELFTEST_COW_ARGS", "memfd")];
-    let cases: [(&str, Vec<(&str, &str)>, Vec<String>); 3] = [
+    // programs to run, environment, lines the runner must print
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<String>);
+    let cases: [Case; 3] = [
         (
             "./cow ./gup_test ./gup_longterm",
             memfd.to_vec(),
