@@ -379,7 +379,10 @@ pub fn ro_pin_and_check(
     let read = gup.read(copy);
     gup.stop();
     read?;
-    let data = pattern.check(copy, Writer::Parent);
+    // The copy holds what the pinned pages of `region` hold: check it as `region`'s.
+    // SAFETY: the copy is mapped and was just filled by the kernel.
+    let pinned = unsafe { std::slice::from_raw_parts(copy.ptr(), copy.len) };
+    let data = pattern.check_bytes(pinned, region.addr, Writer::Parent);
     let sharing = evidence::compare(
         "pinned pages before vs after the write",
         "before",
