@@ -85,7 +85,10 @@ pub fn known_leak(
 pub fn judge(mechanism: Mechanism, memory: MemoryClass, observed: Observed) -> Outcome {
     if let Observed::LostAtFork(what) = &observed {
         return match known_leak(mechanism, memory, true) {
-            Some(k) => Outcome::Xfail(format!("{what}; expected: {}", k.reason)),
+            Some(k) => {
+                cowgup_harness::diag(what);
+                Outcome::Xfail(format!("lost at fork; expected: {}", k.reason))
+            }
             None => Outcome::Fail(what.clone()),
         };
     }
@@ -99,7 +102,11 @@ pub fn judge(mechanism: Mechanism, memory: MemoryClass, observed: Observed) -> O
         (Observed::Clean, Some(k)) => Outcome::Xpass(format!("expected a leak: {}", k.reason)),
         (Observed::Clean, None) => Outcome::Pass,
         (Observed::Leak(what), Some(k)) => {
-            Outcome::Xfail(format!("{what}; expected: {}", k.reason))
+            // The details go to the diagnostics; the reason stays the same for
+            // every trial with this behaviour, so reports can group them.
+            cowgup_harness::diag(&what);
+            let label = what.split(':').next().unwrap_or(&what);
+            Outcome::Xfail(format!("{label}; expected: {}", k.reason))
         }
         (Observed::Leak(what), None) => Outcome::Fail(what),
         (Observed::LostAtFork(_), _) => unreachable!("handled above"),
