@@ -56,8 +56,7 @@ fn main() {
             Trial::ignorable_test(scenario.name.clone(), move || {
                 let session = session.expect("trials only run when not listing");
                 let mut s = session.lock().unwrap();
-                let trial = s.trial(&scenario);
-                let report = match s.run(&trial) {
+                let report = match s.run(&scenario) {
                     Ok(r) => r,
                     Err(stop) => s.abort(stop),
                 };

@@ -46,18 +46,15 @@ pub fn bench(args: &BenchArgs) -> ExitCode {
     for line in &session.log {
         println!("cowgup: {line}");
     }
-    let trials: Vec<_> = chosen
-        .iter()
-        .map(|s| (s.group.clone(), session.trial(s)))
-        .collect();
     let mut per_group: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
     let mut executed: BTreeMap<String, usize> = BTreeMap::new();
     let mut totals = Vec::new();
     for round in 0..args.repeat {
         let mut sums: BTreeMap<String, Duration> = BTreeMap::new();
         let t0 = Instant::now();
-        for (group, trial) in &trials {
-            let r = match session.run(trial) {
+        for s in &chosen {
+            let group = &s.group;
+            let r = match session.run(s) {
                 Ok(r) => r,
                 Err(stop) => session.abort(stop),
             };
@@ -97,7 +94,7 @@ pub fn bench(args: &BenchArgs) -> ExitCode {
             .as_secs_f64()
             * 1e3,
         args.repeat,
-        trials.len()
+        chosen.len()
     );
     if let Some(path) = &args.against {
         let mut runs = Vec::new();

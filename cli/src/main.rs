@@ -255,11 +255,10 @@ fn run(args: &RunArgs) -> ExitCode {
     };
     let mut record = Record::new(&session);
     for s in &chosen {
-        let trial = session.trial(s);
         if let Some(r) = &reporter {
-            r.starting(&trial.name);
+            r.starting(&s.name);
         }
-        match session.run(&trial) {
+        match session.run(s) {
             Ok(r) => {
                 if let Some(h) = &mut reporter {
                     h.finished(&r);

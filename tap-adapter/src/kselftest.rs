@@ -98,6 +98,7 @@ fn injected() -> Option<Scenario> {
         group: "injected".into(),
         needs: vec![],
         knobs: vec![],
+        pins: false,
         body,
     })
 }
@@ -140,8 +141,7 @@ pub fn run(program: Program) -> ExitCode {
                 w.diag((program.section)(s.family))?;
             }
             w.diag(&format!("[RUN] {}", s.name))?;
-            let trial = session.trial(s);
-            let report = match session.run(&trial) {
+            let report = match session.run(s) {
                 Ok(r) => r,
                 Err(stop @ Stop::Interrupted(_)) => {
                     let _ = w.diag("interrupted; host settings restored");

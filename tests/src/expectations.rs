@@ -27,6 +27,13 @@ pub enum Mechanism {
     Collapse,
 }
 
+impl Mechanism {
+    /// Whether the mechanism takes FOLL_PIN references.
+    pub fn pins(self) -> bool {
+        matches!(self, Mechanism::IoUringPin | Mechanism::RoPin)
+    }
+}
+
 /// The kind of memory, as far as expectations care.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemoryClass {

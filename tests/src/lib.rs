@@ -61,6 +61,8 @@ pub struct Scenario {
     pub group: String,
     pub needs: Vec<Need>,
     pub knobs: Vec<Knob>,
+    /// Takes FOLL_PIN references (so pin balance is counted exactly).
+    pub pins: bool,
     pub body: Arc<dyn Fn() -> Outcome + Send + Sync>,
 }
 
@@ -102,6 +104,7 @@ pub fn cow_catalogue(caps: &Capabilities) -> Vec<Scenario> {
                     .chain(case.needs.iter().copied())
                     .collect(),
                 knobs: backing.knobs(caps.pmd_size),
+                pins: mechanism.pins(),
                 body: Arc::new(move || {
                     outcome(
                         backing
@@ -125,6 +128,7 @@ pub fn cow_catalogue(caps: &Capabilities) -> Vec<Scenario> {
                 group: backing.group(),
                 needs: backing.needs(),
                 knobs: backing.knobs(caps.pmd_size),
+                pins: false,
                 body: Arc::new(move || {
                     let case = &cow_anon_thp::CASES[i];
                     outcome(
@@ -159,6 +163,7 @@ pub fn cow_catalogue(caps: &Capabilities) -> Vec<Scenario> {
                     .chain(case.needs.iter().copied())
                     .collect(),
                 knobs,
+                pins: mechanism.pins(),
                 body: Arc::new(move || {
                     outcome(
                         backing

@@ -6,10 +6,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cowgup_fixtures::needs::{provision, Need};
+use cowgup_fixtures::pin_balance;
 use cowgup_fixtures::Env;
 use cowgup_harness::guard::RestoreReport;
 use cowgup_harness::probe::Capabilities;
-use cowgup_harness::{run_trial, signals, HostGuard, RunOptions, Stop, Trial, TrialReport};
+use cowgup_harness::{
+    run_trial, signals, HostGuard, Outcome, RunOptions, Stop, Trial, TrialReport,
+};
+
+/// io_uring releases a ring's pins asynchronously after the ring is closed.
+const PIN_SETTLE_LIMIT: Duration = Duration::from_secs(3);
 
 use crate::Scenario;
 
@@ -118,8 +124,37 @@ impl Session {
         s.trial(&self.caps)
     }
 
-    pub fn run(&mut self, trial: &Trial) -> Result<TrialReport, Stop> {
-        run_trial(trial, self.guard.as_mut(), &self.run_opts)
+    /// Run one scenario, then hold it to pin balance: every FOLL_PIN it took
+    /// must be released once its processes are gone (see pin_balance.rs).
+    /// Scenarios that pin get exact counts; for the others a cheap read
+    /// still catches anything above the per-CPU batching.
+    pub fn run(&mut self, s: &Scenario) -> Result<TrialReport, Stop> {
+        let trial = self.trial(s);
+        let before = pin_balance::read(s.pins);
+        let mut report = run_trial(&trial, self.guard.as_mut(), &self.run_opts)?;
+        if let (Some(before), true) = (before, trial.skip.is_none()) {
+            match pin_balance::settle(before, s.pins, PIN_SETTLE_LIMIT) {
+                Ok(d) if d.acquired > 0 => report.diagnostics.push(format!(
+                    "pin balance: {} pins taken and released",
+                    d.acquired
+                )),
+                Ok(_) => {}
+                Err(d) => {
+                    report.diagnostics.push(format!(
+                        "outcome before the pin-balance check: {}",
+                        report.outcome
+                    ));
+                    report.outcome = Outcome::Fail(format!(
+                        "pin balance: {} pins acquired but {} released during the trial \
+                         (nr_foll_pin_acquired/released in /proc/vmstat, after waiting {} s)",
+                        d.acquired,
+                        d.released,
+                        PIN_SETTLE_LIMIT.as_secs()
+                    ));
+                }
+            }
+        }
+        Ok(report)
     }
 
     /// Put the host back. Idempotent.
