@@ -6,9 +6,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
+use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -241,13 +243,12 @@ fn undo_all(entries: &[Entry]) -> RestoreReport {
 }
 
 const JOURNAL: &str = "journal";
-const LOCK: &str = "lock";
 
 /// Holds the host for one run. Only one process may hold it at a time.
 pub struct HostGuard {
     dir: PathBuf,
     journal: File,
-    _lock: File,
+    _lock: UnixListener,
     entries: Vec<Entry>,
     journaled_knobs: BTreeMap<PathBuf, String>,
     held: BTreeSet<PathBuf>,
@@ -410,48 +411,57 @@ impl Drop for HostGuard {
     }
 }
 
-fn lock_state_dir(dir: &Path) -> io::Result<File> {
-    use std::os::unix::fs::MetadataExt;
-    fs::create_dir_all(dir)?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
-    loop {
-        let mut lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(dir.join(LOCK))?;
-        // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let mut holder = String::new();
-            let _ = lock.read_to_string(&mut holder);
-            return Err(io::Error::new(
-                io::ErrorKind::WouldBlock,
-                format!(
-                    "another cowgup (pid {}) is changing this host's settings (lock {})",
-                    holder.trim(),
-                    dir.join(LOCK).display()
-                ),
-            ));
-        }
-        // The holder before us removes the lock file when it is done; if we
-        // locked a file that is no longer the one at the path, start over.
-        let same = fs::metadata(dir.join(LOCK))
-            .is_ok_and(|m| m.ino() == lock.metadata().map_or(0, |l| l.ino()));
-        if !same {
-            continue;
-        }
-        lock.set_len(0)?;
-        write!(lock, "{}", std::process::id())?;
-        return Ok(lock);
+/// The host lock: an abstract unix socket. One per host (network namespace),
+/// whatever state directory a run uses, released by the kernel when its
+/// holder dies however it dies, and it leaves no file behind.
+const HOST_LOCK: &[u8] = b"cowgup-host-guard";
+
+/// The lock's fd, closed in every forked trial process so that a child which
+/// outlives a killed runner cannot keep the host locked.
+static LOCK_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// For forked children: let go of the inherited host lock.
+pub fn release_inherited_lock() {
+    let fd = LOCK_FD.swap(-1, std::sync::atomic::Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: the fd was inherited from the parent and is not used here.
+        unsafe { libc::close(fd) };
     }
 }
 
-/// Leave nothing behind: the lock file, and the state directory if it is
-/// then empty. Called while still holding the lock.
+fn lock_host() -> io::Result<UnixListener> {
+    let addr = SocketAddr::from_abstract_name(HOST_LOCK)?;
+    match UnixListener::bind_addr(&addr) {
+        Ok(l) => {
+            LOCK_FD.store(l.as_raw_fd(), std::sync::atomic::Ordering::SeqCst);
+            Ok(l)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            let holder = UnixStream::connect_addr(&addr)
+                .ok()
+                .and_then(|s| {
+                    nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials)
+                        .ok()
+                })
+                .map_or("?".to_string(), |c| c.pid().to_string());
+            Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("another cowgup (pid {holder}) is changing this host's settings"),
+            ))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn lock_state_dir(dir: &Path) -> io::Result<UnixListener> {
+    let lock = lock_host()?;
+    fs::create_dir_all(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    Ok(lock)
+}
+
+/// Leave nothing behind: the state directory, if it is empty.
 fn remove_lock(dir: &Path) {
-    let _ = fs::remove_file(dir.join(LOCK));
     let _ = fs::remove_dir(dir);
 }
 

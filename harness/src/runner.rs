@@ -160,6 +160,7 @@ fn fork_and_wait(trial: &Trial, opts: &RunOptions) -> io::Result<Waited> {
 
 fn child_main(trial: &Trial, wr: OwnedFd) -> ! {
     signals::reset_to_default();
+    crate::guard::release_inherited_lock();
     let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
     DIAG_FD.store(wr.as_raw_fd(), Ordering::SeqCst);
     std::mem::forget(wr);
