@@ -9,14 +9,14 @@ use std::sync::{Arc, Mutex};
 use cowgup_harness::probe::Capabilities;
 use cowgup_harness::Outcome;
 use cowgup_tests::session::{Options, Session};
-use cowgup_tests::{cow_catalogue, Selection};
+use cowgup_tests::{catalogue, Selection};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
 fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
     let caps = Capabilities::probe();
-    let scenarios = cow_catalogue(&caps);
+    let scenarios = catalogue(&caps);
     let selection = Selection {
         filters: args.filter.iter().cloned().collect(),
         exact: args.exact,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use cowgup_harness::probe::Capabilities;
 use cowgup_tests::session::{default_state_dir, Options, Session};
-use cowgup_tests::{cow_catalogue, Scenario, Selection};
+use cowgup_tests::{catalogue, Scenario, Selection};
 
 const ABOUT: &str = "Runs the Linux kernel's COW/GUP selftest catalogue (tools/testing/selftests/mm/cow.c) \
 against the running kernel and proves, per page, that no data leaks between parent and child and that \
@@ -164,7 +164,7 @@ pub fn select(sel: &SelectArgs) -> Result<(Capabilities, Vec<Scenario>), String>
         exact: sel.exact,
         skip: sel.skip.clone(),
     };
-    let chosen: Vec<Scenario> = cow_catalogue(&caps)
+    let chosen: Vec<Scenario> = catalogue(&caps)
         .into_iter()
         .filter(|s| selection.selects(&s.name))
         .collect();

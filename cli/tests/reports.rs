@@ -5,7 +5,8 @@
 use std::process::Command;
 
 const COWGUP: &str = env!("CARGO_BIN_EXE_cowgup");
-const SELECTION: &str = "with memfd";
+/// cow's non-anonymous "Basic COW" on its six backings (on a host with two hugetlb sizes).
+const SELECTION: &str = "Basic COW ... with";
 
 fn report(format: &str) -> Result<String, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -32,8 +33,9 @@ fn json_carries_probe_and_every_trial() -> Result<(), String> {
     let doc: serde_json::Value =
         serde_json::from_str(&report("json")?).map_err(|e| e.to_string())?;
     let trials = doc["trials"].as_array().ok_or("no trials array")?;
-    if trials.len() != 9 {
-        return Err(format!("{} trials, want 9", trials.len()));
+    let want = 4 + cowgup_harness::probe::Capabilities::probe().hugetlb.len();
+    if trials.len() != want {
+        return Err(format!("{} trials, want {want}", trials.len()));
     }
     for t in trials {
         for key in [
@@ -95,7 +97,7 @@ fn junit_loads_with_a_testsuite_per_family() -> Result<(), String> {
         }
     };
     let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() || !text.contains("cow: non-anonymous memory 9") {
+    if !out.status.success() || !text.contains("cow: non-anonymous memory") {
         return Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)));
     }
     Ok(())
@@ -105,7 +107,7 @@ fn tap_and_ktap_parse_strictly() -> Result<(), String> {
     for format in ["tap", "ktap"] {
         let text = report(format)?;
         let p = cowgup_tap::parse(&text).map_err(|e| format!("{format}: {e:?}"))?;
-        if p.results.len() != 9 {
+        if p.results.len() < 4 {
             return Err(format!("{format}: {} results", p.results.len()));
         }
         let version = if format == "tap" {

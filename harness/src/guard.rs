@@ -167,6 +167,9 @@ impl Entry {
                     .map(|_| Some(format!("unmounted {}", p.display())))
                     .map_err(|e| format!("umount {}: {e}", p.display()))
             }
+            Entry::ScratchDir(p) if p.is_file() => fs::remove_file(p)
+                .map(|_| Some(format!("removed {}", p.display())))
+                .map_err(|e| format!("removing {}: {e}", p.display())),
             Entry::ScratchDir(p) => match fs::remove_dir_all(p) {
                 Ok(()) => Ok(Some(format!("removed {}", p.display()))),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -365,6 +368,16 @@ impl HostGuard {
         f.write_all(&swap_header(bytes))?;
         f.sync_all()?;
         swapon(&dev)
+    }
+
+    /// Journal a mount someone else performs (mount(8) -o loop, say).
+    pub fn record_mount(&mut self, target: &Path) -> io::Result<()> {
+        self.record(Entry::Mount(target.to_path_buf()))
+    }
+
+    /// A file that is removed at restore.
+    pub fn scratch_file(&mut self, path: &Path) -> io::Result<()> {
+        self.record(Entry::ScratchDir(path.to_path_buf()))
     }
 
     pub fn mount(&mut self, fstype: &str, target: &Path) -> io::Result<()> {

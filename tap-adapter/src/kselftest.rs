@@ -18,16 +18,25 @@ pub struct Program {
     pub info: Vec<String>,
     pub scenarios: Vec<Scenario>,
     /// The line printed when a family's trials start, as upstream does.
-    pub section: fn(Family) -> &'static str,
+    pub section: fn(Family) -> Option<&'static str>,
 }
 
 /// cow.c's section lines.
-pub fn cow_section(f: Family) -> &'static str {
+pub fn cow_section(f: Family) -> Option<&'static str> {
     match f {
-        Family::CowAnon => "[INFO] Anonymous memory tests in private mappings",
-        Family::CowAnonThp => "[INFO] Anonymous THP tests",
-        Family::CowNonAnon => "[RUN] Non-anonymous memory tests in private mappings",
+        Family::CowAnon => Some("[INFO] Anonymous memory tests in private mappings"),
+        Family::CowAnonThp => Some("[INFO] Anonymous THP tests"),
+        Family::CowNonAnon => Some("[RUN] Non-anonymous memory tests in private mappings"),
+        Family::GupLongterm => None,
     }
+}
+
+/// gup_longterm.c's start-up [INFO] lines.
+pub fn hugetlb_info(caps: &Capabilities) -> Vec<String> {
+    caps.hugetlb
+        .iter()
+        .map(|p| format!("[INFO] detected hugetlb page size: {} KiB", p.size / 1024))
+        .collect()
 }
 
 /// cow.c's start-up [INFO] lines for this kernel.
@@ -138,7 +147,9 @@ pub fn run(program: Program) -> ExitCode {
         for s in &program.scenarios {
             if family != Some(s.family) {
                 family = Some(s.family);
-                w.diag((program.section)(s.family))?;
+                if let Some(line) = (program.section)(s.family) {
+                    w.diag(line)?;
+                }
             }
             w.diag(&format!("[RUN] {}", s.name))?;
             let report = match session.run(s) {

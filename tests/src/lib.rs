@@ -14,6 +14,7 @@ pub mod cow_anon;
 pub mod cow_anon_thp;
 pub mod cow_non_anon;
 pub mod expectations;
+pub mod gup_longterm;
 pub mod session;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub enum Family {
     CowAnon,
     CowAnonThp,
     CowNonAnon,
+    GupLongterm,
 }
 
 impl Family {
@@ -40,6 +42,7 @@ impl Family {
             Family::CowAnon => "cow_anon",
             Family::CowAnonThp => "cow_anon_thp",
             Family::CowNonAnon => "cow_non_anon",
+            Family::GupLongterm => "gup_longterm",
         }
     }
 
@@ -48,6 +51,7 @@ impl Family {
             Family::CowAnon => "cow: anonymous memory",
             Family::CowAnonThp => "cow: anonymous THP collapse",
             Family::CowNonAnon => "cow: non-anonymous memory",
+            Family::GupLongterm => "gup_longterm: long-term pins of files",
         }
     }
 }
@@ -178,6 +182,44 @@ pub fn cow_catalogue(caps: &Capabilities) -> Vec<Scenario> {
     out
 }
 
+/// gup_longterm's trials: upstream's backings, and with `extra` a file on a
+/// tmpfs and on an ext4 the suite controls, so that both expectations (pin
+/// allowed, pin refused) are exercised on every host.
+pub fn gup_longterm_catalogue(caps: &Capabilities, extra: bool) -> Vec<Scenario> {
+    use cowgup_fixtures::file::FileBacking;
+    use cowgup_fixtures::needs::ScratchFs;
+    let hugetlb: Vec<usize> = caps.hugetlb.iter().map(|p| p.size).collect();
+    let mut backings = FileBacking::upstream(&hugetlb);
+    if extra {
+        backings.extend([
+            FileBacking::Scratch(ScratchFs::Tmpfs),
+            FileBacking::Scratch(ScratchFs::Ext4),
+        ]);
+    }
+    let mut out = Vec::new();
+    for (i, case) in gup_longterm::CASES.iter().enumerate() {
+        for &backing in &backings {
+            out.push(Scenario {
+                name: format!("{} ... with {}", case.desc, backing.suffix()),
+                family: Family::GupLongterm,
+                group: backing.group(),
+                needs: backing.needs().into_iter().chain(case.needs()).collect(),
+                knobs: vec![],
+                pins: true,
+                body: Arc::new(move || gup_longterm::run(&gup_longterm::CASES[i], backing)),
+            });
+        }
+    }
+    out
+}
+
+/// Everything `cowgup` runs: the cow catalogue, then gup_longterm's.
+pub fn catalogue(caps: &Capabilities) -> Vec<Scenario> {
+    let mut v = cow_catalogue(caps);
+    v.extend(gup_longterm_catalogue(caps, true));
+    v
+}
+
 /// libtest's selection rules: a name is run if it contains any filter (or
 /// equals one, with `exact`), and contains no skip pattern.
 #[derive(Clone, Debug, Default)]
@@ -240,6 +282,17 @@ mod tests {
             assert_eq!(got, want, "name #{}", i + 1);
         }
         assert_eq!(names.len(), want.len());
+    }
+
+    #[test]
+    fn gup_longterm_names_equal_upstreams_list() {
+        let expected = include_str!("../names-gup_longterm.txt");
+        let names: Vec<String> = gup_longterm_catalogue(&reference_host(), false)
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, expected.lines().collect::<Vec<_>>());
+        assert_eq!(gup_longterm_catalogue(&reference_host(), true).len(), 70);
     }
 
     #[test]

@@ -1,12 +1,21 @@
-//! Drop-in for tools/testing/selftests/mm/gup_longterm. Its catalogue is not
-//! written yet, so it says so the way kselftest programs do: a whole-program
-//! skip (exit 4), never a silent pass.
+//! Drop-in for tools/testing/selftests/mm/gup_longterm: no arguments (or
+//! name filters), kselftest TAP, upstream's names.
 
-use cowgup_tap::write::{Dialect, TapWriter};
+use cowgup_harness::probe::Capabilities;
+use cowgup_tap::kselftest::{bail, hugetlb_info, run, select, Program};
 
 fn main() -> std::process::ExitCode {
-    let mut w = TapWriter::new(std::io::stdout().lock(), Dialect::Kselftest);
-    let _ = w.header(std::env::var_os("KSFT_TAP_LEVEL").is_some());
-    let _ = w.skip_all("cowgup: the gup_longterm catalogue is not implemented yet");
-    std::process::ExitCode::from(cowgup_tap::KSFT_SKIP as u8)
+    let caps = Capabilities::probe();
+    let scenarios = match select(
+        "gup_longterm",
+        cowgup_tests::gup_longterm_catalogue(&caps, false),
+    ) {
+        Ok(s) => s,
+        Err(e) => return bail(&e),
+    };
+    run(Program {
+        info: hugetlb_info(&caps),
+        scenarios,
+        section: |_| None,
+    })
 }

@@ -1,0 +1,184 @@
+//! gup_longterm.c's catalogue: which long-term pins the kernel must grant and
+//! which it must refuse, per kind of file. A writable long-term pin of a
+//! MAP_SHARED mapping is only fine where the page cache cannot be written
+//! back under the pin (tmpfs, hugetlbfs); on ext4/xfs/btrfs it must be
+//! refused (6.5+). Read-only pins, and pins of MAP_PRIVATE mappings (which
+//! COW into anonymous memory first), must always work.
+
+use cowgup_fixtures::file::{FileBacking, FileMemory, FsClass};
+use cowgup_fixtures::needs::Need;
+use cowgup_fixtures::pin::{FixedBuffer, GupTest};
+use cowgup_fixtures::{fail, skip, Step};
+use cowgup_harness::{diag, Outcome};
+
+#[derive(Clone, Copy, Debug)]
+pub enum LongtermPin {
+    /// gup_test PIN_LONGTERM_TEST_START
+    Gup { write: bool, fast: bool },
+    /// io_uring fixed buffer: always FOLL_WRITE | FOLL_PIN | FOLL_LONGTERM
+    IoUring,
+}
+
+pub struct LongtermCase {
+    pub desc: &'static str,
+    pub pin: LongtermPin,
+    pub shared: bool,
+}
+
+const fn gup(desc: &'static str, write: bool, fast: bool, shared: bool) -> LongtermCase {
+    LongtermCase {
+        desc,
+        pin: LongtermPin::Gup { write, fast },
+        shared,
+    }
+}
+
+pub const CASES: [LongtermCase; 10] = [
+    gup(
+        "R/W longterm GUP pin in MAP_SHARED file mapping",
+        true,
+        false,
+        true,
+    ),
+    gup(
+        "R/W longterm GUP-fast pin in MAP_SHARED file mapping",
+        true,
+        true,
+        true,
+    ),
+    gup(
+        "R/O longterm GUP pin in MAP_SHARED file mapping",
+        false,
+        false,
+        true,
+    ),
+    gup(
+        "R/O longterm GUP-fast pin in MAP_SHARED file mapping",
+        false,
+        true,
+        true,
+    ),
+    gup(
+        "R/W longterm GUP pin in MAP_PRIVATE file mapping",
+        true,
+        false,
+        false,
+    ),
+    gup(
+        "R/W longterm GUP-fast pin in MAP_PRIVATE file mapping",
+        true,
+        true,
+        false,
+    ),
+    gup(
+        "R/O longterm GUP pin in MAP_PRIVATE file mapping",
+        false,
+        false,
+        false,
+    ),
+    gup(
+        "R/O longterm GUP-fast pin in MAP_PRIVATE file mapping",
+        false,
+        true,
+        false,
+    ),
+    LongtermCase {
+        desc: "io_uring fixed buffer with MAP_SHARED file mapping",
+        pin: LongtermPin::IoUring,
+        shared: true,
+    },
+    LongtermCase {
+        desc: "io_uring fixed buffer with MAP_PRIVATE file mapping",
+        pin: LongtermPin::IoUring,
+        shared: false,
+    },
+];
+
+impl LongtermCase {
+    pub fn needs(&self) -> Vec<Need> {
+        match self.pin {
+            LongtermPin::Gup { .. } => vec![Need::GupTest],
+            LongtermPin::IoUring => vec![Need::IoUring],
+        }
+    }
+
+    fn writes(&self) -> bool {
+        match self.pin {
+            LongtermPin::Gup { write, .. } => write,
+            LongtermPin::IoUring => true,
+        }
+    }
+}
+
+/// What the pin attempt returned.
+enum Granted {
+    Yes,
+    /// Refused with an errno that means "not allowed here".
+    Refused(nix::errno::Errno),
+}
+
+pub fn run(case: &LongtermCase, backing: FileBacking) -> Outcome {
+    let read_only = matches!(case.pin, LongtermPin::Gup { write: false, .. });
+    run_steps(case, backing, read_only).unwrap_or_else(|o| o)
+}
+
+fn run_steps(case: &LongtermCase, backing: FileBacking, read_only: bool) -> Step<Outcome> {
+    let mem = backing.setup(case.shared, read_only)?;
+    diag(format!("file on {}", mem.fs.name()));
+    if case.shared && case.writes() {
+        if let FsClass::Unknown(name) = &mem.fs {
+            return skip(format!("Unknown filesystem: {name}"));
+        }
+    }
+    let should_work = !case.shared || !case.writes() || matches!(mem.fs, FsClass::PinsAllowed(_));
+    let granted = match case.pin {
+        LongtermPin::Gup { write, fast } => pin_with_gup_test(&mem, write, fast)?,
+        LongtermPin::IoUring => pin_with_io_uring(&mem)?,
+    };
+    Ok(match (granted, should_work) {
+        (Granted::Yes, true) | (Granted::Refused(_), false) => Outcome::Pass,
+        (Granted::Yes, false) => Outcome::Fail(format!(
+            "Should have failed: a writable long-term pin of a MAP_SHARED {} file was granted",
+            mem.fs.name()
+        )),
+        (Granted::Refused(e), true) => {
+            Outcome::Fail(format!("Should have worked: the pin was refused with {e}"))
+        }
+    })
+}
+
+fn pin_with_gup_test(mem: &FileMemory, write: bool, fast: bool) -> Step<Granted> {
+    let gup = GupTest::open()?;
+    match gup.start(mem.region, write, fast) {
+        Ok(()) => {
+            gup.stop();
+            Ok(Granted::Yes)
+        }
+        Err(nix::errno::Errno::EFAULT) => Ok(Granted::Refused(nix::errno::Errno::EFAULT)),
+        Err(nix::errno::Errno::EINVAL) => skip("PIN_LONGTERM_TEST_START failed: EINVAL"),
+        Err(e) => fail(format!("PIN_LONGTERM_TEST_START failed: {e}")),
+    }
+}
+
+/// Judged by the error code the registration returns (upstream reads a stale
+/// errno instead, which liburing never sets).
+fn pin_with_io_uring(mem: &FileMemory) -> Step<Granted> {
+    match FixedBuffer::try_register(mem.region)? {
+        Ok(buf) => {
+            drop(buf);
+            Ok(Granted::Yes)
+        }
+        Err(e) => {
+            let errno = nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0));
+            diag(format!("io_uring_register_buffers() returned {errno}"));
+            match errno {
+                // EFAULT since 6.5; ENOSPC/EOPNOTSUPP on older kernels.
+                nix::errno::Errno::EFAULT
+                | nix::errno::Errno::ENOSPC
+                | nix::errno::Errno::EOPNOTSUPP => Ok(Granted::Refused(errno)),
+                // Lack of support or of RLIMIT_MEMLOCK: not a verdict on pinning.
+                other => skip(format!("io_uring_register_buffers() failed ({other})")),
+            }
+        }
+    }
+}
