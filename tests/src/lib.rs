@@ -15,6 +15,7 @@ pub mod cow_anon_thp;
 pub mod cow_non_anon;
 pub mod expectations;
 pub mod gup_longterm;
+pub mod gup_test;
 pub mod session;
 
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub enum Family {
     CowAnonThp,
     CowNonAnon,
     GupLongterm,
+    GupTest,
 }
 
 impl Family {
@@ -43,6 +45,7 @@ impl Family {
             Family::CowAnonThp => "cow_anon_thp",
             Family::CowNonAnon => "cow_non_anon",
             Family::GupLongterm => "gup_longterm",
+            Family::GupTest => "gup_test",
         }
     }
 
@@ -52,6 +55,7 @@ impl Family {
             Family::CowAnonThp => "cow: anonymous THP collapse",
             Family::CowNonAnon => "cow: non-anonymous memory",
             Family::GupLongterm => "gup_longterm: long-term pins of files",
+            Family::GupTest => "gup_test: get/pin_user_pages() via CONFIG_GUP_TEST",
         }
     }
 }
@@ -213,10 +217,47 @@ pub fn gup_longterm_catalogue(caps: &Capabilities, extra: bool) -> Vec<Scenario>
     out
 }
 
-/// Everything `cowgup` runs: the cow catalogue, then gup_longterm's.
+/// run_vmtests.sh's gup_test runs, named by their command lines.
+pub fn gup_test_catalogue() -> Vec<Scenario> {
+    let default_huge =
+        cowgup_harness::probe::meminfo("Hugepagesize").map_or(2 << 20, |kb| kb as usize * 1024);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mb = gup_test::hugetlb_mb(default_huge, cpus);
+    gup_test::invocations(mb)
+        .into_iter()
+        .map(|args| {
+            let words: Vec<&str> = args.split_whitespace().collect();
+            let (run, _) = cowgup_fixtures::gup_bench::GupRun::from_args(&words)
+                .expect("catalogue entries parse");
+            let mut needs = vec![Need::GupTest];
+            if run.hugetlb {
+                let count = (mb << 20).div_ceil(default_huge) as u64;
+                needs.insert(
+                    0,
+                    Need::HugetlbPages {
+                        size: default_huge,
+                        count,
+                    },
+                );
+            }
+            Scenario {
+                name: format!("gup_test {args}"),
+                family: Family::GupTest,
+                group: "gup_test".into(),
+                needs,
+                knobs: vec![],
+                pins: run.cmd.pins(),
+                body: Arc::new(move || gup_test::run(&args)),
+            }
+        })
+        .collect()
+}
+
+/// Everything `cowgup` runs: the cow catalogue, gup_longterm's, gup_test's.
 pub fn catalogue(caps: &Capabilities) -> Vec<Scenario> {
     let mut v = cow_catalogue(caps);
     v.extend(gup_longterm_catalogue(caps, true));
+    v.extend(gup_test_catalogue());
     v
 }
 

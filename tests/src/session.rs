@@ -96,8 +96,20 @@ impl Session {
                     log.push(format!("could not restore: {p}"));
                 }
             }
+            // debugfs first: whether gup_test exists decides which trials can run at all.
+            if selected.iter().any(|s| s.needs.contains(&Need::GupTest)) {
+                log.extend(provision(&[Need::GupTest], &caps, &mut g));
+                caps = Capabilities::probe();
+            }
+            // Then only what trials that can otherwise run will use: no hugetlb
+            // pool for trials that will skip for lack of gup_test.
             let needs: Vec<Need> = selected
                 .iter()
+                .filter(|s| {
+                    s.needs
+                        .iter()
+                        .all(|n| n.provisionable() || n.unmet(&caps).is_none())
+                })
                 .flat_map(|s| s.needs.iter().copied())
                 .collect();
             log.extend(provision(&needs, &caps, &mut g));
