@@ -9,6 +9,7 @@
 //!
 //! A trial's name is derived, never typed: `<case> ... with <backing>`.
 
+pub mod beyond_upstream;
 pub mod common;
 pub mod cow_anon;
 pub mod cow_anon_thp;
@@ -35,6 +36,7 @@ pub enum Family {
     CowNonAnon,
     GupLongterm,
     GupTest,
+    BeyondUpstream,
 }
 
 impl Family {
@@ -46,6 +48,7 @@ impl Family {
             Family::CowNonAnon => "cow_non_anon",
             Family::GupLongterm => "gup_longterm",
             Family::GupTest => "gup_test",
+            Family::BeyondUpstream => "beyond_upstream",
         }
     }
 
@@ -56,6 +59,7 @@ impl Family {
             Family::CowNonAnon => "cow: non-anonymous memory",
             Family::GupLongterm => "gup_longterm: long-term pins of files",
             Family::GupTest => "gup_test: get/pin_user_pages() via CONFIG_GUP_TEST",
+            Family::BeyondUpstream => "beyond upstream: shared anon, KSM, memfd_secret, O_DIRECT",
         }
     }
 }
@@ -253,11 +257,82 @@ pub fn gup_test_catalogue() -> Vec<Scenario> {
         .collect()
 }
 
-/// Everything `cowgup` runs: the cow catalogue, gup_longterm's, gup_test's.
+/// Memory types and pin sources upstream never covers (beyond_upstream.rs).
+pub fn beyond_upstream_catalogue() -> Vec<Scenario> {
+    use beyond_upstream as b;
+    use cowgup_fixtures::pin_source::PinSource;
+    let scenario = |name: String,
+                    needs: Vec<Need>,
+                    knobs: Vec<Knob>,
+                    pins: bool,
+                    body: Arc<dyn Fn() -> Outcome + Send + Sync>| Scenario {
+        name,
+        family: Family::BeyondUpstream,
+        group: "beyond upstream".into(),
+        needs,
+        knobs,
+        pins,
+        body,
+    };
+    let mut v = vec![scenario(
+        format!(
+            "Shared memory stays shared after fork() ... with {}",
+            b::SHARED_ANON
+        ),
+        vec![],
+        vec![],
+        false,
+        Arc::new(b::shared_stays_shared),
+    )];
+    for source in PinSource::ALL
+        .into_iter()
+        .filter(|s| *s != PinSource::ODirect)
+    {
+        v.push(scenario(
+            format!(
+                "{} sees the child's write after fork() ... with {}",
+                source.name(),
+                b::SHARED_ANON
+            ),
+            source.needs(),
+            vec![],
+            source.pins(),
+            Arc::new(move || b::pin_sees_childs_write(source)),
+        ));
+    }
+    for source in PinSource::ALL {
+        v.push(scenario(
+            format!("{} is refused ... with {}", source.name(), b::SECRET),
+            source.needs(),
+            vec![],
+            source.pins(),
+            Arc::new(move || b::secret_refuses(source)),
+        ));
+    }
+    v.push(scenario(
+        format!("Basic COW after fork() ... with {}", b::KSM),
+        vec![],
+        b::ksm_knobs(),
+        false,
+        Arc::new(b::ksm_cow),
+    ));
+    v.push(scenario(
+        "O_DIRECT read into a page shared with a child after fork() ... with base page".into(),
+        b::ext4_scratch(),
+        vec![],
+        true,
+        Arc::new(b::odirect_read_into_shared_page),
+    ));
+    v
+}
+
+/// Everything `cowgup` runs: the cow catalogue, gup_longterm's, gup_test's,
+/// and what upstream never covers.
 pub fn catalogue(caps: &Capabilities) -> Vec<Scenario> {
     let mut v = cow_catalogue(caps);
     v.extend(gup_longterm_catalogue(caps, true));
     v.extend(gup_test_catalogue());
+    v.extend(beyond_upstream_catalogue());
     v
 }
 

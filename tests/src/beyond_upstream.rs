@@ -1,0 +1,218 @@
+//! Memory types and pin sources upstream's selftests never cover, run
+//! through the same questions: does fork() share what must be shared and
+//! copy what must be copied, does every pin source see what the process
+//! sees, and is every pin refused where none may be taken.
+
+use cowgup_fixtures::anon::AnonBacking;
+use cowgup_fixtures::evidence::{self, View};
+use cowgup_fixtures::mem::Region;
+use cowgup_fixtures::needs::{scratch_dir, Need, ScratchFs};
+use cowgup_fixtures::pin_source::PinSource;
+use cowgup_fixtures::proc::{spawn, Pipe};
+use cowgup_fixtures::special::{self, KSM_FILL};
+use cowgup_fixtures::stamp::{Pattern, Writer};
+use cowgup_fixtures::{fail, skip, Step};
+use cowgup_harness::{diag, Knob, Outcome};
+
+use std::os::unix::fs::OpenOptionsExt;
+
+use crate::common::{child_body, Checker};
+
+pub const SHARED_ANON: &str = "MAP_SHARED|MAP_ANONYMOUS";
+pub const SECRET: &str = "memfd_secret";
+pub const KSM: &str = "KSM-merged pages";
+
+/// KSM scans only when told to, and by default slowly: hold it running and quick.
+pub fn ksm_knobs() -> Vec<Knob> {
+    let ksm = std::path::Path::new("/sys/kernel/mm/ksm");
+    vec![
+        Knob::new(ksm.join("run"), "1"),
+        Knob::new(ksm.join("sleep_millisecs"), "0"),
+        Knob::new(ksm.join("pages_to_scan"), "10000"),
+    ]
+}
+
+fn result(r: Step<Outcome>) -> Outcome {
+    r.unwrap_or_else(|o| o)
+}
+
+/// A child writes into MAP_SHARED|MAP_ANONYMOUS memory after fork(); the
+/// parent must see it, on the same physical pages.
+pub fn shared_stays_shared() -> Outcome {
+    result((|| {
+        let (region, pattern) = special::shared_anon()?;
+        let view = child_writes(region, pattern)?;
+        let parent = View::capture(region, pattern.unit)?;
+        let data = pattern.check(region, Writer::Child);
+        let sharing = evidence::compare(
+            "parent vs child after the child's write",
+            "parent",
+            &parent,
+            "child",
+            &view,
+        );
+        // Here a page that is *not* shared is the bug.
+        evidence::agree(
+            &sharing,
+            &data,
+            false,
+            "the child's write went to a private copy",
+        )?;
+        Ok(match data {
+            Ok(()) => Outcome::Pass,
+            Err(m) => Outcome::Fail(format!("shared memory is not shared after fork(): {m}")),
+        })
+    })())
+}
+
+/// Fork a child that stamps `region` with `Writer::Child` and reports its view.
+fn child_writes(region: Region, pattern: Pattern) -> Step<View> {
+    let report = Pipe::new()?;
+    let child = spawn(|| {
+        child_body(&report, || {
+            pattern.stamp(region, Writer::Child);
+            Ok(View::capture(region, pattern.unit)?.to_words())
+        })
+    })?;
+    let words = report.recv()?;
+    if child.exit_code()? != 0 {
+        return fail("child failed (see its diagnostics)");
+    }
+    Ok(View::from_words(&words)?.0)
+}
+
+/// A reference taken before fork() on shared anonymous memory must show
+/// what the child writes afterwards: the pages are shared, not copied.
+pub fn pin_sees_childs_write(source: PinSource) -> Outcome {
+    result((|| {
+        let (region, pattern) = special::shared_anon()?;
+        let mut held = match source.take(region)? {
+            Ok(h) => h,
+            Err(e) => {
+                return fail(format!(
+                    "{} was refused on shared anonymous memory: {e}",
+                    source.name()
+                ))
+            }
+        };
+        child_writes(region, pattern)?;
+        Ok(match held.check(region, pattern, Writer::Child)? {
+            Ok(()) => Outcome::Pass,
+            Err(m) => Outcome::Fail(format!(
+                "{} does not see the child's write: {m}",
+                source.name()
+            )),
+        })
+    })())
+}
+
+/// Secret memory is out of the kernel's direct map: no GUP may reach it.
+pub fn secret_refuses(source: PinSource) -> Outcome {
+    result((|| {
+        let (region, _) = special::secret()?;
+        Ok(match source.take(region)? {
+            Err(nix::errno::Errno::EFAULT) => Outcome::Pass,
+            Err(e) => Outcome::Fail(format!("refused with {e}, expected EFAULT")),
+            Ok(_) => Outcome::Fail(format!("{} reached memfd_secret memory", source.name())),
+        })
+    })())
+}
+
+/// COW from a page KSM shares by content: after fork() the parent writes one
+/// of the merged pages; the child and the parent's other pages keep the data.
+pub fn ksm_cow() -> Outcome {
+    result((|| {
+        let region = special::ksm_merged()?;
+        let page = cowgup_fixtures::env().page_size;
+        let before = View::capture(region, page)?;
+        let (go, report) = (Pipe::new()?, Pipe::new()?);
+        let child = spawn(|| {
+            child_body(&report, || {
+                go.wait()?;
+                Ok(vec![u64::from(
+                    special::check_fill(region, KSM_FILL).is_err(),
+                )])
+            })
+        })?;
+        let first = region.sub(0, page);
+        special::fill(first, !KSM_FILL);
+        let after = View::capture(region, page)?;
+        go.notify()?;
+        let words = report.recv()?;
+        if child.exit_code()? != 0 || words.is_empty() {
+            return fail("child failed (see its diagnostics)");
+        }
+        let rest = region.sub(page, region.len - page);
+        let sharing = evidence::compare(
+            "first page before vs after the write",
+            "before",
+            &before,
+            "after",
+            &after,
+        );
+        diag(&sharing.line);
+        if sharing.compared > 0 && sharing.same > 0 && before.ptes[0].pfn() == after.ptes[0].pfn() {
+            return Ok(Outcome::Fail(
+                "the write landed in the KSM page itself".into(),
+            ));
+        }
+        Ok(match (words[0], special::check_fill(rest, KSM_FILL)) {
+            (0, Ok(())) => Outcome::Pass,
+            (_, Err(e)) => Outcome::Fail(format!("the other merged pages changed: {e}")),
+            _ => Outcome::Fail("Leak from parent into child through a KSM page".into()),
+        })
+    })())
+}
+
+/// An O_DIRECT read into a page COW-shared with a child: the kernel pins the
+/// page for writing (FOLL_PIN | FOLL_WRITE), which must unshare it first, so
+/// the data lands in the parent's page only.
+pub fn odirect_read_into_shared_page() -> Outcome {
+    result((|| {
+        let m = AnonBacking::BasePage.setup()?;
+        let dir = scratch_dir(ScratchFs::Ext4)
+            .ok_or_else(|| Outcome::Skip("no ext4 scratch directory".into()))?;
+        let path = dir.join(format!("odirect-{}", std::process::id()));
+        // The file holds what the parent's page should end up holding.
+        std::fs::write(&path, m.pattern.image(m.region, Writer::Parent))
+            .or_else(|e| fail(format!("writing {}: {e}", path.display())))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .or_else(|e| skip(format!("cannot open {} with O_DIRECT: {e}", path.display())))?;
+        let _ = std::fs::remove_file(&path);
+        let checker = match Checker::fork(m.region, m.pattern)? {
+            Ok(c) => c,
+            Err(observed) => return Ok(Outcome::Fail(format!("{observed:?}"))),
+        };
+        // SAFETY: reading into our own mapped, aligned page.
+        let n = unsafe {
+            libc::pread(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                m.region.ptr().cast(),
+                m.region.len,
+                0,
+            )
+        };
+        if n as usize != m.region.len {
+            return fail(format!(
+                "O_DIRECT read returned {n}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let child = checker.finish()?;
+        let parent = m.pattern.check(m.region, Writer::Parent);
+        Ok(match (child.data, parent) {
+            (Ok(()), Ok(())) => Outcome::Pass,
+            (Err(mm), _) => Outcome::Fail(format!("the O_DIRECT read leaked into the child: {mm}")),
+            (_, Err(mm)) => Outcome::Fail(format!(
+                "the O_DIRECT read did not land in the parent's page: {mm}"
+            )),
+        })
+    })())
+}
+
+pub fn ext4_scratch() -> Vec<Need> {
+    vec![Need::Scratch(ScratchFs::Ext4)]
+}
