@@ -96,7 +96,16 @@ pub fn pin_sees_childs_write(source: PinSource) -> Outcome {
             }
         };
         child_writes(region, pattern)?;
-        Ok(match held.check(region, pattern, Writer::Child)? {
+        let seen = held.check(region, pattern, Writer::Child)?;
+        diag(format!(
+            "evidence: through the {}: {}",
+            source.name(),
+            seen.as_ref().map_or_else(
+                |m| m.to_string(),
+                |_| "the child's stamps on every page".into()
+            )
+        ));
+        Ok(match seen {
             Ok(()) => Outcome::Pass,
             Err(m) => Outcome::Fail(format!(
                 "{} does not see the child's write: {m}",
@@ -110,7 +119,15 @@ pub fn pin_sees_childs_write(source: PinSource) -> Outcome {
 pub fn secret_refuses(source: PinSource) -> Outcome {
     result((|| {
         let (region, _) = special::secret()?;
-        Ok(match source.take(region)? {
+        let taken = source.take(region)?;
+        diag(format!(
+            "evidence: {} on memfd_secret memory: {}",
+            source.name(),
+            taken
+                .as_ref()
+                .map_or_else(|e| format!("refused with {e}"), |_| "granted".into())
+        ));
+        Ok(match taken {
             Err(nix::errno::Errno::EFAULT) => Outcome::Pass,
             Err(e) => Outcome::Fail(format!("refused with {e}, expected EFAULT")),
             Ok(_) => Outcome::Fail(format!("{} reached memfd_secret memory", source.name())),
@@ -201,8 +218,22 @@ pub fn odirect_read_into_shared_page() -> Outcome {
                 std::io::Error::last_os_error()
             ));
         }
+        let after = View::capture(m.region, m.pattern.unit)?;
         let child = checker.finish()?;
         let parent = m.pattern.check(m.region, Writer::Parent);
+        let sharing = evidence::compare(
+            "parent vs child after the O_DIRECT read",
+            "parent",
+            &after,
+            "child",
+            &child.view,
+        );
+        evidence::agree(
+            &sharing,
+            &child.data,
+            true,
+            "the read landed in a page the child still maps",
+        )?;
         Ok(match (child.data, parent) {
             (Ok(()), Ok(())) => Outcome::Pass,
             (Err(mm), _) => Outcome::Fail(format!("the O_DIRECT read leaked into the child: {mm}")),
