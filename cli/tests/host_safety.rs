@@ -203,7 +203,7 @@ fn bad_input_gets_a_short_error_and_changes_nothing() -> Result<(), String> {
         .ok_or_else(|| "bad input changed the host".into())
 }
 
-type Check = fn() -> Result<(), String>;
+use cowgup_harness::checks::Check;
 
 fn main() {
     let mut tests: Vec<(&str, Check)> = vec![(
@@ -226,18 +226,5 @@ fn main() {
     } else {
         println!("skip: host-restore tests need root (they change and restore global mm settings)");
     }
-    let mut failed = 0;
-    for (name, t) in &tests {
-        match t() {
-            Ok(()) => println!("ok     {name}"),
-            Err(e) => {
-                failed += 1;
-                println!("FAILED {name}: {e}");
-            }
-        }
-    }
-    println!("{} passed, {failed} failed", tests.len() - failed);
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    cowgup_harness::checks::run_checks(&tests)
 }

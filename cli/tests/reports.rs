@@ -122,7 +122,7 @@ fn tap_and_ktap_parse_strictly() -> Result<(), String> {
     Ok(())
 }
 
-type Check = fn() -> Result<(), String>;
+use cowgup_harness::checks::Check;
 
 fn main() {
     let tests: [(&str, Check); 3] = [
@@ -136,18 +136,5 @@ fn main() {
         ),
         ("TAP and KTAP parse strictly", tap_and_ktap_parse_strictly),
     ];
-    let mut failed = 0;
-    for (name, t) in tests {
-        match t() {
-            Ok(()) => println!("ok     {name}"),
-            Err(e) => {
-                failed += 1;
-                println!("FAILED {name}: {e}");
-            }
-        }
-    }
-    println!("{} passed, {failed} failed", tests.len() - failed);
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    cowgup_harness::checks::run_checks(&tests)
 }

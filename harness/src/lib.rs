@@ -3,6 +3,7 @@
 //! to put the host back afterwards. It knows nothing about memory management:
 //! the catalogue in `tests/` and the backings in `fixtures/` give it meaning.
 
+pub mod checks;
 pub mod guard;
 pub mod outcome;
 pub mod probe;

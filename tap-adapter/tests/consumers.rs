@@ -319,7 +319,7 @@ fn run_vmtests_runs_our_cow() -> Result<(), String> {
         .ok_or_else(|| "host not restored after run_vmtests.sh".into())
 }
 
-type Check = fn() -> Result<(), String>;
+use cowgup_harness::checks::Check;
 
 fn main() {
     let root = nix::unistd::geteuid().is_root();
@@ -353,18 +353,5 @@ fn main() {
     } else {
         println!("skip: runner.sh and run_vmtests.sh tests need root (run_vmtests.sh writes nr_hugepages)");
     }
-    let mut failed = 0;
-    for (name, t) in &tests {
-        match t() {
-            Ok(()) => println!("ok     {name}"),
-            Err(e) => {
-                failed += 1;
-                println!("FAILED {name}: {e}");
-            }
-        }
-    }
-    println!("{} passed, {failed} failed", tests.len() - failed);
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    cowgup_harness::checks::run_checks(&tests)
 }

@@ -2,7 +2,7 @@
 //! a child that just stays alive, the softdirty trick, and passing a check's
 //! result from a child to its parent.
 
-use cowgup_fixtures::evidence::View;
+use cowgup_fixtures::evidence::{self, View};
 use cowgup_fixtures::mem::Region;
 use cowgup_fixtures::pagemap;
 use cowgup_fixtures::proc::{spawn, Child, Pipe};
@@ -155,6 +155,30 @@ impl Checker {
                 fail("checking child failed before it was ready (see its diagnostics)")
             }
         }
+    }
+
+    /// The parent has written `written` (the part the child keeps): let the
+    /// child check, and judge the data against the page tables.
+    pub fn judge_parents_write(self, written: Region) -> Step<Observed> {
+        let parent = View::capture(written, self.pattern.unit)?;
+        let child = self.finish()?;
+        let sharing = evidence::compare(
+            "parent vs child after the parent's write",
+            "parent",
+            &parent,
+            "child",
+            &child.view,
+        );
+        evidence::agree(
+            &sharing,
+            &child.data,
+            true,
+            "parent and child still share the page",
+        )?;
+        Ok(match child.data {
+            Ok(()) => Observed::Clean,
+            Err(mm) => Observed::Leak(format!("Leak from parent into child: {mm}")),
+        })
     }
 
     /// Let the child check again, and collect what it saw.

@@ -3,7 +3,6 @@
 //! They always run on one PMD-sized THP, and their names have no suffix.
 
 use cowgup_fixtures::anon::{pte_map, AnonMemory};
-use cowgup_fixtures::evidence::{self, View};
 use cowgup_fixtures::pagemap;
 use cowgup_fixtures::stamp::Writer;
 use cowgup_fixtures::{fail, skip, Step};
@@ -84,23 +83,5 @@ pub fn run(case: &ThpCase, m: &AnonMemory) -> Step<Observed> {
         ));
     }
     m.pattern.stamp(m.region, Writer::Parent);
-    let parent = View::capture(shared, m.pattern.unit)?;
-    let child = checker.finish()?;
-    let sharing = evidence::compare(
-        "parent vs child after the parent's write",
-        "parent",
-        &parent,
-        "child",
-        &child.view,
-    );
-    evidence::agree(
-        &sharing,
-        &child.data,
-        true,
-        "parent and child still share the page",
-    )?;
-    Ok(match child.data {
-        Ok(()) => Observed::Clean,
-        Err(mm) => Observed::Leak(format!("Leak from parent into child: {mm}")),
-    })
+    checker.judge_parents_write(shared)
 }
