@@ -236,13 +236,11 @@ pub fn gup_test_catalogue() -> Vec<Scenario> {
             let mut needs = vec![Need::GupTest];
             if run.hugetlb {
                 let count = (mb << 20).div_ceil(default_huge) as u64;
-                needs.insert(
-                    0,
-                    Need::HugetlbPages {
-                        size: default_huge,
-                        count,
-                    },
-                );
+                // After GupTest: without gup_test, the pool is not what is missing.
+                needs.push(Need::HugetlbPages {
+                    size: default_huge,
+                    count,
+                });
             }
             Scenario {
                 name: format!("gup_test {args}"),
