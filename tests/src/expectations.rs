@@ -77,6 +77,44 @@ pub const KNOWN_LEAKS: &[KnownLeak] = &[
     },
 ];
 
+/// A pin a kernel refuses although the test expects it to work, because
+/// older kernels refused more than they had to.
+pub struct KnownRefusal {
+    /// Kernels older than this (major, minor) refuse.
+    pub before: (u32, u32),
+    pub errno: nix::errno::Errno,
+    pub reason: &'static str,
+}
+
+/// io_uring did its own file-backed check until GUP took the decision over.
+pub const IO_URING_FILE_BUFFERS: KnownRefusal = KnownRefusal {
+    before: (6, 5),
+    errno: nix::errno::Errno::EOPNOTSUPP,
+    reason: "before v6.5 io_uring refused every file-backed fixed buffer except shmem and hugetlbfs, \
+             MAP_PRIVATE ones included ('io_uring: rsrc: delegate VMA file-backed check to GUP', v6.5)",
+};
+
+/// The running kernel's (major, minor), from uname.
+pub fn kernel_version() -> (u32, u32) {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    parse_version(&release)
+}
+
+pub fn parse_version(release: &str) -> (u32, u32) {
+    let mut it = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok());
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+impl KnownRefusal {
+    pub fn applies(&self, errno: nix::errno::Errno, version: (u32, u32)) -> bool {
+        errno == self.errno && version < self.before
+    }
+}
+
 pub fn known_leak(
     mechanism: Mechanism,
     memory: MemoryClass,
@@ -157,6 +195,16 @@ mod tests {
             judge(Mechanism::Fork, MemoryClass::Anon, lost),
             Outcome::Fail(_)
         ));
+    }
+
+    #[test]
+    fn kernel_versions_parse_and_order() {
+        assert_eq!(parse_version("6.1.0-56-cloud-amd64"), (6, 1));
+        assert_eq!(parse_version("6.18.44-fc-v657"), (6, 18));
+        let e = nix::errno::Errno::EOPNOTSUPP;
+        assert!(IO_URING_FILE_BUFFERS.applies(e, (6, 1)));
+        assert!(!IO_URING_FILE_BUFFERS.applies(e, (6, 12)));
+        assert!(!IO_URING_FILE_BUFFERS.applies(nix::errno::Errno::EFAULT, (6, 1)));
     }
 
     #[test]
