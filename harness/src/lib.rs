@@ -12,6 +12,6 @@ pub mod signals;
 pub mod trial;
 
 pub use guard::{HostGuard, Knob};
-pub use outcome::{Outcome, OutcomeKind, Totals, TrialReport};
-pub use runner::{diag, run_trial, RunOptions, Stop};
+pub use outcome::{CheckResult, CheckStatus, Evidence, Outcome, OutcomeKind, Totals, TrialReport};
+pub use runner::{diag, evidence, run_trial, RunOptions, Stop};
 pub use trial::Trial;

@@ -1,6 +1,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 /// What a trial ended as. The reason strings are what a kernel developer reads
 /// first, so they say what was observed, not just that something went wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,13 +104,51 @@ impl fmt::Display for Outcome {
     }
 }
 
+/// One typed observation a trial sent (PFNs, exclusive bits, counts, errno,
+/// pin numbers ...), kept as data so that JSON carries it as fields and the
+/// human and TAP reporters render it from the same record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// What was observed, e.g. "sharing" or "refusal"; stable for consumers.
+    pub kind: String,
+    pub data: serde_json::Value,
+}
+
+/// What a check made around the trial (pin balance, processes left behind,
+/// the kernel log) knows. It says so when it could not know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    Held,
+    Violated,
+    /// The check could not be made here (e.g. no counters on this kernel).
+    NotChecked,
+    /// The check was made but something else on the machine disturbed it.
+    Unreliable,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckResult {
+    /// e.g. "pin balance", "leftover processes".
+    pub check: String,
+    pub status: CheckStatus,
+    /// What was measured, with the numbers.
+    pub detail: String,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub data: serde_json::Value,
+}
+
 /// One finished trial: what a reporter needs and nothing more.
 #[derive(Clone, Debug)]
 pub struct TrialReport {
     pub name: String,
     pub outcome: Outcome,
-    /// Diagnostic lines in the order the trial printed them (evidence included).
+    /// Diagnostic lines in the order the trial printed them.
     pub diagnostics: Vec<String>,
+    /// Typed observations, in the order the trial sent them.
+    pub evidence: Vec<Evidence>,
+    /// Checks made around the trial by the runner and the session.
+    pub checks: Vec<CheckResult>,
     pub duration: Duration,
 }
 

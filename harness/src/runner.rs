@@ -59,11 +59,26 @@ pub fn diag(msg: impl std::fmt::Display) {
     }
 }
 
+/// Send a typed observation for the current trial (see `Evidence`). Outside
+/// a trial process it is printed to stderr as JSON.
+pub fn evidence(kind: &str, data: impl serde::Serialize) {
+    let data =
+        serde_json::to_value(data).unwrap_or_else(|e| serde_json::Value::String(e.to_string()));
+    let record = crate::outcome::Evidence {
+        kind: kind.to_string(),
+        data,
+    };
+    let json = serde_json::to_string(&record).expect("evidence serialises");
+    emit('E', &json);
+}
+
 fn emit(tag: char, text: &str) {
     let fd = DIAG_FD.load(Ordering::SeqCst);
     if fd < 0 {
-        if tag == 'D' {
-            eprintln!("# {text}");
+        match tag {
+            'D' => eprintln!("# {text}"),
+            'E' => eprintln!("# evidence {text}"),
+            _ => {}
         }
         return;
     }
@@ -89,27 +104,29 @@ pub fn run_trial(
     opts: &RunOptions,
 ) -> Result<TrialReport, Stop> {
     let start = Instant::now();
-    let report = |outcome, diagnostics| TrialReport {
+    let report = |outcome, (diagnostics, evidence)| TrialReport {
         name: trial.name.clone(),
         outcome,
         diagnostics,
+        evidence,
+        checks: Vec::new(),
         duration: start.elapsed(),
     };
     if let Some(sig) = signals::pending() {
         return Err(Stop::Interrupted(sig));
     }
     if let Some(reason) = &trial.skip {
-        return Ok(report(Outcome::Skip(reason.clone()), Vec::new()));
+        return Ok(report(Outcome::Skip(reason.clone()), Default::default()));
     }
     if let Some(outcome) = establish_knobs(trial, guard) {
-        return Ok(report(outcome, Vec::new()));
+        return Ok(report(outcome, Default::default()));
     }
     let (outcome, diagnostics) = match fork_and_wait(trial, opts) {
         Ok(Waited::Done(o, d)) => (o, d),
         Ok(Waited::Interrupted(sig)) => return Err(Stop::Interrupted(sig)),
         Err(e) => (
             Outcome::Error(format!("runner could not run the trial: {e}")),
-            Vec::new(),
+            Default::default(),
         ),
     };
     Ok(report(outcome, diagnostics))
@@ -133,8 +150,10 @@ fn establish_knobs(trial: &Trial, guard: Option<&mut HostGuard>) -> Option<Outco
     }
 }
 
+type Records = (Vec<String>, Vec<crate::outcome::Evidence>);
+
 enum Waited {
-    Done(Outcome, Vec<String>),
+    Done(Outcome, Records),
     Interrupted(Signal),
 }
 
@@ -190,6 +209,7 @@ struct ChildWaiter {
     timeout: Duration,
     buf: Vec<u8>,
     diagnostics: Vec<String>,
+    evidence: Vec<crate::outcome::Evidence>,
     outcome: Option<Outcome>,
 }
 
@@ -210,6 +230,7 @@ impl ChildWaiter {
             timeout,
             buf: Vec::new(),
             diagnostics: Vec::new(),
+            evidence: Vec::new(),
             outcome: None,
         }
     }
@@ -224,10 +245,7 @@ impl ChildWaiter {
             if let Some(status) = self.try_reap()? {
                 self.drain_nonblocking();
                 self.kill_group();
-                return Ok(Waited::Done(
-                    self.judge(status),
-                    std::mem::take(&mut self.diagnostics),
-                ));
+                return Ok(Waited::Done(self.judge(status), self.take_records()));
             }
             let left = self.deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -238,7 +256,7 @@ impl ChildWaiter {
                     "timed out after {} s (time limit; see --timeout); killed its process group",
                     self.timeout.as_secs_f64()
                 ));
-                return Ok(Waited::Done(outcome, std::mem::take(&mut self.diagnostics)));
+                return Ok(Waited::Done(outcome, self.take_records()));
             }
             // Without a pidfd nothing wakes us when the child exits while a
             // grandchild holds the pipe open, so poll in short slices.
@@ -269,6 +287,13 @@ impl ChildWaiter {
                 pipe_open = false;
             }
         }
+    }
+
+    fn take_records(&mut self) -> Records {
+        (
+            std::mem::take(&mut self.diagnostics),
+            std::mem::take(&mut self.evidence),
+        )
     }
 
     fn try_reap(&mut self) -> io::Result<Option<WaitStatus>> {
@@ -315,6 +340,12 @@ impl ChildWaiter {
             let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
             match line.split_at_checked(2) {
                 Some(("D ", text)) => self.diagnostics.push(text.to_string()),
+                Some(("E ", json)) => match serde_json::from_str(json) {
+                    Ok(e) => self.evidence.push(e),
+                    Err(e) => self
+                        .diagnostics
+                        .push(format!("unreadable evidence record ({e}): {json}")),
+                },
                 Some(("O ", rest)) => {
                     let (kind, reason) = rest.split_once('\t').unwrap_or((rest, ""));
                     self.outcome = Some(match OutcomeKind::parse(kind) {
