@@ -23,11 +23,7 @@ fn scenario(name: &str, leak: bool, pid_file: std::path::PathBuf) -> Scenario {
         pins: true,
         body: Arc::new(move || {
             let region = mem::map_anon(64 << 10, RW, MapFlags::MAP_PRIVATE).expect("mmap");
-            Pattern {
-                unit: 4096,
-                thorough: false,
-            }
-            .stamp(region, Writer::Setup);
+            Pattern::with_unit(4096).fill(region, Writer::Setup);
             let ring = match FixedBuffer::register(region) {
                 Ok(r) => r,
                 Err(o) => return o,

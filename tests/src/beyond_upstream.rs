@@ -4,6 +4,7 @@
 //! sees, and is every pin refused where none may be taken.
 
 use cowgup_fixtures::anon::AnonBacking;
+use cowgup_fixtures::damage::{self, Side};
 use cowgup_fixtures::evidence::{self, View};
 use cowgup_fixtures::mem::Region;
 use cowgup_fixtures::needs::{scratch_dir, Need, ScratchFs};
@@ -16,7 +17,7 @@ use cowgup_harness::{diag, Knob, Outcome};
 
 use std::os::unix::fs::OpenOptionsExt;
 
-use crate::common::{child_body, Checker};
+use crate::common::{check_own_write, child_body, Checker, ORIGINAL};
 use crate::expectations::Observed;
 
 pub const SHARED_ANON: &str = "MAP_SHARED|MAP_ANONYMOUS";
@@ -44,7 +45,8 @@ pub fn shared_stays_shared() -> Outcome {
         let (region, pattern) = special::shared_anon()?;
         let view = child_writes(region, pattern)?;
         let parent = View::capture(region, pattern.unit)?;
-        let data = pattern.check(region, Writer::Child);
+        damage::copy(Side::Reader, region, pattern);
+        let data = pattern.check(region, ORIGINAL.written_by(Writer::Child));
         let sharing = evidence::compare(
             "parent vs child after the child's write",
             "parent",
@@ -66,20 +68,27 @@ pub fn shared_stays_shared() -> Outcome {
     })())
 }
 
-/// Fork a child that stamps `region` with `Writer::Child` and reports its view.
+/// Fork a child that writes the head of every page of `region` (checking its
+/// own copy) and reports its view.
 fn child_writes(region: Region, pattern: Pattern) -> Step<View> {
     let report = Pipe::new()?;
     let child = spawn(|| {
         child_body(&report, || {
-            pattern.stamp(region, Writer::Child);
-            Ok(View::capture(region, pattern.unit)?.to_words())
+            pattern.write(region, Writer::Child);
+            check_own_write(
+                region,
+                pattern,
+                ORIGINAL.written_by(Writer::Child),
+                "the child",
+            )?;
+            View::capture(region, pattern.unit)
         })
     })?;
-    let words = report.recv()?;
+    let view = report.recv_value::<View>();
     if child.exit_code()? != 0 {
         return fail("child failed (see its diagnostics)");
     }
-    Ok(View::from_words(&words)?.0)
+    view
 }
 
 /// A reference taken before fork() on shared anonymous memory must show
@@ -97,15 +106,15 @@ pub fn pin_sees_childs_write(source: PinSource) -> Outcome {
             }
         };
         child_writes(region, pattern)?;
-        let seen = held.check(region, pattern, Writer::Child)?;
-        diag(format!(
-            "evidence: through the {}: {}",
-            source.name(),
-            seen.as_ref().map_or_else(
-                |m| m.to_string(),
-                |_| "the child's stamps on every page".into()
-            )
-        ));
+        let seen = held.check(region, pattern, ORIGINAL.written_by(Writer::Child))?;
+        cowgup_harness::evidence(
+            "through_reference",
+            serde_json::json!({
+                "source": source.name(),
+                "expected": "the child's write on every page",
+                "mismatch": seen.as_ref().err(),
+            }),
+        );
         Ok(match seen {
             Ok(()) => Outcome::Pass,
             Err(m) => Outcome::Fail(format!(
@@ -147,19 +156,18 @@ pub fn ksm_cow() -> Outcome {
         let child = spawn(|| {
             child_body(&report, || {
                 go.wait()?;
-                Ok(vec![u64::from(
-                    special::check_fill(region, KSM_FILL).is_err(),
-                )])
+                Ok(special::check_fill(region, KSM_FILL).is_err())
             })
         })?;
         let first = region.sub(0, page);
         special::fill(first, !KSM_FILL);
         let after = View::capture(region, page)?;
         go.notify()?;
-        let words = report.recv()?;
-        if child.exit_code()? != 0 || words.is_empty() {
+        let child_saw_change = report.recv_value::<bool>();
+        if child.exit_code()? != 0 {
             return fail("child failed (see its diagnostics)");
         }
+        let child_saw_change = child_saw_change?;
         let rest = region.sub(page, region.len - page);
         let sharing = evidence::compare(
             "first page before vs after the write",
@@ -168,14 +176,14 @@ pub fn ksm_cow() -> Outcome {
             "after",
             &after,
         );
-        diag(&sharing.line);
+        cowgup_harness::evidence("sharing", &sharing);
         if sharing.compared > 0 && sharing.same > 0 && before.ptes[0].pfn() == after.ptes[0].pfn() {
             return Ok(Outcome::Fail(
                 "the write landed in the KSM page itself".into(),
             ));
         }
-        Ok(match (words[0], special::check_fill(rest, KSM_FILL)) {
-            (0, Ok(())) => Outcome::Pass,
+        Ok(match (child_saw_change, special::check_fill(rest, KSM_FILL)) {
+            (false, Ok(())) => Outcome::Pass,
             (_, Err(e)) => Outcome::Fail(format!("the other merged pages changed: {e}")),
             _ => Outcome::Fail("Leak from parent into child through a KSM page".into()),
         })
@@ -192,7 +200,10 @@ pub fn odirect_read_into_shared_page() -> Outcome {
             .ok_or_else(|| Outcome::Skip("no ext4 scratch directory".into()))?;
         let path = dir.join(format!("odirect-{}", std::process::id()));
         // The file holds what the parent's page should end up holding.
-        std::fs::write(&path, m.pattern.image(m.region, Writer::Parent))
+        std::fs::write(
+            &path,
+            m.pattern.image(m.region, ORIGINAL.written_by(Writer::Parent)),
+        )
             .or_else(|e| fail(format!("writing {}: {e}", path.display())))?;
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -219,15 +230,11 @@ pub fn odirect_read_into_shared_page() -> Outcome {
                 std::io::Error::last_os_error()
             ));
         }
-        // The read is the parent's write here: the child must not see it...
-        let child = checker.judge_parents_write(m.region)?;
-        // ...and the parent must.
-        Ok(match (child, m.pattern.check(m.region, Writer::Parent)) {
-            (Observed::Clean, Ok(())) => Outcome::Pass,
-            (Observed::Clean, Err(mm)) => Outcome::Fail(format!(
-                "the O_DIRECT read did not land in the parent's page: {mm}"
-            )),
-            (observed, _) => {
+        // The read is the parent's write here: the parent must see it (its
+        // own copy is checked first) and the child must not.
+        Ok(match checker.judge_parents_write(m.region)? {
+            Observed::Clean => Outcome::Pass,
+            observed => {
                 Outcome::Fail(format!("the O_DIRECT read reached the child: {observed:?}"))
             }
         })

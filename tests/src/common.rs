@@ -6,70 +6,42 @@ use cowgup_fixtures::evidence::{self, View};
 use cowgup_fixtures::mem::Region;
 use cowgup_fixtures::pagemap;
 use cowgup_fixtures::proc::{spawn, Child, Pipe};
-use cowgup_fixtures::stamp::{Mismatch, Pattern, Writer};
+use cowgup_fixtures::damage::{self, Side};
+use cowgup_fixtures::stamp::{Content, Mismatch, Pattern, Writer};
 use cowgup_fixtures::{fail, Step};
 use cowgup_harness::diag;
 
 use crate::expectations::Observed;
 
-pub fn encode(r: &Result<(), Mismatch>) -> Vec<u64> {
-    match r {
-        Ok(()) => vec![0],
-        Err(m) => vec![
-            1,
-            m.unit as u64,
-            m.offset as u64,
-            m.found,
-            m.bad_units as u64,
-            writer_code(m.found_writer),
-        ],
-    }
-}
-
-fn writer_code(w: Option<Writer>) -> u64 {
-    match w {
-        None => 0,
-        Some(Writer::Nobody) => 1,
-        Some(Writer::Setup) => 2,
-        Some(Writer::Parent) => 3,
-        Some(Writer::Child) => 4,
-    }
-}
-
-fn writer_from_code(c: u64) -> Option<Writer> {
-    [Writer::Nobody, Writer::Setup, Writer::Parent, Writer::Child]
-        .into_iter()
-        .find(|&w| writer_code(Some(w)) == c)
-}
-
-/// Decode what `encode` wrote at the front of `words`; returns the rest.
-pub fn decode(words: &[u64], expected: Writer) -> Step<(Result<(), Mismatch>, &[u64])> {
-    match words {
-        [0, rest @ ..] => Ok((Ok(()), rest)),
-        [1, unit, offset, found, bad, writer, rest @ ..] => Ok((
-            Err(Mismatch {
-                unit: *unit as usize,
-                offset: *offset as usize,
-                expected,
-                found: *found,
-                found_writer: writer_from_code(*writer),
-                bad_units: *bad as usize,
-            }),
-            rest,
-        )),
-        _ => fail("child sent no result (see its diagnostics)"),
-    }
-}
-
-/// Run `f` in the child; on an error, print it and send nothing, so the parent
-/// reports "child sent no result" next to the child's own diagnostic.
-pub fn child_body(report: &Pipe, f: impl FnOnce() -> Step<Vec<u64>>) -> i32 {
+/// Run `f` in the child and send its result; on an error, print it and send
+/// nothing, so the parent reports "sent no result" next to the child's own
+/// diagnostic.
+pub fn child_body<T: serde::Serialize>(report: &Pipe, f: impl FnOnce() -> Step<T>) -> i32 {
     match f() {
-        Ok(words) => report.send(&words).map_or(1, |_| 0),
+        Ok(value) => report.send_value(&value).map_or(1, |_| 0),
         Err(outcome) => {
             diag(format!("child: {outcome}"));
             let _ = report.send(&[]);
             1
+        }
+    }
+}
+
+/// What anonymous memory holds when a case starts.
+pub const ORIGINAL: Content = Content::all(Writer::Setup);
+
+/// The writer's side of a COW: after its write, its copy must hold its own
+/// heads *and* the old bodies on every page (the kernel copied all of each
+/// page, to the right place). Wrong data here is never an accepted leak.
+pub fn check_own_write(region: Region, pattern: Pattern, written: Content, who: &str) -> Step<()> {
+    damage::copy(Side::Writer, region, pattern);
+    match pattern.check(region, written) {
+        Ok(()) => Ok(()),
+        Err(m) => {
+            cowgup_harness::evidence("mismatch", &m);
+            fail(format!(
+                "{who}'s own copy is wrong after its write (copy on write incomplete or misplaced): {m}"
+            ))
         }
     }
 }
@@ -113,9 +85,11 @@ pub struct Checker {
     child: Child,
     go: Pipe,
     report: Pipe,
+    range: Region,
     pattern: Pattern,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct ChildView {
     pub data: Result<(), Mismatch>,
     pub view: View,
@@ -130,13 +104,14 @@ impl Checker {
                 let look = child_first_look(range, pattern)?;
                 ready.send(&[look])?;
                 if look != FIRST_LOOK_OK {
-                    return Ok(vec![]);
+                    return Ok(None);
                 }
                 go.wait()?;
-                let data = pattern.check(range, Writer::Setup);
-                let mut w = encode(&data);
-                w.extend(View::capture(range, pattern.unit)?.to_words());
-                Ok(w)
+                damage::copy(Side::Reader, range, pattern);
+                Ok(Some(ChildView {
+                    data: pattern.check(range, ORIGINAL),
+                    view: View::capture(range, pattern.unit)?,
+                }))
             })
         })?;
         match ready.recv()?.as_slice() {
@@ -144,6 +119,7 @@ impl Checker {
                 child,
                 go,
                 report,
+                range,
                 pattern,
             })),
             [FIRST_LOOK_LOST] => {
@@ -157,11 +133,19 @@ impl Checker {
         }
     }
 
-    /// The parent has written `written` (the part the child keeps): let the
-    /// child check, and judge the data against the page tables.
+    /// The parent has written the head of every page of `written` (which
+    /// holds the range the child keeps): check the parent's own copy, let the
+    /// child check its copy, and judge the data against the page tables.
     pub fn judge_parents_write(self, written: Region) -> Step<Observed> {
-        let parent = View::capture(written, self.pattern.unit)?;
+        let own = check_own_write(
+            written,
+            self.pattern,
+            ORIGINAL.written_by(Writer::Parent),
+            "the parent",
+        );
+        let parent = View::capture(self.range, self.pattern.unit)?;
         let child = self.finish()?;
+        own?;
         let sharing = evidence::compare(
             "parent vs child after the parent's write",
             "parent",
@@ -184,15 +168,15 @@ impl Checker {
     /// Let the child check again, and collect what it saw.
     pub fn finish(self) -> Step<ChildView> {
         self.go.notify()?;
-        let words = self.report.recv()?;
+        let seen = self.report.recv_value::<Option<ChildView>>();
         let code = self.child.exit_code()?;
-        let (data, rest) = decode(&words, Writer::Setup)?;
-        let (view, _) = View::from_words(rest)?;
+        let Some(seen) = seen? else {
+            return fail("checking child had nothing to check");
+        };
         if code != 0 {
             return fail(format!("child exited with {code}"));
         }
-        let _ = self.pattern;
-        Ok(ChildView { data, view })
+        Ok(seen)
     }
 }
 
@@ -230,27 +214,4 @@ impl Bystander {
 pub fn clear_softdirty() -> Step<()> {
     std::fs::write("/proc/self/clear_refs", "4")
         .or_else(|e| fail(format!("clear_softdirty() failed: {e}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mismatches_cross_the_pipe_intact() {
-        let m = Mismatch {
-            unit: 3,
-            offset: 0x3000,
-            expected: Writer::Setup,
-            found: Writer::Parent.word(3),
-            found_writer: Some(Writer::Parent),
-            bad_units: 7,
-        };
-        let mut w = encode(&Err(m.clone()));
-        w.push(7);
-        let (got, rest) = decode(&w, Writer::Setup).unwrap();
-        assert_eq!(got, Err(m));
-        assert_eq!(rest, &[7]);
-        assert!(decode(&[], Writer::Setup).is_err());
-    }
 }

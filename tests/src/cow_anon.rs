@@ -5,17 +5,18 @@
 
 use cowgup_fixtures::anon::AnonMemory;
 use cowgup_fixtures::evidence::{self, View};
-use cowgup_fixtures::mem::{self, Region, RW};
+use cowgup_fixtures::mem::{Region, RW};
 use cowgup_fixtures::needs::Need;
-use cowgup_fixtures::pin::{self, FixedBuffer, GupTest};
+use cowgup_fixtures::pin;
+use cowgup_fixtures::pin_source::{Held, PinSource};
 use cowgup_fixtures::proc::{spawn, Pipe};
-use cowgup_fixtures::stamp::{Pattern, Writer};
+use cowgup_fixtures::stamp::{Content, Mismatch, Pattern, Writer};
 use cowgup_fixtures::{fail, skip, Step};
-use nix::sys::mman::{MapFlags, ProtFlags};
+use nix::sys::mman::ProtFlags;
 
 use crate::common::{
-    child_body, child_first_look, clear_softdirty, decode, encode, lost_at_fork, Bystander,
-    Checker, FIRST_LOOK_LOST, FIRST_LOOK_OK,
+    check_own_write, child_body, child_first_look, clear_softdirty, lost_at_fork, Bystander,
+    Checker, FIRST_LOOK_LOST, FIRST_LOOK_OK, ORIGINAL,
 };
 use crate::expectations::{Mechanism, Observed};
 
@@ -130,7 +131,7 @@ fn basic_cow(m: &AnonMemory, mprotect: bool) -> Step<Observed> {
     if mprotect {
         mprotect_dance(m)?;
     }
-    m.pattern.stamp(m.region, Writer::Parent);
+    m.pattern.write(m.region, Writer::Parent);
     checker.judge_parents_write(m.region)
 }
 
@@ -143,20 +144,15 @@ fn vmsplice_in_child(m: &AnonMemory, mprotect: bool) -> Step<Observed> {
             let look = child_first_look(m.region, m.pattern)?;
             if look != FIRST_LOOK_OK {
                 ready.send(&[look])?;
-                return Ok(vec![]);
+                return Ok(None);
             }
-            let spliced = pin::vmsplice(m.region)?;
+            let mut spliced = Held::Pipe(pin::vmsplice(m.region)?);
             m.region.munmap()?;
             ready.send(&[look])?;
             go.wait()?;
-            let bytes = spliced.read_all()?;
-            let mut w = vec![spliced.transferred as u64];
-            w.extend(encode(&m.pattern.check_bytes(
-                &bytes,
-                m.region.addr,
-                Writer::Setup,
-            )));
-            Ok(w)
+            let transferred = spliced.len();
+            let data = spliced.check(m.region.sub(0, transferred), m.pattern, ORIGINAL)?;
+            Ok(Some((transferred, data)))
         })
     })?;
     match ready.recv()?.as_slice() {
@@ -174,24 +170,45 @@ fn vmsplice_in_child(m: &AnonMemory, mprotect: bool) -> Step<Observed> {
         mprotect_dance(m)?;
     }
     let before = View::capture(m.region, m.pattern.unit)?;
-    m.pattern.stamp(m.region, Writer::Parent);
+    m.pattern.write(m.region, Writer::Parent);
+    let own = check_own_write(
+        m.region,
+        m.pattern,
+        ORIGINAL.written_by(Writer::Parent),
+        "the parent",
+    );
     let after = View::capture(m.region, m.pattern.unit)?;
     go.notify()?;
-    let words = report.recv()?;
+    let seen = report.recv_value::<Option<(usize, Result<(), Mismatch>)>>();
     let code = child.exit_code()?;
-    let Some((&transferred, rest)) = words.split_first() else {
+    own?;
+    let Some((transferred, data)) = seen? else {
         return fail("child sent no result (see its diagnostics)");
     };
-    let (data, _) = decode(rest, Writer::Setup)?;
     if code != 0 {
         return fail(format!("child exited with {code}"));
     }
-    let units = (transferred as usize).div_ceil(m.pattern.unit);
-    cowgup_harness::diag(format!(
-        "vmsplice() transferred {transferred} bytes ({units} unit(s))"
-    ));
+    judge_pipe(transferred, m.pattern, &before, &after, data, "parent", "child")
+}
+
+/// What a pipe of vmsplice'd pages shows, judged against the page tables of
+/// the writer before and after its write.
+fn judge_pipe(
+    transferred: usize,
+    pattern: Pattern,
+    before: &View,
+    after: &View,
+    data: Result<(), Mismatch>,
+    writer: &str,
+    reader: &str,
+) -> Step<Observed> {
+    let units = transferred.div_ceil(pattern.unit);
+    cowgup_harness::evidence(
+        "vmsplice",
+        serde_json::json!({ "transferred": transferred, "units": units }),
+    );
     let sharing = evidence::compare(
-        "parent before vs after its write, pages in the pipe",
+        &format!("{writer} before vs after its write, pages in the pipe"),
         "before",
         &before.first_units(units),
         "after",
@@ -201,11 +218,11 @@ fn vmsplice_in_child(m: &AnonMemory, mprotect: bool) -> Step<Observed> {
         &sharing,
         &data,
         true,
-        "the parent wrote in place into a page the pipe references",
+        &format!("the {writer} wrote in place into a page the pipe references"),
     )?;
     Ok(match data {
         Ok(()) => Observed::Clean,
-        Err(mm) => Observed::Leak(format!("Leak from parent into child: {mm}")),
+        Err(mm) => Observed::Leak(format!("Leak from {writer} into {reader}: {mm}")),
     })
 }
 
@@ -220,61 +237,48 @@ fn vmsplice_in_parent(m: &AnonMemory, before_fork: bool) -> Step<Observed> {
     let (ready, go, report) = (Pipe::new()?, Pipe::new()?, Pipe::new()?);
     let child = spawn(|| {
         child_body(&report, || {
+            let look = child_first_look(m.region, m.pattern)?;
             ready.notify()?;
             go.wait()?;
+            if look != FIRST_LOOK_OK {
+                return Ok(None);
+            }
             let before = View::capture(m.region, m.pattern.unit)?;
-            m.pattern.stamp(m.region, Writer::Child);
+            m.pattern.write(m.region, Writer::Child);
+            check_own_write(
+                m.region,
+                m.pattern,
+                ORIGINAL.written_by(Writer::Child),
+                "the child",
+            )?;
             let after = View::capture(m.region, m.pattern.unit)?;
-            let mut w = before.to_words();
-            w.extend(after.to_words());
-            Ok(w)
+            Ok(Some((before, after)))
         })
     })?;
-    let spliced = match early {
+    let mut spliced = Held::Pipe(match early {
         Some(s) => s,
         None => pin::vmsplice(m.region)?,
-    };
+    });
     ready.wait()?;
     m.region.munmap()?;
     go.notify()?;
-    let words = report.recv()?;
+    let views = report.recv_value::<Option<(View, View)>>();
     let code = child.exit_code()?;
     if code != 0 {
         return fail(format!("child exited with {code}"));
     }
-    let (before, rest) = View::from_words(&words)?;
-    let (after, _) = View::from_words(rest)?;
-    let bytes = spliced.read_all()?;
-    let data = m.pattern.check_bytes(&bytes, m.region.addr, Writer::Setup);
-    let units = spliced.transferred.div_ceil(m.pattern.unit);
-    cowgup_harness::diag(format!(
-        "vmsplice() transferred {} bytes ({units} unit(s))",
-        spliced.transferred
-    ));
-    let sharing = evidence::compare(
-        "child before vs after its write, pages in the pipe",
-        "before",
-        &before.first_units(units),
-        "after",
-        &after.first_units(units),
-    );
-    evidence::agree(
-        &sharing,
-        &data,
-        true,
-        "the child wrote in place into a page the pipe references",
-    )?;
-    Ok(match data {
-        Ok(()) => Observed::Clean,
-        Err(mm) => Observed::Leak(format!("Leak from child into parent: {mm}")),
-    })
+    let Some((before, after)) = views? else {
+        return Ok(lost_at_fork());
+    };
+    let transferred = spliced.len();
+    let data = spliced.check(m.region.sub(0, transferred), m.pattern, ORIGINAL)?;
+    judge_pipe(transferred, m.pattern, &before, &after, data, "child", "parent")
 }
 
 /// A long-term R/W pin (io_uring fixed buffer) must keep seeing what the
 /// process sees after the page is R/O-mapped (softdirty) or shared by fork.
 fn iouring(m: &AnonMemory, use_fork: bool) -> Step<Observed> {
-    let file = tempfile::tempfile().or_else(|e| fail(format!("tmpfile() failed: {e}")))?;
-    let mut buf = FixedBuffer::register(m.region)?;
+    let mut held = take(PinSource::IoUringFixed, m.region)?;
     let bystander = if use_fork {
         Some(Bystander::fork()?)
     } else {
@@ -283,14 +287,36 @@ fn iouring(m: &AnonMemory, use_fork: bool) -> Step<Observed> {
         m.region.mprotect(RW)?;
         None
     };
-    let before = View::capture(m.region, m.pattern.unit)?;
-    m.pattern.stamp(m.region, Writer::Parent);
-    let after = View::capture(m.region, m.pattern.unit)?;
-    buf.write_through_pin(&file, m.pattern)?;
-    let data = buf.check_file(&file, m.pattern, Writer::Parent)?;
+    let observed = write_and_look_through(&mut held, m.region, m.pattern, ORIGINAL, "R/W");
     if let Some(b) = bystander {
         b.release()?;
     }
+    observed
+}
+
+/// Take a reference that the case needs granted.
+fn take(source: PinSource, region: Region) -> Step<Held> {
+    match source.take(region)? {
+        Ok(h) => Ok(h),
+        Err(e) => fail(format!("{} failed: {e}", source.name())),
+    }
+}
+
+/// The process writes the head of every page of `region` (a pinned range);
+/// its own copy must hold the write, and the pin must see it too.
+fn write_and_look_through(
+    held: &mut Held,
+    region: Region,
+    pattern: Pattern,
+    original: Content,
+    kind: &str,
+) -> Step<Observed> {
+    let written = original.written_by(Writer::Parent);
+    let before = View::capture(region, pattern.unit)?;
+    pattern.write(region, Writer::Parent);
+    check_own_write(region, pattern, written, "the process")?;
+    let after = View::capture(region, pattern.unit)?;
+    let data = held.check(region, pattern, written)?;
     let sharing = evidence::compare(
         "pinned pages before vs after the write",
         "before",
@@ -306,7 +332,7 @@ fn iouring(m: &AnonMemory, use_fork: bool) -> Step<Observed> {
     )?;
     Ok(match data {
         Ok(()) => Observed::Clean,
-        Err(mm) => Observed::Leak(format!("Longterm R/W pin is not reliable: {mm}")),
+        Err(mm) => Observed::Leak(format!("Longterm {kind} pin is not reliable: {mm}")),
     })
 }
 
@@ -320,7 +346,6 @@ enum RoPinPage {
 /// A long-term R/O pin (gup_test) must keep seeing what the process sees
 /// after it writes, whether the page was shared, once shared, or exclusive.
 fn ro_pin(m: &AnonMemory, page: RoPinPage, fast: bool) -> Step<Observed> {
-    let gup = GupTest::open()?;
     let bystander = match page {
         RoPinPage::Shared => Some(Bystander::fork()?),
         RoPinPage::PreviouslyShared => {
@@ -334,7 +359,7 @@ fn ro_pin(m: &AnonMemory, page: RoPinPage, fast: bool) -> Step<Observed> {
             None
         }
     };
-    let observed = ro_pin_and_check(&gup, m.region, m.pattern, fast)?;
+    let observed = ro_pin_and_check(m.region, m.pattern, ORIGINAL, fast)?;
     if let Some(b) = bystander {
         b.release()?;
     }
@@ -343,43 +368,16 @@ fn ro_pin(m: &AnonMemory, page: RoPinPage, fast: bool) -> Step<Observed> {
 
 /// Pin `region` R/O, write it, read back through the pin and compare.
 pub fn ro_pin_and_check(
-    gup: &GupTest,
     region: Region,
     pattern: Pattern,
+    original: Content,
     fast: bool,
 ) -> Step<Observed> {
-    match gup.start(region, false, fast) {
-        Ok(()) => {}
+    let source = PinSource::GupTest { write: false, fast };
+    let mut held = match source.take(region)? {
+        Ok(h) => h,
         Err(nix::errno::Errno::EINVAL) => return skip("PIN_LONGTERM_TEST_START failed: EINVAL"),
         Err(e) => return fail(format!("PIN_LONGTERM_TEST_START failed: {e}")),
-    }
-    let before = View::capture(region, pattern.unit)?;
-    pattern.stamp(region, Writer::Parent);
-    let after = View::capture(region, pattern.unit)?;
-    let copy = mem::map_anon(region.len, RW, MapFlags::MAP_PRIVATE)
-        .or_else(|e| fail(format!("mmap() failed: {e}")))?;
-    let read = gup.read(copy);
-    gup.stop();
-    read?;
-    // The copy holds what the pinned pages of `region` hold: check it as `region`'s.
-    // SAFETY: the copy is mapped and was just filled by the kernel.
-    let pinned = unsafe { std::slice::from_raw_parts(copy.ptr(), copy.len) };
-    let data = pattern.check_bytes(pinned, region.addr, Writer::Parent);
-    let sharing = evidence::compare(
-        "pinned pages before vs after the write",
-        "before",
-        &before,
-        "after",
-        &after,
-    );
-    evidence::agree(
-        &sharing,
-        &data,
-        false,
-        "the write went to a new page, away from the pin",
-    )?;
-    Ok(match data {
-        Ok(()) => Observed::Clean,
-        Err(mm) => Observed::Leak(format!("Longterm R/O pin is not reliable: {mm}")),
-    })
+    };
+    write_and_look_through(&mut held, region, pattern, original, "R/O")
 }

@@ -82,6 +82,6 @@ pub fn run(case: &ThpCase, m: &AnonMemory) -> Step<Observed> {
             pagemap::describe_flags(f)
         ));
     }
-    m.pattern.stamp(m.region, Writer::Parent);
+    m.pattern.write(m.region, Writer::Parent);
     checker.judge_parents_write(shared)
 }

@@ -5,10 +5,11 @@
 use cowgup_fixtures::evidence::{self, View};
 use cowgup_fixtures::needs::Need;
 use cowgup_fixtures::non_anon::NonAnonMemory;
-use cowgup_fixtures::pin::GupTest;
-use cowgup_fixtures::stamp::Writer;
+use cowgup_fixtures::damage::{self, Side};
+use cowgup_fixtures::stamp::{Content, Writer};
 use cowgup_fixtures::{fail, Step};
 
+use crate::common::check_own_write;
 use crate::cow_anon::ro_pin_and_check;
 use crate::expectations::{Mechanism, Observed};
 
@@ -40,13 +41,23 @@ pub const CASES: [NonAnonCase; 3] = [
     },
 ];
 
+/// What the memory holds when a case starts: zeroes (a zeropage, a new file).
+const ORIGINAL: Content = Content::all(Writer::Nobody);
+
 /// Writing the private mapping must not change the other view.
 fn basic_cow(m: &NonAnonMemory) -> Step<Observed> {
-    if let Err(mm) = m.pattern.check(m.smem, Writer::Nobody) {
+    if let Err(mm) = m.pattern.check(m.smem, ORIGINAL) {
         return fail(format!("the other mapping does not start out zeroed: {mm}"));
     }
-    m.pattern.stamp(m.mem, Writer::Parent);
-    let data = m.pattern.check(m.smem, Writer::Nobody);
+    m.pattern.write(m.mem, Writer::Parent);
+    check_own_write(
+        m.mem,
+        m.pattern,
+        ORIGINAL.written_by(Writer::Parent),
+        "the private mapping",
+    )?;
+    damage::copy(Side::Reader, m.smem, m.pattern);
+    let data = m.pattern.check(m.smem, ORIGINAL);
     let mem = View::capture(m.mem, m.pattern.unit)?;
     let smem = View::capture(m.smem, m.pattern.unit)?;
     let sharing = evidence::compare(
@@ -69,6 +80,5 @@ fn basic_cow(m: &NonAnonMemory) -> Step<Observed> {
 }
 
 fn ro_pin(m: &NonAnonMemory, fast: bool) -> Step<Observed> {
-    let gup = GupTest::open()?;
-    ro_pin_and_check(&gup, m.mem, m.pattern, fast)
+    ro_pin_and_check(m.mem, m.pattern, ORIGINAL, fast)
 }
