@@ -17,7 +17,7 @@ use cowgup_harness::{diag, Knob, Outcome};
 
 use std::os::unix::fs::OpenOptionsExt;
 
-use crate::common::{check_own_write, child_body, Checker, ORIGINAL};
+use crate::common::{check_own_write, child_body, collect, Checker, ORIGINAL};
 use crate::expectations::Observed;
 
 pub const SHARED_ANON: &str = "MAP_SHARED|MAP_ANONYMOUS";
@@ -84,11 +84,7 @@ fn child_writes(region: Region, pattern: Pattern) -> Step<View> {
             View::capture(region, pattern.unit)
         })
     })?;
-    let view = report.recv_value::<View>();
-    if child.exit_code()? != 0 {
-        return fail("child failed (see its diagnostics)");
-    }
-    view
+    collect::<View>(&report, child)
 }
 
 /// A reference taken before fork() on shared anonymous memory must show
@@ -163,11 +159,7 @@ pub fn ksm_cow() -> Outcome {
         special::fill(first, !KSM_FILL);
         let after = View::capture(region, page)?;
         go.notify()?;
-        let child_saw_change = report.recv_value::<bool>();
-        if child.exit_code()? != 0 {
-            return fail("child failed (see its diagnostics)");
-        }
-        let child_saw_change = child_saw_change?;
+        let child_saw_change = collect::<bool>(&report, child)?;
         let rest = region.sub(page, region.len - page);
         let sharing = evidence::compare(
             "first page before vs after the write",
@@ -182,11 +174,13 @@ pub fn ksm_cow() -> Outcome {
                 "the write landed in the KSM page itself".into(),
             ));
         }
-        Ok(match (child_saw_change, special::check_fill(rest, KSM_FILL)) {
-            (false, Ok(())) => Outcome::Pass,
-            (_, Err(e)) => Outcome::Fail(format!("the other merged pages changed: {e}")),
-            _ => Outcome::Fail("Leak from parent into child through a KSM page".into()),
-        })
+        Ok(
+            match (child_saw_change, special::check_fill(rest, KSM_FILL)) {
+                (false, Ok(())) => Outcome::Pass,
+                (_, Err(e)) => Outcome::Fail(format!("the other merged pages changed: {e}")),
+                _ => Outcome::Fail("Leak from parent into child through a KSM page".into()),
+            },
+        )
     })())
 }
 
@@ -202,9 +196,10 @@ pub fn odirect_read_into_shared_page() -> Outcome {
         // The file holds what the parent's page should end up holding.
         std::fs::write(
             &path,
-            m.pattern.image(m.region, ORIGINAL.written_by(Writer::Parent)),
+            m.pattern
+                .image(m.region, ORIGINAL.written_by(Writer::Parent)),
         )
-            .or_else(|e| fail(format!("writing {}: {e}", path.display())))?;
+        .or_else(|e| fail(format!("writing {}: {e}", path.display())))?;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_DIRECT)
@@ -234,9 +229,7 @@ pub fn odirect_read_into_shared_page() -> Outcome {
         // own copy is checked first) and the child must not.
         Ok(match checker.judge_parents_write(m.region)? {
             Observed::Clean => Outcome::Pass,
-            observed => {
-                Outcome::Fail(format!("the O_DIRECT read reached the child: {observed:?}"))
-            }
+            observed => Outcome::Fail(format!("the O_DIRECT read reached the child: {observed:?}")),
         })
     })())
 }

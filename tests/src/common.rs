@@ -2,28 +2,38 @@
 //! a child that just stays alive, the softdirty trick, and passing a check's
 //! result from a child to its parent.
 
+use cowgup_fixtures::damage::{self, Side};
 use cowgup_fixtures::evidence::{self, View};
 use cowgup_fixtures::mem::Region;
 use cowgup_fixtures::pagemap;
 use cowgup_fixtures::proc::{spawn, Child, Pipe};
-use cowgup_fixtures::damage::{self, Side};
 use cowgup_fixtures::stamp::{Content, Mismatch, Pattern, Writer};
 use cowgup_fixtures::{fail, Step};
-use cowgup_harness::diag;
+use cowgup_harness::{diag, Outcome, OutcomeKind};
 
 use crate::expectations::Observed;
 
-/// Run `f` in the child and send its result; on an error, print it and send
-/// nothing, so the parent reports "sent no result" next to the child's own
-/// diagnostic.
+/// Run `f` in the child and send its result, or its failure with the reason
+/// (which `collect` turns into the trial's outcome, so a check that failed in
+/// the child names what it saw).
 pub fn child_body<T: serde::Serialize>(report: &Pipe, f: impl FnOnce() -> Step<T>) -> i32 {
-    match f() {
-        Ok(value) => report.send_value(&value).map_or(1, |_| 0),
-        Err(outcome) => {
-            diag(format!("child: {outcome}"));
-            let _ = report.send(&[]);
-            1
-        }
+    let sent: Result<T, (String, String)> =
+        f().map_err(|o| (o.kind().as_str().to_string(), o.reason().to_string()));
+    let code = i32::from(sent.is_err());
+    report.send_value(&sent).map_or(1, |_| code)
+}
+
+/// What a child running `child_body` sent, once it exited.
+pub fn collect<T: serde::de::DeserializeOwned>(report: &Pipe, child: Child) -> Step<T> {
+    let sent = report.recv_value::<Result<T, (String, String)>>();
+    let code = child.exit_code()?;
+    match sent? {
+        Ok(v) if code == 0 => Ok(v),
+        Ok(_) => fail(format!("child exited with {code} after sending its result")),
+        Err((kind, reason)) => Err(Outcome::from_parts(
+            OutcomeKind::parse(&kind).unwrap_or(OutcomeKind::Fail),
+            format!("child: {reason}"),
+        )),
     }
 }
 
@@ -168,15 +178,10 @@ impl Checker {
     /// Let the child check again, and collect what it saw.
     pub fn finish(self) -> Step<ChildView> {
         self.go.notify()?;
-        let seen = self.report.recv_value::<Option<ChildView>>();
-        let code = self.child.exit_code()?;
-        let Some(seen) = seen? else {
-            return fail("checking child had nothing to check");
-        };
-        if code != 0 {
-            return fail(format!("child exited with {code}"));
+        match collect::<Option<ChildView>>(&self.report, self.child)? {
+            Some(seen) => Ok(seen),
+            None => fail("checking child had nothing to check"),
         }
-        Ok(seen)
     }
 }
 

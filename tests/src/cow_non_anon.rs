@@ -2,10 +2,10 @@
 //! of a zeropage or of file data must COW away from the other view, and a
 //! R/O long-term pin on it must stay reliable.
 
+use cowgup_fixtures::damage::{self, Side};
 use cowgup_fixtures::evidence::{self, View};
 use cowgup_fixtures::needs::Need;
 use cowgup_fixtures::non_anon::NonAnonMemory;
-use cowgup_fixtures::damage::{self, Side};
 use cowgup_fixtures::stamp::{Content, Writer};
 use cowgup_fixtures::{fail, Step};
 

@@ -1,0 +1,191 @@
+//! The verifier's self-test. Each round runs the cow families and the
+//! beyond-upstream scenarios with one test-only damage (fixtures/src/damage.rs,
+//! `COWGUP_DAMAGE`) that stands for a kernel bug: a different page mapped, a
+//! page left uncopied (first, middle, last), one byte flipped mid-page, a
+//! reference showing the other copy. Every trial whose copy was damaged must
+//! fail and name the damaged page; none may pass. Trials the kernel already
+//! fails in an accepted way (an XFAIL row) may stay XFAIL, never pass.
+//!
+//! A byte flipped mid-page is only visible to `--thorough` (the default checks
+//! the first and the last word of every base page), so those rounds run in a
+//! second process with a thorough session.
+
+use std::collections::BTreeMap;
+
+use cowgup_fixtures::damage::VAR;
+use cowgup_harness::probe::Capabilities;
+use cowgup_harness::OutcomeKind;
+use cowgup_tests::session::{Options, Session};
+use cowgup_tests::{catalogue, Family, Scenario};
+
+const STRUCTURAL: &[&str] = &[
+    "writer:other:first",
+    "writer:uncopied:first",
+    "writer:uncopied:middle",
+    "writer:uncopied:last",
+    "reader:other:last",
+    "reader:uncopied:first",
+    "reader:uncopied:middle",
+    "reader:uncopied:last",
+    "reader:stale:first",
+    "reader:stale:last",
+];
+const THOROUGH: &[&str] = &["writer:flip:middle", "reader:flip:last"];
+
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
+struct Seen {
+    damage: String,
+    name: String,
+    family: String,
+    outcome: String,
+    reason: String,
+    /// Pages the damage hooks reported damaging in this trial.
+    damaged_pages: Vec<u64>,
+}
+
+fn families() -> [Family; 4] {
+    [
+        Family::CowAnon,
+        Family::CowAnonThp,
+        Family::CowNonAnon,
+        Family::BeyondUpstream,
+    ]
+}
+
+/// Run the baseline and every damage round in one session; returns the
+/// baseline outcome per trial and what each damaged round saw.
+fn rounds(thorough: bool, damages: &[&str]) -> (BTreeMap<String, String>, Vec<Seen>) {
+    let caps = Capabilities::probe();
+    let scenarios: Vec<Scenario> = catalogue(&caps)
+        .into_iter()
+        .filter(|s| families().contains(&s.family))
+        .collect();
+    let selected: Vec<&Scenario> = scenarios.iter().collect();
+    let opts = Options {
+        thorough,
+        lock_wait: std::time::Duration::from_secs(600),
+        ..Options::default()
+    };
+    let mut session = Session::start(&opts, &selected).unwrap_or_else(|e| {
+        eprintln!("verifier: {e}");
+        std::process::exit(1)
+    });
+    let mut run = |s: &Scenario| match session.run(s) {
+        Ok(r) => r,
+        Err(stop) => session.abort(stop),
+    };
+    // SAFETY (set_var/remove_var): this test is single-threaded.
+    std::env::remove_var(VAR);
+    let baseline: BTreeMap<String, String> = scenarios
+        .iter()
+        .map(|s| (s.name.clone(), run(s).outcome.kind().as_str().to_string()))
+        .collect();
+    let mut seen = Vec::new();
+    for &damage in damages {
+        std::env::set_var(VAR, damage);
+        for s in &scenarios {
+            if baseline[&s.name] == "skip" {
+                continue;
+            }
+            let r = run(s);
+            let damaged_pages = r
+                .evidence
+                .iter()
+                .filter(|e| e.kind == "damage")
+                .filter_map(|e| e.data.get("page")?.as_u64())
+                .collect();
+            seen.push(Seen {
+                damage: damage.to_string(),
+                name: s.name.clone(),
+                family: s.family.id().to_string(),
+                outcome: r.outcome.kind().as_str().to_string(),
+                reason: r.outcome.reason().to_string(),
+                damaged_pages,
+            });
+        }
+    }
+    std::env::remove_var(VAR);
+    if let Some(r) = session.finish() {
+        for p in r.problems {
+            eprintln!("verifier: could not restore: {p}");
+        }
+    }
+    (baseline, seen)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--thorough-rounds") {
+        let (baseline, seen) = rounds(true, THOROUGH);
+        println!("{}", serde_json::to_string(&(baseline, seen)).unwrap());
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        println!("verifier: skipped: needs root (PFNs, hugetlb pages, swap)");
+        return;
+    }
+    let (baseline, mut seen) = rounds(false, STRUCTURAL);
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .arg("--thorough-rounds")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("re-running the verifier test");
+    assert!(out.status.success(), "thorough rounds failed");
+    let line = String::from_utf8_lossy(&out.stdout);
+    let (_, thorough_seen): (BTreeMap<String, String>, Vec<Seen>) =
+        serde_json::from_str(line.trim()).expect("thorough rounds' result");
+    seen.extend(thorough_seen);
+
+    let mut problems = Vec::new();
+    let mut per_damage: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for s in &seen {
+        let slot = per_damage.entry(s.damage.as_str()).or_default();
+        slot.1 += 1;
+        if s.damaged_pages.is_empty() {
+            continue;
+        }
+        slot.0 += 1;
+        let accepted = baseline.get(&s.name).is_some_and(|b| b == "xfail");
+        let names_page = s
+            .damaged_pages
+            .iter()
+            .any(|p| s.reason.contains(&format!("page {p} ")));
+        let ok = match OutcomeKind::parse(&s.outcome) {
+            Some(OutcomeKind::Fail) => names_page,
+            Some(OutcomeKind::Xfail) => accepted,
+            _ => false,
+        };
+        if !ok {
+            problems.push(format!(
+                "{} under {}: {} ({}), damaged page(s) {:?}",
+                s.name, s.damage, s.outcome, s.reason, s.damaged_pages
+            ));
+        }
+    }
+    for (damage, (damaged, ran)) in &per_damage {
+        println!("{damage}: {damaged} of {ran} executed trial(s) damaged");
+    }
+    // Every executed cow trial has a writer whose copy is checked: writer
+    // damage must reach all of them, except where it cannot show: a page
+    // "left uncopied" that was all zeroes anyway (non-anonymous memory starts
+    // as zeroes), and a trial whose child lost the page at fork() before
+    // anybody wrote (an XFAIL row).
+    for s in seen.iter().filter(|s| s.damage.starts_with("writer:")) {
+        let zeroes = s.family == "cow_non_anon" && s.damage.contains(":uncopied:");
+        let lost = s.outcome == "xfail" && s.reason.starts_with("lost at fork");
+        if s.family.starts_with("cow") && s.damaged_pages.is_empty() && !zeroes && !lost {
+            problems.push(format!(
+                "{} under {}: not damaged ({}: {})",
+                s.name, s.damage, s.outcome, s.reason
+            ));
+        }
+    }
+    for p in &problems {
+        println!("WRONG  {p}");
+    }
+    println!(
+        "{} passed, {} failed",
+        seen.len() - problems.len().min(seen.len()),
+        problems.len()
+    );
+    std::process::exit(i32::from(!problems.is_empty()));
+}
