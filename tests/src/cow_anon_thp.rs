@@ -83,5 +83,5 @@ pub fn run(case: &ThpCase, m: &AnonMemory) -> Step<Observed> {
         ));
     }
     m.pattern.write(m.region, Writer::Parent);
-    checker.judge_parents_write(shared)
+    checker.judge_parents_write(m.region)
 }
