@@ -216,98 +216,72 @@ fn restore(state: &StateArgs) -> ExitCode {
     }
 }
 
+/// Run the selection, every report a consumer of the one event stream
+/// (`cowgup_tap::stream`): the human report on the terminal (or in FILE), and
+/// the machine-readable one on stdout or in FILE.
 fn run(args: &RunArgs) -> ExitCode {
-    use formats::{Format, Record, Streaming};
-    let (_, chosen) = match select(&args.select) {
+    use cowgup_tap::stream::{drive, Reporter};
+    use cowgup_tap::{Dialect, TapReporter};
+    use formats::{Document, Format};
+    let (caps, chosen) = match select(&args.select) {
         Ok(x) => x,
         Err(e) => return fatal(&e),
     };
     // Open the output before touching the host: a bad path must change nothing.
-    let mut file = match &args.output {
+    let sink: Box<dyn std::io::Write> = match &args.output {
         Some(p) => match std::fs::File::create(p) {
-            Ok(f) => Some(std::io::BufWriter::new(f)),
+            Ok(f) => Box::new(std::io::BufWriter::new(f)),
             Err(e) => return fatal(&format!("cannot write {}: {e}", p.display())),
         },
-        None => None,
+        None => Box::new(std::io::stdout()),
     };
     let refs: Vec<&Scenario> = chosen.iter().collect();
     let mut session = match Session::start(&args.session.options(), &refs) {
         Ok(s) => s,
         Err(e) => return fatal(&e),
     };
-    let human = args.format == Format::Human || file.is_some();
-    let mut reporter = human.then(|| report::Human::new(args.verbose, chosen.len()));
-    if let Some(r) = &reporter {
-        r.header(&session);
-    }
-    let mut stream = match args.format {
-        Format::Tap | Format::Ktap => {
-            let sink: Box<dyn std::io::Write> = match file.take() {
-                Some(f) => Box::new(f),
-                None => Box::new(std::io::stdout()),
-            };
-            match Streaming::new(sink, args.format, chosen.len(), &session) {
-                Ok(s) => Some(s),
-                Err(e) => return fatal(&format!("cannot write the report: {e}")),
+    let mut reporters: Vec<Box<dyn Reporter>> = Vec::new();
+    match args.format {
+        Format::Human => reporters.push(Box::new(report::Human::new(
+            sink,
+            args.verbose,
+            args.output.is_none(),
+        ))),
+        machine => {
+            if args.output.is_some() {
+                reporters.push(Box::new(report::Human::new(
+                    std::io::stdout(),
+                    args.verbose,
+                    true,
+                )));
             }
-        }
-        _ => None,
-    };
-    let mut record = Record::new(&session);
-    for s in &chosen {
-        if let Some(r) = &reporter {
-            r.starting(&s.name);
-        }
-        match session.run(s) {
-            Ok(r) => {
-                if let Some(h) = &mut reporter {
-                    h.finished(&r);
-                }
-                if let Some(st) = &mut stream {
-                    if let Err(e) = st.trial(&r) {
-                        eprintln!("cowgup: cannot write the report: {e}");
-                        session.finish();
-                        return ExitCode::FAILURE;
-                    }
-                }
-                record.add(s, &r);
-            }
-            Err(stop) => {
-                if let Some(h) = &reporter {
-                    h.interrupted();
-                }
-                session.abort(stop);
-            }
+            reporters.push(match machine {
+                Format::Tap | Format::Ktap => Box::new(
+                    TapReporter::new(
+                        sink,
+                        if machine == Format::Ktap {
+                            Dialect::Ktap
+                        } else {
+                            Dialect::Kselftest
+                        },
+                    )
+                    .with_preamble(vec![format!(
+                        "cowgup {} on {}",
+                        env!("CARGO_PKG_VERSION"),
+                        caps.kernel_release
+                    )]),
+                ),
+                _ => Box::new(Document::new(sink, machine)),
+            });
         }
     }
-    let restored = session.finish();
-    let ok = match &reporter {
-        Some(h) => h.summary(restored.as_ref()),
-        None => record.trials.iter().all(|(_, _, r)| r.outcome.is_success()),
-    };
-    let written = match (&mut stream, args.format) {
-        (Some(st), _) => st.tap.finish(),
-        (None, Format::Json) => write_doc(&args.output, &formats::json(&record, restored.as_ref())),
-        (None, Format::Junit) => write_doc(&args.output, &formats::junit(&record)),
-        _ => Ok(()),
-    };
-    if let Err(e) = written {
-        eprintln!("cowgup: cannot write the report: {e}");
-        return ExitCode::FAILURE;
-    }
-    if ok && restored.as_ref().is_none_or(|r| r.is_clean()) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
-}
-
-fn write_doc(output: &Option<PathBuf>, text: &str) -> std::io::Result<()> {
-    match output {
-        Some(p) => std::fs::write(p, text),
-        None => {
-            use std::io::Write;
-            std::io::stdout().write_all(text.as_bytes())
+    let mut refs: Vec<&mut dyn Reporter> = reporters.iter_mut().map(|r| r.as_mut()).collect();
+    match drive(&mut session, &chosen, &mut refs) {
+        Ok(end) if end.succeeded() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("cowgup: cannot write the report: {e}");
+            ExitCode::FAILURE
         }
     }
 }

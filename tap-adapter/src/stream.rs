@@ -86,7 +86,7 @@ pub trait Reporter {
     fn on(&mut self, event: &Event) -> io::Result<()>;
 }
 
-fn emit(reporters: &mut [&mut dyn Reporter], event: &Event) -> io::Result<()> {
+fn emit(reporters: &mut [&mut (dyn Reporter + '_)], event: &Event) -> io::Result<()> {
     reporters.iter_mut().try_for_each(|r| r.on(event))
 }
 
@@ -97,7 +97,7 @@ fn emit(reporters: &mut [&mut dyn Reporter], event: &Event) -> io::Result<()> {
 pub fn drive(
     session: &mut Session,
     scenarios: &[Scenario],
-    reporters: &mut [&mut dyn Reporter],
+    reporters: &mut [&mut (dyn Reporter + '_)],
 ) -> io::Result<RunEnd> {
     let started = Instant::now();
     let result = (|| {
