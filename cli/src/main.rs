@@ -3,46 +3,20 @@
 
 mod bench;
 mod formats;
+mod help;
 mod report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use cowgup_harness::probe::Capabilities;
 use cowgup_tests::session::{default_state_dir, Options, Session};
 use cowgup_tests::{catalogue, Scenario, Selection};
 
-const ABOUT: &str = "Runs the Linux kernel's COW/GUP selftest catalogue (tools/testing/selftests/mm/cow.c) \
-against the running kernel and proves, per page, that no data leaks between parent and child and that \
-pins never go stale.";
-
-const AFTER_HELP: &str = "\
-Outcomes:
-  pass   the check ran and held
-  fail   the kernel leaked data, a pin went stale, or the trial crashed (signal named)
-  xfail  a known kernel behaviour the expectation table names (e.g. hugetlb + vmsplice)
-  xpass  passed where a failure was expected and a pass would be news
-  skip   the host could not provide what the trial needs; the reason says what
-  error  the trial timed out or could not be run at all
-
-Host settings:
-  As root, `run` reserves hugetlb pages (2 per size, 1 GiB included when the kernel can),
-  enables a temporary swap file, sets per-size THP policy around each trial and mounts
-  debugfs, all journaled in the state directory before each change and restored on exit,
-  on SIGINT/SIGTERM/SIGHUP and on panic. After a SIGKILL run `cowgup restore` (the next
-  run also restores first). --no-provision leaves the host exactly alone.
-
-Examples:
-  cowgup run                          the whole catalogue
-  cowgup run vmsplice --skip hugetlb  names containing 'vmsplice' but not 'hugetlb'
-  cowgup run --exact 'Basic COW ... with memfd'
-  cowgup list 'THP (2048 kB)'         what would run
-  cowgup bench --repeat 5             wall time per backing group";
-
 #[derive(Parser)]
-#[command(name = "cowgup", version, about = ABOUT, after_help = AFTER_HELP)]
+#[command(name = "cowgup", version, about = help::ABOUT)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -72,6 +46,9 @@ pub struct SelectArgs {
     /// Leave out trials whose names contain PATTERN (repeatable).
     #[arg(long, value_name = "PATTERN")]
     pub skip: Vec<String>,
+    /// Only trials of this family (repeatable; the families are listed below).
+    #[arg(long, value_name = "ID", value_parser = clap::builder::PossibleValuesParser::new(help::family_ids()))]
+    pub family: Vec<String>,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -118,19 +95,32 @@ struct RunArgs {
     select: SelectArgs,
     #[command(flatten)]
     session: SessionArgs,
-    /// Print every result with its diagnostics and evidence.
+    /// Print every result with its diagnostics, evidence and checks.
     #[arg(short, long)]
     verbose: bool,
     /// Report format.
     #[arg(long, value_enum, default_value_t = formats::Format::Human)]
     format: formats::Format,
-    /// Write the report to FILE (the human report then still goes to the terminal).
+    /// Write the report to FILE (for tap, ktap, json and junit the human report still goes to the terminal).
     #[arg(long, short, value_name = "FILE")]
     output: Option<PathBuf>,
 }
 
+/// The command line, its help text built from the catalogue's families.
+fn command() -> clap::Command {
+    Cli::command()
+        .after_long_help(help::top())
+        .after_help("Families, filters, report formats, host settings and exit codes: --help")
+        .mut_subcommand("run", |c| c.after_long_help(help::run()))
+        .mut_subcommand("list", |c| c.after_long_help(help::list()))
+        .mut_subcommand("bench", |c| c.after_long_help(help::list()))
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     match cli.command {
         Command::Probe => {
             print!("{}", Capabilities::probe().table());
@@ -166,13 +156,19 @@ pub fn select(sel: &SelectArgs) -> Result<(Capabilities, Vec<Scenario>), String>
     };
     let chosen: Vec<Scenario> = catalogue(&caps)
         .into_iter()
+        .filter(|s| sel.family.is_empty() || sel.family.iter().any(|f| f == s.family.id()))
         .filter(|s| selection.selects(&s.name))
         .collect();
     if chosen.is_empty() {
         return Err(format!(
-            "no trial name {} {:?}{} (see `cowgup list`)",
+            "no trial name {} {:?}{}{} (see `cowgup list`)",
             if sel.exact { "equals" } else { "contains" },
             sel.filters,
+            if sel.family.is_empty() {
+                String::new()
+            } else {
+                format!(" in families {:?}", sel.family)
+            },
             if sel.skip.is_empty() {
                 String::new()
             } else {
