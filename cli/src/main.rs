@@ -69,6 +69,9 @@ pub struct SessionArgs {
     /// Time limit per trial, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub timeout: u64,
+    /// Wait up to SECS for another cowgup to finish with this host's settings (default: fail at once).
+    #[arg(long, value_name = "SECS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=86400))]
+    pub lock_wait: u64,
     #[command(flatten)]
     pub state: StateArgs,
 }
@@ -84,7 +87,7 @@ impl SessionArgs {
                 .state_dir
                 .clone()
                 .unwrap_or_else(default_state_dir),
-            lock_wait: Duration::ZERO,
+            lock_wait: Duration::from_secs(self.lock_wait),
         }
     }
 }

@@ -68,6 +68,12 @@ fn options_from_env() -> Options {
         // leaves the host alone entirely.
         provision: std::env::var_os("COWGUP_NO_PROVISION").is_none(),
         thorough: std::env::var_os("COWGUP_THOROUGH").is_some(),
+        // Seconds to wait for another cowgup to finish with the host (default: none).
+        lock_wait: std::env::var("COWGUP_LOCK_WAIT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(std::time::Duration::from_secs)
+            .unwrap_or_default(),
         ..Options::default()
     }
 }
