@@ -285,4 +285,30 @@ mod tests {
         let out = suite.test_cases[1].system_out.as_deref().unwrap_or("");
         assert!(out.contains("pin balance: not checked"), "{xml}");
     }
+
+    /// The same check the reports test applies to a real run's JUnit, here
+    /// on a document whose trials carry evidence and checks.
+    #[test]
+    fn junit_with_evidence_loads_in_python_elementtree() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("junit.xml");
+        std::fs::write(&file, document(Format::Junit)).unwrap();
+        let Ok(out) = std::process::Command::new("python3")
+            .args(["-c", include_str!("../tests/junit_check.py")])
+            .arg(&file)
+            .output()
+        else {
+            eprintln!("python3 not installed: JUnit not checked by ElementTree");
+            return;
+        };
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{} 2\n", Family::CowAnon.name())
+        );
+    }
 }
