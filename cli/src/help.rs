@@ -138,7 +138,8 @@ Exit codes of `run`:
   0  every result is pass, xfail or skip, and host settings were restored
   1  a fail, xpass or error, a restore problem, or a report that could not be written
   2  the run could not start: bad arguments, no trial selected, FILE not writable, or
-     another cowgup is changing this host's settings
+     another cowgup is changing this host's settings (--lock-wait SECS waits for it)
+  A run stopped by SIGINT, SIGTERM or SIGHUP restores the host, then dies of the signal.
 ";
 
 const EXAMPLES: &str = "\
