@@ -17,7 +17,6 @@ pub struct Human<W: Write> {
     /// A progress line on stderr instead of a line per success.
     progress: bool,
     planned: usize,
-    done: usize,
     grouped: BTreeMap<(OutcomeKind, String), usize>,
     caveats: Caveats,
     unsuccessful: Vec<(OutcomeKind, String)>,
@@ -47,7 +46,6 @@ impl<W: Write> Human<W> {
             verbose,
             progress: terminal && std::io::stderr().is_terminal() && !verbose,
             planned: 0,
-            done: 0,
             grouped: BTreeMap::new(),
             caveats: Caveats::default(),
             unsuccessful: Vec::new(),
@@ -153,7 +151,6 @@ impl<W: Write> Reporter for Human<W> {
             }
             Event::TrialFinished(t) => {
                 let r = &t.report;
-                self.done += 1;
                 let kind = r.outcome.kind();
                 if !r.outcome.is_success() || self.verbose || !self.progress {
                     self.clear_progress();
