@@ -1,16 +1,18 @@
-//! Machine-readable reports of `cowgup run --format ...`: kselftest TAP,
-//! KTAP, JSON (per-trial outcome, reason, duration, evidence, kernel and
-//! probe) and JUnit XML (a testsuite per family, for CI viewers).
+//! Machine-readable reports of `cowgup run --format ...`, all consumers of
+//! the event stream: kselftest TAP and KTAP (`cowgup_tap::TapReporter`,
+//! written as the run goes), and JSON and JUnit XML (`Document`, written
+//! once the run finished). JSON carries each trial's evidence and checks as
+//! structured fields; JUnit has one testsuite per family.
 
 use std::io::{self, Write};
 use std::time::Duration;
 
-use cowgup_harness::guard::RestoreReport;
-use cowgup_harness::probe::{Capabilities, Presence};
-use cowgup_harness::{Outcome, OutcomeKind, Totals, TrialReport};
-use cowgup_tap::write::{Dialect, TapWriter};
-use cowgup_tests::session::Session;
-use cowgup_tests::{Family, Scenario};
+use cowgup_harness::probe::Presence;
+use cowgup_harness::{CheckResult, Evidence, OutcomeKind, Totals};
+use cowgup_tap::stream::{trial_lines, Event, Reporter, RunEnd, RunStart, TrialEnd};
+use cowgup_tests::Family;
+use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
+use serde::Serialize;
 use serde_json::json;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -21,74 +23,52 @@ pub enum Format {
     Tap,
     /// KTAP version 1 (Documentation/dev-tools/ktap.rst)
     Ktap,
-    /// one JSON document: probe, host changes, every trial with its evidence
+    /// one JSON document: probe, host changes, every trial with its evidence and checks
     Json,
     /// JUnit XML, one testsuite per family
     Junit,
 }
 
-/// Everything a report needs, collected as the run goes.
-pub struct Record {
-    pub caps: Capabilities,
-    pub log: Vec<String>,
-    pub trials: Vec<(Family, String, TrialReport)>,
+/// JSON or JUnit: collects the stream, writes one document at the end.
+pub struct Document<W: Write> {
+    out: W,
+    format: Format,
+    start: Option<RunStart>,
+    trials: Vec<TrialEnd>,
 }
 
-impl Record {
-    pub fn new(session: &Session) -> Self {
-        Record {
-            caps: session.caps.clone(),
-            log: session.log.clone(),
+impl<W: Write> Document<W> {
+    pub fn new(out: W, format: Format) -> Self {
+        assert!(matches!(format, Format::Json | Format::Junit));
+        Document {
+            out,
+            format,
+            start: None,
             trials: Vec::new(),
         }
     }
-
-    pub fn add(&mut self, s: &Scenario, r: &TrialReport) {
-        self.trials.push((s.family, s.group.clone(), r.clone()));
-    }
-
-    fn totals(&self) -> Totals {
-        self.trials.iter().map(|(_, _, r)| r).collect()
-    }
 }
 
-/// TAP and KTAP are written as the run goes (a killed run still leaves a
-/// readable prefix); JSON and JUnit at the end.
-pub struct Streaming<W: Write> {
-    pub tap: TapWriter<W>,
-}
-
-impl<W: Write> Streaming<W> {
-    pub fn new(out: W, format: Format, planned: usize, session: &Session) -> io::Result<Self> {
-        let dialect = if format == Format::Ktap {
-            Dialect::Ktap
-        } else {
-            Dialect::Kselftest
-        };
-        let mut tap = TapWriter::new(out, dialect);
-        tap.header(dialect == Dialect::Kselftest && std::env::var_os("KSFT_TAP_LEVEL").is_some())?;
-        tap.diag(&format!(
-            "cowgup {} on {}",
-            env!("CARGO_PKG_VERSION"),
-            session.caps.kernel_release
-        ))?;
-        for l in &session.log {
-            tap.diag(l)?;
+impl<W: Write> Reporter for Document<W> {
+    fn on(&mut self, event: &Event) -> io::Result<()> {
+        match event {
+            Event::RunStarted(s) => self.start = Some(s.clone()),
+            Event::TrialFinished(t) => self.trials.push(t.clone()),
+            Event::RunFinished(end) => {
+                let start = self
+                    .start
+                    .as_ref()
+                    .ok_or_else(|| io::Error::other("RunFinished without RunStarted"))?;
+                let text = match self.format {
+                    Format::Junit => junit(start, &self.trials, end)?,
+                    _ => json(start, &self.trials, end),
+                };
+                self.out.write_all(text.as_bytes())?;
+                self.out.flush()?;
+            }
+            Event::TrialStarted(_) | Event::Interrupted { .. } => {}
         }
-        tap.plan(planned)?;
-        Ok(Streaming { tap })
-    }
-
-    pub fn trial(&mut self, r: &TrialReport) -> io::Result<()> {
-        self.tap.diag(&format!("[RUN] {}", r.name))?;
-        for d in &r.diagnostics {
-            self.tap.diag(d)?;
-        }
-        if !matches!(r.outcome, Outcome::Pass) {
-            self.tap.diag(r.outcome.reason())?;
-        }
-        self.tap
-            .result(r.outcome.kind(), &r.name, r.outcome.reason())
+        Ok(())
     }
 }
 
@@ -103,9 +83,27 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-pub fn json(rec: &Record, restored: Option<&RestoreReport>) -> String {
-    let c = &rec.caps;
-    let t = rec.totals();
+/// One trial in the JSON document. The outcome is flat (`"outcome": "skip",
+/// "reason": "..."`); evidence and checks are the harness's records as they are.
+#[derive(Serialize)]
+struct JsonTrial<'a> {
+    name: &'a str,
+    family: &'static str,
+    backing: &'a str,
+    outcome: &'static str,
+    reason: &'a str,
+    duration_ms: f64,
+    diagnostics: &'a [String],
+    evidence: &'a [Evidence],
+    checks: &'a [CheckResult],
+}
+
+fn totals_json(t: &Totals) -> serde_json::Value {
+    json!({"pass": t.pass, "fail": t.fail, "xfail": t.xfail, "xpass": t.xpass, "skip": t.skip, "error": t.error})
+}
+
+pub fn json(start: &RunStart, trials: &[TrialEnd], end: &RunEnd) -> String {
+    let c = &start.caps;
     let doc = json!({
         "tool": "cowgup",
         "version": env!("CARGO_PKG_VERSION"),
@@ -125,119 +123,192 @@ pub fn json(rec: &Record, restored: Option<&RestoreReport>) -> String {
             "memlock": c.memlock,
             "scratch_fs": c.scratch_fs.iter().map(|(d, fs)| json!({"dir": d, "fs": fs})).collect::<Vec<_>>(),
         },
-        "host_changes": rec.log,
-        "totals": {"pass": t.pass, "fail": t.fail, "xfail": t.xfail, "xpass": t.xpass, "skip": t.skip, "error": t.error},
-        "trials": rec.trials.iter().map(|(family, group, r)| json!({
-            "name": r.name,
-            "family": family.id(),
-            "backing": group,
-            "outcome": r.outcome.kind().as_str(),
-            "reason": r.outcome.reason(),
-            "duration_ms": ms(r.duration),
-            "evidence": r.diagnostics,
-        })).collect::<Vec<_>>(),
-        "restore": restored.map(|r| json!({"changed": r.changed, "problems": r.problems})),
+        "host_changes": start.host_changes,
+        "totals": totals_json(&end.totals),
+        "duration_s": end.elapsed.as_secs_f64(),
+        "trials": trials.iter().map(|t| JsonTrial {
+            name: &t.trial.name,
+            family: t.trial.family.id(),
+            backing: &t.trial.group,
+            outcome: t.report.outcome.kind().as_str(),
+            reason: t.report.outcome.reason(),
+            duration_ms: ms(t.report.duration),
+            diagnostics: &t.report.diagnostics,
+            evidence: &t.report.evidence,
+            checks: &t.report.checks,
+        }).collect::<Vec<_>>(),
+        "restore": end.restore.as_ref().map(|r| json!({"changed": r.changed, "problems": r.problems})),
     });
-    serde_json::to_string_pretty(&doc).expect("JSON values always serialise")
+    let mut text = serde_json::to_string_pretty(&doc).expect("JSON values always serialise");
+    text.push('\n');
+    text
 }
 
-pub fn xml_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for ch in s.chars() {
-        match ch {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            // XML 1.0 allows no other control characters.
-            c if (c as u32) < 0x20 && !matches!(c, '\n' | '\t' | '\r') => out.push('?'),
-            c => out.push(c),
+fn testcase(t: &TrialEnd) -> TestCase {
+    let r = &t.report;
+    let kind = r.outcome.kind();
+    let reason = r.outcome.reason();
+    let lines: Vec<String> = trial_lines(r).collect();
+    let status = match kind {
+        OutcomeKind::Pass | OutcomeKind::Xfail => TestCaseStatus::success(),
+        OutcomeKind::Skip => {
+            let mut s = TestCaseStatus::skipped();
+            s.set_message(reason);
+            s
+        }
+        OutcomeKind::Fail | OutcomeKind::Xpass | OutcomeKind::Error => {
+            let mut s = TestCaseStatus::non_success(if kind == OutcomeKind::Error {
+                NonSuccessKind::Error
+            } else {
+                NonSuccessKind::Failure
+            });
+            s.set_message(reason).set_type(kind.as_str());
+            if !lines.is_empty() {
+                s.set_description(lines.join("\n"));
+            }
+            s
+        }
+    };
+    let mut tc = TestCase::new(t.trial.name.as_str(), status);
+    tc.set_classname(format!("cowgup.{}", t.trial.family.id()))
+        .set_time(r.duration);
+    // Everything the trial said, evidence and checks included, for every
+    // outcome (a failure also has it as the failure's text).
+    let mut out = Vec::new();
+    if kind == OutcomeKind::Xfail {
+        out.push(format!("xfail: {reason}"));
+    }
+    out.extend(lines);
+    if !out.is_empty() {
+        tc.set_system_out(out.join("\n"));
+    }
+    tc
+}
+
+pub fn junit(start: &RunStart, trials: &[TrialEnd], end: &RunEnd) -> io::Result<String> {
+    let mut report = Report::new("cowgup");
+    report.set_time(trials.iter().map(|t| t.report.duration).sum());
+    let mut families: Vec<Family> = Vec::new();
+    for t in trials {
+        if !families.contains(&t.trial.family) {
+            families.push(t.trial.family);
         }
     }
-    out
-}
-
-pub fn junit(rec: &Record) -> String {
-    let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let t = rec.totals();
-    let total_time: Duration = rec.trials.iter().map(|(_, _, r)| r.duration).sum();
-    x.push_str(&format!(
-        "<testsuites name=\"cowgup\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" time=\"{:.3}\">\n",
-        t.count(),
-        t.fail + t.xpass,
-        t.error,
-        t.skip,
-        total_time.as_secs_f64()
-    ));
-    let mut families: Vec<Family> = rec.trials.iter().map(|(f, _, _)| *f).collect();
-    families.dedup();
     for fam in families {
-        let trials: Vec<&TrialReport> = rec
-            .trials
-            .iter()
-            .filter(|(f, _, _)| *f == fam)
-            .map(|(_, _, r)| r)
-            .collect();
-        let ft: Totals = trials.iter().copied().collect();
-        let time: Duration = trials.iter().map(|r| r.duration).sum();
-        x.push_str(&format!(
-            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" time=\"{:.3}\">\n",
-            xml_escape(fam.name()),
-            ft.count(),
-            ft.fail + ft.xpass,
-            ft.error,
-            ft.skip,
-            time.as_secs_f64()
-        ));
-        x.push_str(&format!(
-            "    <properties><property name=\"kernel\" value=\"{}\"/></properties>\n",
-            xml_escape(&rec.caps.kernel_release)
-        ));
-        for r in trials {
-            x.push_str(&format!(
-                "    <testcase name=\"{}\" classname=\"cowgup.{}\" time=\"{:.6}\">\n",
-                xml_escape(&r.name),
-                fam.id(),
-                r.duration.as_secs_f64()
-            ));
-            let reason = xml_escape(r.outcome.reason());
-            let diags = xml_escape(&r.diagnostics.join("\n"));
-            match r.outcome.kind() {
-                OutcomeKind::Pass => {}
-                OutcomeKind::Skip => {
-                    x.push_str(&format!("      <skipped message=\"{reason}\"/>\n"))
-                }
-                OutcomeKind::Fail | OutcomeKind::Xpass => x.push_str(&format!(
-                    "      <failure message=\"{reason}\" type=\"{}\">{diags}</failure>\n",
-                    r.outcome.kind().as_str()
-                )),
-                OutcomeKind::Error => x.push_str(&format!(
-                    "      <error message=\"{reason}\" type=\"error\">{diags}</error>\n"
-                )),
-                OutcomeKind::Xfail => {
-                    x.push_str(&format!("      <system-out>xfail: {reason}</system-out>\n"))
-                }
-            }
-            if !r.diagnostics.is_empty()
-                && matches!(r.outcome.kind(), OutcomeKind::Pass | OutcomeKind::Skip)
-            {
-                x.push_str(&format!("      <system-out>{diags}</system-out>\n"));
-            }
-            x.push_str("    </testcase>\n");
-        }
-        x.push_str("  </testsuite>\n");
+        let mut suite = TestSuite::new(fam.name());
+        suite
+            .add_property(Property::new("kernel", &start.caps.kernel_release))
+            .add_property(Property::new("family", fam.id()));
+        let mine: Vec<&TrialEnd> = trials.iter().filter(|t| t.trial.family == fam).collect();
+        suite.set_time(mine.iter().map(|t| t.report.duration).sum());
+        suite.add_test_cases(mine.into_iter().map(testcase));
+        report.add_test_suite(suite);
     }
-    x.push_str("</testsuites>\n");
-    x
+    if let Some(r) = end.restore.as_ref().filter(|r| !r.problems.is_empty()) {
+        // Not a trial's failure, but the run's: say so where CI viewers look.
+        let mut suite = TestSuite::new("host settings");
+        let mut s = TestCaseStatus::non_success(NonSuccessKind::Error);
+        s.set_message("could not restore host settings")
+            .set_description(r.problems.join("\n"));
+        suite.add_test_case(TestCase::new("restore", s));
+        report.add_test_suite(suite);
+    }
+    report.to_string().map_err(io::Error::other)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cowgup_harness::CheckStatus;
+    use cowgup_tap::stream::examples::sample_run;
+
+    fn document(format: Format) -> String {
+        let mut buf = Vec::new();
+        let mut d = Document::new(&mut buf, format);
+        for e in &sample_run() {
+            d.on(e).unwrap();
+        }
+        String::from_utf8(buf).unwrap()
+    }
 
     #[test]
-    fn xml_text_is_escaped() {
-        assert_eq!(xml_escape("a<b>&\"'\u{1}"), "a&lt;b&gt;&amp;&quot;&apos;?");
+    fn json_carries_evidence_and_checks_as_fields() {
+        let doc: serde_json::Value = serde_json::from_str(&document(Format::Json)).unwrap();
+        let t = &doc["trials"][0];
+        assert_eq!(t["outcome"], "fail");
+        assert_eq!(t["family"], "cow_anon");
+        assert_eq!(t["evidence"][0]["kind"], "sharing");
+        assert_eq!(t["evidence"][0]["data"]["compared"], 512);
+        assert_eq!(t["evidence"][0]["data"]["a"]["pfn"], 4660);
+        assert_eq!(
+            t["evidence"][0]["data"]["bad_pages"]
+                .as_array()
+                .unwrap()
+                .len(),
+            20
+        );
+        assert_eq!(t["checks"][0]["status"], "not_checked");
+        assert_eq!(t["diagnostics"][0], "child saw 0x5a at page 3");
+        // And back into the harness's own types.
+        let evidence: Vec<Evidence> = serde_json::from_value(t["evidence"].clone()).unwrap();
+        assert_eq!(evidence.len(), 2);
+        let checks: Vec<CheckResult> = serde_json::from_value(t["checks"].clone()).unwrap();
+        assert_eq!(checks[0].status, CheckStatus::NotChecked);
+        assert_eq!(doc["totals"]["fail"], 1);
+        assert_eq!(doc["totals"]["pass"], 1);
+    }
+
+    #[test]
+    fn junit_reads_back_with_quick_junit() {
+        let xml = document(Format::Junit);
+        let report = Report::deserialize_from_str(&xml).unwrap_or_else(|e| panic!("{e}\n{xml}"));
+        assert_eq!((report.tests, report.failures, report.errors), (2, 1, 0));
+        let suite = &report.test_suites[0];
+        assert_eq!(suite.name.as_str(), Family::CowAnon.name());
+        let failed = &suite.test_cases[0];
+        let TestCaseStatus::NonSuccess {
+            kind: NonSuccessKind::Failure,
+            message,
+            description,
+            ..
+        } = &failed.status
+        else {
+            panic!("{:?}", failed.status)
+        };
+        assert_eq!(
+            message.as_deref(),
+            Some("parent's data leaked into the child")
+        );
+        assert!(description
+            .as_deref()
+            .is_some_and(|d| d.contains("evidence refusal: source=io_uring errno=EFAULT")));
+        let out = suite.test_cases[1].system_out.as_deref().unwrap_or("");
+        assert!(out.contains("pin balance: not checked"), "{xml}");
+    }
+
+    /// The same check the reports test applies to a real run's JUnit, here
+    /// on a document whose trials carry evidence and checks.
+    #[test]
+    fn junit_with_evidence_loads_in_python_elementtree() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("junit.xml");
+        std::fs::write(&file, document(Format::Junit)).unwrap();
+        let Ok(out) = std::process::Command::new("python3")
+            .args(["-c", include_str!("../tests/junit_check.py")])
+            .arg(&file)
+            .output()
+        else {
+            eprintln!("python3 not installed: JUnit not checked by ElementTree");
+            return;
+        };
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{} 2\n", Family::CowAnon.name())
+        );
     }
 }

@@ -3,46 +3,20 @@
 
 mod bench;
 mod formats;
+mod help;
 mod report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use cowgup_harness::probe::Capabilities;
 use cowgup_tests::session::{default_state_dir, Options, Session};
 use cowgup_tests::{catalogue, Scenario, Selection};
 
-const ABOUT: &str = "Runs the Linux kernel's COW/GUP selftest catalogue (tools/testing/selftests/mm/cow.c) \
-against the running kernel and proves, per page, that no data leaks between parent and child and that \
-pins never go stale.";
-
-const AFTER_HELP: &str = "\
-Outcomes:
-  pass   the check ran and held
-  fail   the kernel leaked data, a pin went stale, or the trial crashed (signal named)
-  xfail  a known kernel behaviour the expectation table names (e.g. hugetlb + vmsplice)
-  xpass  passed where a failure was expected and a pass would be news
-  skip   the host could not provide what the trial needs; the reason says what
-  error  the trial timed out or could not be run at all
-
-Host settings:
-  As root, `run` reserves hugetlb pages (2 per size, 1 GiB included when the kernel can),
-  enables a temporary swap file, sets per-size THP policy around each trial and mounts
-  debugfs, all journaled in the state directory before each change and restored on exit,
-  on SIGINT/SIGTERM/SIGHUP and on panic. After a SIGKILL run `cowgup restore` (the next
-  run also restores first). --no-provision leaves the host exactly alone.
-
-Examples:
-  cowgup run                          the whole catalogue
-  cowgup run vmsplice --skip hugetlb  names containing 'vmsplice' but not 'hugetlb'
-  cowgup run --exact 'Basic COW ... with memfd'
-  cowgup list 'THP (2048 kB)'         what would run
-  cowgup bench --repeat 5             wall time per backing group";
-
 #[derive(Parser)]
-#[command(name = "cowgup", version, about = ABOUT, after_help = AFTER_HELP)]
+#[command(name = "cowgup", version, about = help::ABOUT)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -72,6 +46,9 @@ pub struct SelectArgs {
     /// Leave out trials whose names contain PATTERN (repeatable).
     #[arg(long, value_name = "PATTERN")]
     pub skip: Vec<String>,
+    /// Only trials of this family (repeatable; the families are listed below).
+    #[arg(long, value_name = "ID", value_parser = clap::builder::PossibleValuesParser::new(help::family_ids()))]
+    pub family: Vec<String>,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -92,6 +69,9 @@ pub struct SessionArgs {
     /// Time limit per trial, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub timeout: u64,
+    /// Wait up to SECS for another cowgup to finish with this host's settings (default: fail at once).
+    #[arg(long, value_name = "SECS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=86400))]
+    pub lock_wait: u64,
     #[command(flatten)]
     pub state: StateArgs,
 }
@@ -107,7 +87,7 @@ impl SessionArgs {
                 .state_dir
                 .clone()
                 .unwrap_or_else(default_state_dir),
-            lock_wait: Duration::ZERO,
+            lock_wait: Duration::from_secs(self.lock_wait),
         }
     }
 }
@@ -118,19 +98,32 @@ struct RunArgs {
     select: SelectArgs,
     #[command(flatten)]
     session: SessionArgs,
-    /// Print every result with its diagnostics and evidence.
+    /// Print every result with its diagnostics, evidence and checks.
     #[arg(short, long)]
     verbose: bool,
     /// Report format.
     #[arg(long, value_enum, default_value_t = formats::Format::Human)]
     format: formats::Format,
-    /// Write the report to FILE (the human report then still goes to the terminal).
+    /// Write the report to FILE (for tap, ktap, json and junit the human report still goes to the terminal).
     #[arg(long, short, value_name = "FILE")]
     output: Option<PathBuf>,
 }
 
+/// The command line, its help text built from the catalogue's families.
+fn command() -> clap::Command {
+    Cli::command()
+        .after_long_help(help::top())
+        .after_help("Families, filters, report formats, host settings and exit codes: --help")
+        .mut_subcommand("run", |c| c.after_long_help(help::run()))
+        .mut_subcommand("list", |c| c.after_long_help(help::list()))
+        .mut_subcommand("bench", |c| c.after_long_help(help::list()))
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     match cli.command {
         Command::Probe => {
             print!("{}", Capabilities::probe().table());
@@ -166,13 +159,19 @@ pub fn select(sel: &SelectArgs) -> Result<(Capabilities, Vec<Scenario>), String>
     };
     let chosen: Vec<Scenario> = catalogue(&caps)
         .into_iter()
+        .filter(|s| sel.family.is_empty() || sel.family.iter().any(|f| f == s.family.id()))
         .filter(|s| selection.selects(&s.name))
         .collect();
     if chosen.is_empty() {
         return Err(format!(
-            "no trial name {} {:?}{} (see `cowgup list`)",
+            "no trial name {} {:?}{}{} (see `cowgup list`)",
             if sel.exact { "equals" } else { "contains" },
             sel.filters,
+            if sel.family.is_empty() {
+                String::new()
+            } else {
+                format!(" in families {:?}", sel.family)
+            },
             if sel.skip.is_empty() {
                 String::new()
             } else {
@@ -216,98 +215,72 @@ fn restore(state: &StateArgs) -> ExitCode {
     }
 }
 
+/// Run the selection, every report a consumer of the one event stream
+/// (`cowgup_tap::stream`): the human report on the terminal (or in FILE), and
+/// the machine-readable one on stdout or in FILE.
 fn run(args: &RunArgs) -> ExitCode {
-    use formats::{Format, Record, Streaming};
-    let (_, chosen) = match select(&args.select) {
+    use cowgup_tap::stream::{drive, Reporter};
+    use cowgup_tap::{Dialect, TapReporter};
+    use formats::{Document, Format};
+    let (caps, chosen) = match select(&args.select) {
         Ok(x) => x,
         Err(e) => return fatal(&e),
     };
     // Open the output before touching the host: a bad path must change nothing.
-    let mut file = match &args.output {
+    let sink: Box<dyn std::io::Write> = match &args.output {
         Some(p) => match std::fs::File::create(p) {
-            Ok(f) => Some(std::io::BufWriter::new(f)),
+            Ok(f) => Box::new(std::io::BufWriter::new(f)),
             Err(e) => return fatal(&format!("cannot write {}: {e}", p.display())),
         },
-        None => None,
+        None => Box::new(std::io::stdout()),
     };
     let refs: Vec<&Scenario> = chosen.iter().collect();
     let mut session = match Session::start(&args.session.options(), &refs) {
         Ok(s) => s,
         Err(e) => return fatal(&e),
     };
-    let human = args.format == Format::Human || file.is_some();
-    let mut reporter = human.then(|| report::Human::new(args.verbose, chosen.len()));
-    if let Some(r) = &reporter {
-        r.header(&session);
-    }
-    let mut stream = match args.format {
-        Format::Tap | Format::Ktap => {
-            let sink: Box<dyn std::io::Write> = match file.take() {
-                Some(f) => Box::new(f),
-                None => Box::new(std::io::stdout()),
-            };
-            match Streaming::new(sink, args.format, chosen.len(), &session) {
-                Ok(s) => Some(s),
-                Err(e) => return fatal(&format!("cannot write the report: {e}")),
+    let mut reporters: Vec<Box<dyn Reporter>> = Vec::new();
+    match args.format {
+        Format::Human => reporters.push(Box::new(report::Human::new(
+            sink,
+            args.verbose,
+            args.output.is_none(),
+        ))),
+        machine => {
+            if args.output.is_some() {
+                reporters.push(Box::new(report::Human::new(
+                    std::io::stdout(),
+                    args.verbose,
+                    true,
+                )));
             }
-        }
-        _ => None,
-    };
-    let mut record = Record::new(&session);
-    for s in &chosen {
-        if let Some(r) = &reporter {
-            r.starting(&s.name);
-        }
-        match session.run(s) {
-            Ok(r) => {
-                if let Some(h) = &mut reporter {
-                    h.finished(&r);
-                }
-                if let Some(st) = &mut stream {
-                    if let Err(e) = st.trial(&r) {
-                        eprintln!("cowgup: cannot write the report: {e}");
-                        session.finish();
-                        return ExitCode::FAILURE;
-                    }
-                }
-                record.add(s, &r);
-            }
-            Err(stop) => {
-                if let Some(h) = &reporter {
-                    h.interrupted();
-                }
-                session.abort(stop);
-            }
+            reporters.push(match machine {
+                Format::Tap | Format::Ktap => Box::new(
+                    TapReporter::new(
+                        sink,
+                        if machine == Format::Ktap {
+                            Dialect::Ktap
+                        } else {
+                            Dialect::Kselftest
+                        },
+                    )
+                    .with_preamble(vec![format!(
+                        "cowgup {} on {}",
+                        env!("CARGO_PKG_VERSION"),
+                        caps.kernel_release
+                    )]),
+                ),
+                _ => Box::new(Document::new(sink, machine)),
+            });
         }
     }
-    let restored = session.finish();
-    let ok = match &reporter {
-        Some(h) => h.summary(restored.as_ref()),
-        None => record.trials.iter().all(|(_, _, r)| r.outcome.is_success()),
-    };
-    let written = match (&mut stream, args.format) {
-        (Some(st), _) => st.tap.finish(),
-        (None, Format::Json) => write_doc(&args.output, &formats::json(&record, restored.as_ref())),
-        (None, Format::Junit) => write_doc(&args.output, &formats::junit(&record)),
-        _ => Ok(()),
-    };
-    if let Err(e) = written {
-        eprintln!("cowgup: cannot write the report: {e}");
-        return ExitCode::FAILURE;
-    }
-    if ok && restored.as_ref().is_none_or(|r| r.is_clean()) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
-}
-
-fn write_doc(output: &Option<PathBuf>, text: &str) -> std::io::Result<()> {
-    match output {
-        Some(p) => std::fs::write(p, text),
-        None => {
-            use std::io::Write;
-            std::io::stdout().write_all(text.as_bytes())
+    let mut refs: Vec<&mut dyn Reporter> = reporters.iter_mut().map(|r| r.as_mut()).collect();
+    match drive(&mut session, &chosen, &mut refs) {
+        Ok(end) if end.succeeded() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("cowgup: cannot write the report: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -1,22 +1,25 @@
-//! The human-readable report of `cowgup run`: a progress line on a terminal,
-//! one line per result otherwise (or with -v), every failure in full, and a
-//! summary that groups skip and xfail reasons so nothing skips silently.
+//! The human-readable report of `cowgup run`, a consumer of the event stream:
+//! a progress line on a terminal, one line per result otherwise (or with -v),
+//! every failure in full with its evidence and checks, and a summary that
+//! groups skip and xfail reasons, and checks that could not vouch for a
+//! trial, so nothing skips or goes unchecked silently.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
-use std::time::{Duration, Instant};
+use std::io::{self, IsTerminal, Write};
+use std::time::Duration;
 
-use cowgup_harness::guard::RestoreReport;
-use cowgup_harness::{Outcome, OutcomeKind, Totals, TrialReport};
-use cowgup_tests::session::Session;
+use cowgup_harness::{Outcome, OutcomeKind};
+use cowgup_tap::stream::{trial_lines, Caveats, Event, Reporter, RunEnd, RunStart};
 
-pub struct Human {
+pub struct Human<W: Write> {
+    out: W,
     verbose: bool,
+    /// A progress line on stderr instead of a line per success.
     progress: bool,
     planned: usize,
-    done: usize,
-    started: Instant,
-    reports: Vec<TrialReport>,
+    grouped: BTreeMap<(OutcomeKind, String), usize>,
+    caveats: Caveats,
+    unsuccessful: Vec<(OutcomeKind, String)>,
 }
 
 fn label(kind: OutcomeKind) -> &'static str {
@@ -34,43 +37,39 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
-impl Human {
-    pub fn new(verbose: bool, planned: usize) -> Self {
+impl<W: Write> Human<W> {
+    /// `terminal`: `out` is what the user watches, so a progress line may
+    /// stand in for successes (when stderr is a terminal and not -v).
+    pub fn new(out: W, verbose: bool, terminal: bool) -> Self {
         Human {
+            out,
             verbose,
-            progress: std::io::stderr().is_terminal() && !verbose,
-            planned,
-            done: 0,
-            started: Instant::now(),
-            reports: Vec::new(),
+            progress: terminal && std::io::stderr().is_terminal() && !verbose,
+            planned: 0,
+            grouped: BTreeMap::new(),
+            caveats: Caveats::default(),
+            unsuccessful: Vec::new(),
         }
     }
 
-    pub fn header(&self, session: &Session) {
-        let c = &session.caps;
-        println!(
+    fn header(&mut self, s: &RunStart) -> io::Result<()> {
+        let c = &s.caps;
+        writeln!(
+            self.out,
             "cowgup: kernel {}, {} trial(s) planned; THP sizes {}, hugetlb {}",
             c.kernel_release,
-            self.planned,
+            s.planned,
             c.thp_sizes.len(),
             c.hugetlb
                 .iter()
                 .map(|p| format!("{} kB ({} free)", p.size / 1024, p.free))
                 .collect::<Vec<_>>()
                 .join(", ")
-        );
-        for line in &session.log {
-            println!("cowgup: {line}");
+        )?;
+        for line in &s.host_changes {
+            writeln!(self.out, "cowgup: {line}")?;
         }
-    }
-
-    pub fn starting(&self, name: &str) {
-        if self.progress {
-            let mut line = format!("[{:>4}/{}] {name}", self.done + 1, self.planned);
-            line.truncate(118);
-            eprint!("\r\x1b[2K{line}");
-            let _ = std::io::stderr().flush();
-        }
+        Ok(())
     }
 
     fn clear_progress(&self) {
@@ -79,86 +78,171 @@ impl Human {
         }
     }
 
-    pub fn finished(&mut self, r: &TrialReport) {
-        self.done += 1;
-        let notable = !r.outcome.is_success() || self.verbose || !self.progress;
-        if notable {
-            self.clear_progress();
-            let reason = match &r.outcome {
-                Outcome::Pass => String::new(),
-                o => format!(" -- {}", o.reason()),
-            };
-            println!(
-                "{} {} ({}){reason}",
-                label(r.outcome.kind()),
-                r.name,
-                ms(r.duration)
-            );
-            if self.verbose || !r.outcome.is_success() {
-                for d in &r.diagnostics {
-                    println!("        # {d}");
-                }
-            }
-        }
-        self.reports.push(r.clone());
-    }
-
-    pub fn interrupted(&self) {
+    fn summary(&mut self, end: &RunEnd) -> io::Result<()> {
         self.clear_progress();
-        println!(
-            "cowgup: interrupted after {} of {} trial(s)",
-            self.done, self.planned
-        );
-    }
-
-    /// Print the summary; true when every result counts as a success.
-    pub fn summary(&self, restored: Option<&RestoreReport>) -> bool {
-        self.clear_progress();
-        let totals: Totals = self.reports.iter().collect();
-        let mut grouped: BTreeMap<(OutcomeKind, &str), usize> = BTreeMap::new();
-        for r in &self.reports {
-            if matches!(r.outcome.kind(), OutcomeKind::Skip | OutcomeKind::Xfail) {
-                *grouped
-                    .entry((r.outcome.kind(), r.outcome.reason()))
-                    .or_default() += 1;
-            }
+        let caveats: Vec<(usize, String)> = self
+            .caveats
+            .list()
+            .map(|c| (c.trials, c.sentence()))
+            .collect();
+        if !self.grouped.is_empty() || !caveats.is_empty() {
+            writeln!(self.out)?;
         }
-        if !grouped.is_empty() {
-            println!();
+        for ((kind, reason), n) in &self.grouped {
+            writeln!(self.out, "{} x{n:<4} {reason}", label(*kind))?;
         }
-        for ((kind, reason), n) in &grouped {
-            println!("{} x{n:<4} {reason}", label(*kind));
+        for (n, sentence) in caveats {
+            writeln!(self.out, "NOTE  x{n:<4} {sentence}")?;
         }
-        println!();
-        println!(
-            "cowgup: {totals} in {:.2} s ({} trial(s))",
-            self.started.elapsed().as_secs_f64(),
-            totals.count()
-        );
-        if let Some(r) = restored {
+        writeln!(self.out)?;
+        writeln!(
+            self.out,
+            "cowgup: {} in {:.2} s ({} trial(s))",
+            end.totals,
+            end.elapsed.as_secs_f64(),
+            end.totals.count()
+        )?;
+        if let Some(r) = &end.restore {
             if r.changed.is_empty() && r.problems.is_empty() {
-                println!("cowgup: host settings: nothing was changed");
+                writeln!(self.out, "cowgup: host settings: nothing was changed")?;
             } else if r.is_clean() {
-                println!(
+                writeln!(
+                    self.out,
                     "cowgup: host settings restored ({} change(s) undone)",
                     r.changed.len()
-                );
+                )?;
             }
             for p in &r.problems {
-                println!("cowgup: could not restore: {p}");
+                writeln!(self.out, "cowgup: could not restore: {p}")?;
             }
         }
-        let failed: Vec<&TrialReport> = self
-            .reports
-            .iter()
-            .filter(|r| !r.outcome.is_success())
-            .collect();
-        if !failed.is_empty() {
-            println!("cowgup: {} trial(s) did not succeed:", failed.len());
-            for r in failed {
-                println!("    {} {}", label(r.outcome.kind()), r.name);
+        if !self.unsuccessful.is_empty() {
+            writeln!(
+                self.out,
+                "cowgup: {} trial(s) did not succeed:",
+                self.unsuccessful.len()
+            )?;
+            for (kind, name) in &self.unsuccessful {
+                writeln!(self.out, "    {} {name}", label(*kind))?;
             }
         }
-        totals.all_succeeded()
+        self.out.flush()
+    }
+}
+
+impl<W: Write> Reporter for Human<W> {
+    fn on(&mut self, event: &Event) -> io::Result<()> {
+        match event {
+            Event::RunStarted(s) => {
+                self.planned = s.planned;
+                self.header(s)?;
+            }
+            Event::TrialStarted(t) => {
+                if self.progress {
+                    let mut line = format!("[{:>4}/{}] {}", t.number, self.planned, t.name);
+                    let mut end = line.len().min(118);
+                    while !line.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    line.truncate(end);
+                    eprint!("\r\x1b[2K{line}");
+                    let _ = std::io::stderr().flush();
+                }
+            }
+            Event::TrialFinished(t) => {
+                let r = &t.report;
+                let kind = r.outcome.kind();
+                if !r.outcome.is_success() || self.verbose || !self.progress {
+                    self.clear_progress();
+                    let reason = match &r.outcome {
+                        Outcome::Pass => String::new(),
+                        o => format!(" -- {}", o.reason()),
+                    };
+                    writeln!(
+                        self.out,
+                        "{} {} ({}){reason}",
+                        label(kind),
+                        t.trial.name,
+                        ms(r.duration)
+                    )?;
+                    if self.verbose || !r.outcome.is_success() {
+                        for l in trial_lines(r) {
+                            writeln!(self.out, "        # {l}")?;
+                        }
+                    }
+                }
+                if matches!(kind, OutcomeKind::Skip | OutcomeKind::Xfail) {
+                    *self
+                        .grouped
+                        .entry((kind, r.outcome.reason().to_string()))
+                        .or_default() += 1;
+                }
+                if !r.outcome.is_success() {
+                    self.unsuccessful.push((kind, t.trial.name.clone()));
+                }
+                self.caveats.add(r);
+            }
+            Event::Interrupted {
+                signal,
+                done,
+                planned,
+            } => {
+                self.clear_progress();
+                writeln!(
+                    self.out,
+                    "cowgup: interrupted by {signal} after {done} of {planned} trial(s); restoring host settings"
+                )?;
+                self.out.flush()?;
+            }
+            Event::RunFinished(end) => self.summary(end)?,
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cowgup_tap::stream::examples::sample_run;
+
+    fn render(verbose: bool) -> String {
+        let mut buf = Vec::new();
+        let mut h = Human::new(&mut buf, verbose, false);
+        for e in &sample_run() {
+            h.on(e).unwrap();
+        }
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn unverified_checks_are_summarised_once_without_v() {
+        let out = render(false);
+        assert!(
+            out.contains(
+                "\nNOTE  x2    pin balance not checked: no nr_foll_pin_acquired in /proc/vmstat\n"
+            ),
+            "{out}"
+        );
+        // The failure is shown in full, evidence and checks included; the pass is one line.
+        assert!(out.contains("        # evidence sharing: what=\"parent vs child\""));
+        assert!(out.contains(
+            "        # pin balance: not checked (no nr_foll_pin_acquired in /proc/vmstat)"
+        ));
+        assert_eq!(out.matches("# evidence refusal").count(), 1, "{out}");
+        assert!(out.contains("PASS  Basic COW after fork() ... with swapped-out base page"));
+        assert!(out.contains("cowgup: 1 trial(s) did not succeed:"));
+    }
+
+    #[test]
+    fn v_renders_every_trials_evidence_and_checks() {
+        let out = render(true);
+        assert_eq!(
+            out.matches("# evidence refusal: source=io_uring errno=EFAULT")
+                .count(),
+            2,
+            "{out}"
+        );
+        assert_eq!(out.matches("# leftover processes: held").count(), 2);
+        assert_eq!(out.matches("NOTE ").count(), 1);
     }
 }

@@ -1,17 +1,21 @@
-//! A kselftest program made of catalogue trials: what the drop-in `cow` (and
-//! later `gup_longterm`) binaries run. Prints what upstream prints — the
-//! `# [INFO]` lines, `# [RUN] <name>` before each result, the reason of a skip
-//! or failure as a diagnostic — and exits as `ksft_finished()` does.
+//! A kselftest program made of catalogue trials: what the drop-in `cow` and
+//! `gup_longterm` binaries run. Prints what upstream prints — the `# [INFO]`
+//! lines, `# [RUN] <name>` before each result, the reason of a skip or
+//! failure as a diagnostic — plus each trial's evidence and checks as
+//! diagnostics, and exits as `ksft_finished()` does. The printing is the
+//! TAP consumer of the event stream (`reporter.rs`), as in `cowgup run`.
 
 use std::io::{stdout, Write};
 use std::process::ExitCode;
 
 use cowgup_harness::probe::Capabilities;
-use cowgup_harness::{Outcome, Stop};
+use cowgup_harness::Outcome;
 use cowgup_tests::session::{Options, Session};
 use cowgup_tests::{Family, Scenario};
 
-use crate::write::{Dialect, TapWriter};
+use crate::reporter::TapReporter;
+use crate::stream::drive;
+use crate::write::Dialect;
 
 pub struct Program {
     /// The [INFO] lines cow.c prints before its plan.
@@ -64,6 +68,12 @@ fn options_from_env() -> Options {
         // leaves the host alone entirely.
         provision: std::env::var_os("COWGUP_NO_PROVISION").is_none(),
         thorough: std::env::var_os("COWGUP_THOROUGH").is_some(),
+        // Seconds to wait for another cowgup to finish with the host (default: none).
+        lock_wait: std::env::var("COWGUP_LOCK_WAIT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(std::time::Duration::from_secs)
+            .unwrap_or_default(),
         ..Options::default()
     }
 }
@@ -114,67 +124,28 @@ fn injected() -> Option<Scenario> {
 
 /// Refuse bad input the kselftest way: `Bail out!` and exit 1.
 pub fn bail(msg: &str) -> ExitCode {
-    let mut w = TapWriter::new(stdout().lock(), Dialect::Kselftest);
-    let _ = w.header(std::env::var_os("KSFT_TAP_LEVEL").is_some());
-    let _ = w.bail_out(msg);
-    let _ = w.finish();
+    let _ = TapReporter::new(stdout().lock(), Dialect::Kselftest).bail_out(msg);
     ExitCode::from(crate::KSFT_FAIL as u8)
 }
 
+/// Run the program: its trials through the session, printed by the TAP
+/// consumer of the event stream. Write errors (a closed pipe) end the
+/// program as a failure would, with the host restored.
 pub fn run(program: Program) -> ExitCode {
-    let mut w = TapWriter::new(stdout().lock(), Dialect::Kselftest);
-    let tap_level_set = std::env::var_os("KSFT_TAP_LEVEL").is_some();
-    // Write errors (a closed pipe) end the program like a failure would.
-    let result = (|| -> std::io::Result<ExitCode> {
-        w.header(tap_level_set)?;
-        for line in &program.info {
-            w.diag(line)?;
+    let mut tap = TapReporter::new(stdout().lock(), Dialect::Kselftest)
+        .with_preamble(program.info)
+        .with_sections(program.section);
+    let refs: Vec<&Scenario> = program.scenarios.iter().collect();
+    let code = match Session::start(&options_from_env(), &refs) {
+        Ok(mut session) => match drive(&mut session, &program.scenarios, &mut [&mut tap]) {
+            Ok(_) => tap.exit_code(),
+            Err(_) => crate::KSFT_FAIL,
+        },
+        Err(e) => {
+            let _ = tap.bail_out(&e);
+            crate::KSFT_FAIL
         }
-        let refs: Vec<&Scenario> = program.scenarios.iter().collect();
-        let mut session = match Session::start(&options_from_env(), &refs) {
-            Ok(s) => s,
-            Err(e) => {
-                w.bail_out(&e)?;
-                w.finish()?;
-                return Ok(ExitCode::from(crate::KSFT_FAIL as u8));
-            }
-        };
-        w.plan(program.scenarios.len())?;
-        for line in &session.log {
-            w.diag(&format!("[INFO] cowgup: {line}"))?;
-        }
-        let mut family = None;
-        for s in &program.scenarios {
-            if family != Some(s.family) {
-                family = Some(s.family);
-                if let Some(line) = (program.section)(s.family) {
-                    w.diag(line)?;
-                }
-            }
-            w.diag(&format!("[RUN] {}", s.name))?;
-            let report = match session.run(s) {
-                Ok(r) => r,
-                Err(stop @ Stop::Interrupted(_)) => {
-                    let _ = w.diag("interrupted; host settings restored");
-                    session.abort(stop)
-                }
-            };
-            for d in &report.diagnostics {
-                w.diag(d)?;
-            }
-            if !matches!(report.outcome, Outcome::Pass) {
-                w.diag(report.outcome.reason())?;
-            }
-            w.result(report.outcome.kind(), &s.name, report.outcome.reason())?;
-        }
-        if let Some(r) = session.finish() {
-            for p in &r.problems {
-                w.diag(&format!("cowgup: could not restore: {p}"))?;
-            }
-        }
-        w.finish()?;
-        Ok(ExitCode::from(w.exit_code() as u8))
-    })();
+    };
     let _ = stdout().flush();
-    result.unwrap_or(ExitCode::from(crate::KSFT_FAIL as u8))
+    ExitCode::from(code as u8)
 }

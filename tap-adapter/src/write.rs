@@ -1,4 +1,5 @@
-//! The writer. Every line is flushed as it is written, so output is never
+//! The writer: the one place in cowgup that formats a TAP result line
+//! (`ok N ...` / `not ok N ...`). Every line is flushed as it is written, so output is never
 //! held in a buffer a fork() could duplicate, and a runner that kills us on
 //! timeout still has every line printed so far.
 
@@ -119,9 +120,8 @@ impl<W: Write> TapWriter<W> {
     /// `ksft_exit_skip()`: the whole program skips.
     pub fn skip_all(&mut self, reason: &str) -> io::Result<()> {
         if self.plan.is_some() || self.totals.count() > 0 {
-            self.totals.add(OutcomeKind::Skip);
-            let n = self.totals.count();
-            self.line(&format!("ok {n} # SKIP {reason}"))?;
+            // ksft_exit_skip() after a plan: "ok N # SKIP reason", then the totals.
+            self.result(OutcomeKind::Skip, reason, reason)?;
             let t = self.totals;
             self.line(&format!("# Totals: {t}"))
         } else {
@@ -215,6 +215,19 @@ mod tests {
         assert_eq!(
             out, "1..0 # SKIP gup_test not available\n",
             "KSFT_TAP_LEVEL drops the version line"
+        );
+    }
+
+    #[test]
+    fn a_skip_after_the_plan_is_a_result_line() {
+        let out = render(Dialect::Kselftest, |w| {
+            w.plan(2).unwrap();
+            w.result(OutcomeKind::Pass, "a", "").unwrap();
+            w.skip_all("no gup_test").unwrap();
+        });
+        assert_eq!(
+            out,
+            "1..2\nok 1 a\nok 2 # SKIP no gup_test\n# Totals: pass:1 fail:0 xfail:0 xpass:0 skip:1 error:0\n"
         );
     }
 

@@ -23,6 +23,8 @@ struct Ran {
 fn run(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Ran, String> {
     let mut c = Command::new(bin);
     c.args(args).stdin(Stdio::null()).stderr(Stdio::inherit());
+    // Other cowgup runs on this host (a concurrent `cargo test`) finish first.
+    c.env("COWGUP_LOCK_WAIT", "600");
     for (k, v) in env {
         c.env(k, v);
     }
@@ -162,6 +164,38 @@ fn perl_tap_parser_agrees_with_our_totals() -> Result<(), String> {
     Ok(())
 }
 
+/// A made-up run whose trials carry evidence and checks of every kind (the
+/// catalogue need not produce any), through the same TAP consumer of the
+/// event stream the drop-ins use: strict TAP, evidence and checks as `# `
+/// lines of their trial, and Perl's TAP::Parser reads it without errors.
+fn evidence_and_checks_keep_tap_strict() -> Result<(), String> {
+    use cowgup_tap::stream::examples::sample_run;
+    use cowgup_tap::{Dialect, Reporter, TapReporter};
+    for dialect in [Dialect::Kselftest, Dialect::Ktap] {
+        let mut buf = Vec::new();
+        let mut tap = TapReporter::new(&mut buf, dialect);
+        for e in &sample_run() {
+            tap.on(e).map_err(|e| e.to_string())?;
+        }
+        let text = String::from_utf8(buf).map_err(|e| e.to_string())?;
+        let p = parse::parse(&text).map_err(|e| format!("{dialect:?}: {e:?}\n{text}"))?;
+        for want in ["evidence sharing: ", "pin balance: not checked ("] {
+            if !p.diagnostics.iter().any(|d| d.starts_with(want)) {
+                return Err(format!("{dialect:?}: no {want:?} line:\n{text}"));
+            }
+        }
+        if dialect == Dialect::Kselftest && perl_tap_parser_available() {
+            let counted = tap_parser(&text)?;
+            if !counted.contains("planned=2 run=2 passed=1 failed=1")
+                || !counted.contains("parse_errors=0")
+            {
+                return Err(format!("TAP::Parser counted {counted}"));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn exit_codes_follow_ksft_finished() -> Result<(), String> {
     let pass = run(COW, &["Basic COW ... with memfd"], &[])?;
     let fail = run(
@@ -224,6 +258,7 @@ fn runner(fw: &Path, dir: &Path, progs: &str, env: &[(&str, &str)]) -> Result<St
     c.args(["-c", &script])
         .current_dir(dir)
         .env("BASE_DIR", fw)
+        .env("COWGUP_LOCK_WAIT", "600")
         .stdin(Stdio::null());
     for (k, v) in env {
         c.env(k, v);
@@ -302,6 +337,7 @@ fn run_vmtests_runs_our_cow() -> Result<(), String> {
     let o = Command::new("bash")
         .args(["./run_vmtests.sh", "-t", "cow"])
         .current_dir(&dir)
+        .env("COWGUP_LOCK_WAIT", "600")
         .stdin(Stdio::null())
         .output()
         .map_err(|e| e.to_string())?;
@@ -331,6 +367,10 @@ fn main() {
         (
             "exit codes follow ksft_finished()",
             exit_codes_follow_ksft_finished,
+        ),
+        (
+            "evidence and checks keep TAP strict",
+            evidence_and_checks_keep_tap_strict,
         ),
     ];
     if perl_tap_parser_available() {
