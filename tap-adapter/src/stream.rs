@@ -182,6 +182,13 @@ pub fn check_line(c: &CheckResult) -> String {
 /// the record's data as key=value pairs, whatever its kind.
 pub fn evidence_line(e: &Evidence) -> String {
     let mut s = format!("evidence {}:", e.kind);
+    // A record that carries its own one-line summary is shown by it (its
+    // fields are in JSON).
+    if let Some(Value::String(summary)) = e.data.get("summary") {
+        s.push(' ');
+        s.push_str(summary);
+        return s;
+    }
     match &e.data {
         Value::Object(m) if !m.is_empty() => {
             for (k, v) in m {
