@@ -128,7 +128,7 @@ fn run_steps(case: &LongtermCase, backing: FileBacking, read_only: bool) -> Step
     let mem = backing.setup(case.shared, read_only)?;
     diag(format!("file on {}", mem.fs.name()));
     if case.shared && case.writes() {
-        if let FsClass::Unknown(name) = &mem.fs {
+        if let FsClass::Unknown { name, .. } = &mem.fs {
             return skip(format!("Unknown filesystem: {name}"));
         }
     }
