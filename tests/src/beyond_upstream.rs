@@ -188,8 +188,10 @@ pub fn ksm_cow() -> Outcome {
 pub fn odirect_read_into_shared_page() -> Outcome {
     result((|| {
         let m = AnonBacking::BasePage.setup()?;
-        let dir = scratch_dir(ScratchFs::Ext4)
-            .ok_or_else(|| Outcome::Skip("no ext4 scratch directory".into()))?;
+        // The trial's need for it was met before it ran.
+        let dir = scratch_dir(ScratchFs::Ext4).ok_or_else(|| {
+            Outcome::Fail("no ext4 scratch directory although the trial's need was met".into())
+        })?;
         let path = dir.join(format!("odirect-{}", std::process::id()));
         // The file holds what the parent's page should end up holding.
         std::fs::write(&path, m.pattern.image(m.region, Writer::Parent))
@@ -198,7 +200,13 @@ pub fn odirect_read_into_shared_page() -> Outcome {
             .read(true)
             .custom_flags(libc::O_DIRECT)
             .open(&path)
-            .or_else(|e| skip(format!("cannot open {} with O_DIRECT: {e}", path.display())))?;
+            .or_else(|e| {
+                skip(format!(
+                    "cannot open {} (on {}) with O_DIRECT: {e}",
+                    path.display(),
+                    cowgup_harness::probe::fs_type(&dir)
+                ))
+            })?;
         let _ = std::fs::remove_file(&path);
         let checker = match Checker::fork(m.region, m.pattern)? {
             Ok(c) => c,

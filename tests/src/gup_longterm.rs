@@ -129,7 +129,10 @@ fn run_steps(case: &LongtermCase, backing: FileBacking, read_only: bool) -> Step
     diag(format!("file on {}", mem.fs.name()));
     if case.shared && case.writes() {
         if let FsClass::Unknown { name, .. } = &mem.fs {
-            return skip(format!("Unknown filesystem: {name}"));
+            return skip(format!(
+                "Unknown filesystem: the file is on {name}; gup_longterm only knows whether writable \
+                 long-term pins of MAP_SHARED files must work on tmpfs, hugetlbfs, ext4, xfs and btrfs"
+            ));
         }
     }
     let should_work = !case.shared || !case.writes() || matches!(mem.fs, FsClass::PinsAllowed(_));
@@ -188,8 +191,28 @@ fn pin_with_io_uring(mem: &FileMemory) -> Step<Granted> {
                 | nix::errno::Errno::ENOSPC
                 | nix::errno::Errno::EOPNOTSUPP => Ok(Granted::Refused(errno)),
                 // Lack of support or of RLIMIT_MEMLOCK: not a verdict on pinning.
-                other => skip(format!("io_uring_register_buffers() failed ({other})")),
+                other => skip(format!(
+                    "io_uring_register_buffers() failed ({other}) for a {} kB buffer; RLIMIT_MEMLOCK {}",
+                    mem.region.len / 1024,
+                    memlock()
+                )),
             }
         }
+    }
+}
+
+/// This process's RLIMIT_MEMLOCK, for a skip reason.
+fn memlock() -> String {
+    use nix::sys::resource::{getrlimit, Resource};
+    let kb = |l: u64| {
+        if l == libc::RLIM_INFINITY {
+            "unlimited".to_string()
+        } else {
+            format!("{} kB", l / 1024)
+        }
+    };
+    match getrlimit(Resource::RLIMIT_MEMLOCK) {
+        Ok((soft, hard)) => format!("{} (hard {})", kb(soft), kb(hard)),
+        Err(e) => format!("unreadable ({e})"),
     }
 }
