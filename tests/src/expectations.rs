@@ -332,6 +332,7 @@ fn judge_clean(subject: &Subject) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
 
     const V6_18: Option<Version> = Some((6, 18));
 
@@ -493,6 +494,141 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// The reference host (THP 16K..2M, hugetlb 2M + 1G, /tmp and the cwd on
+    /// ext4) on a given kernel.
+    fn reference_host(release: &str) -> cowgup_harness::probe::Capabilities {
+        let mut caps = crate::tests::reference_host();
+        caps.kernel_release = release.into();
+        caps.scratch_fs = [std::env::temp_dir(), std::env::current_dir().unwrap()]
+            .map(|d| (d, "ext4".to_string()))
+            .to_vec();
+        caps
+    }
+
+    /// Every trial of the reference host that can end as XFAIL on this
+    /// kernel, with the rows that can make it so: the catalogue's own
+    /// subjects, asked of the table.
+    fn xfail_reach(
+        caps: &cowgup_harness::probe::Capabilities,
+    ) -> BTreeMap<String, Vec<&'static str>> {
+        crate::cow_entries(caps)
+            .into_iter()
+            .chain(crate::gup_longterm_entries(caps, true))
+            .filter_map(|(scenario, subject)| {
+                let ids: Vec<_> = rows_for(&subject).map(|r| r.id).collect();
+                (!ids.is_empty()).then_some((scenario.name, ids))
+            })
+            .collect()
+    }
+
+    /// Upstream's XFAIL set for the reference host. cow.c (v6.10+) passes
+    /// `xfail = is_hugetlb` to the four vmsplice() tests only, and only
+    /// run_with_hugetlb() sets is_hugetlb (memfd hugetlb is a non-anon
+    /// backing, which has no vmsplice() case); gup_longterm.c has no XFAIL.
+    /// cow.c does not look at the kernel version: the set is the same on
+    /// every kernel (before v6.10 the in-tree cow.c reported these as FAIL).
+    fn upstream_xfails() -> BTreeSet<&'static str> {
+        const XFAIL_IF_HUGETLB: [&str; 4] = [
+            "vmsplice() + unmap in child",
+            "vmsplice() + unmap in child with mprotect() optimization",
+            "vmsplice() before fork(), unmap in parent after fork()",
+            "vmsplice() + unmap in parent after fork()",
+        ];
+        include_str!("../names-cow.txt")
+            .lines()
+            .filter(|name| {
+                name.split_once(" ... with ")
+                    .is_some_and(|(case, backing)| {
+                        XFAIL_IF_HUGETLB.contains(&case) && backing.starts_with("hugetlb (")
+                    })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn xfail_reach_is_upstreams_plus_named_differences() {
+        let upstream = upstream_xfails();
+        assert_eq!(upstream.len(), 8, "{upstream:#?}");
+        let lost = HUGETLB_1G_LOST_AT_FORK.id;
+        let io_uring = IO_URING_FILE_BUFFERS.id;
+        // Per kernel: where we differ from upstream (name, row), and why.
+        type Differences = Vec<(String, &'static str)>;
+        let kernels: [(&str, Differences, &str); 4] = [
+            (
+                "6.1.0-56-cloud-amd64",
+                [
+                    "tmpfile",
+                    "local tmpfile",
+                    "file on an ext4 scratch directory",
+                ]
+                .map(|b| {
+                    let name =
+                        format!("io_uring fixed buffer with MAP_PRIVATE file mapping ... with {b}");
+                    (name, io_uring)
+                })
+                .to_vec(),
+                "io_uring before 6.5 refuses these buffers itself (EOPNOTSUPP); upstream's \
+                 gup_longterm reads errno there, which liburing does not set, so it skips or fails \
+                 them. Not the memfd, memfd hugetlb or tmpfs ones: io_uring took shmem and \
+                 hugetlbfs buffers",
+            ),
+            (
+                "6.5.0",
+                vec![],
+                "io_uring leaves the decision to GUP from 6.5 on",
+            ),
+            ("6.12.117", vec![], "nothing known beyond upstream"),
+            (
+                "6.18.44-fc-v857",
+                [
+                    "Basic COW after fork()",
+                    "Basic COW after fork() with mprotect() optimization",
+                    // Already upstream's XFAILs; here also because a page lost
+                    // at fork makes their child see zeroes, or makes them clean.
+                    "vmsplice() + unmap in child",
+                    "vmsplice() + unmap in child with mprotect() optimization",
+                    "vmsplice() before fork(), unmap in parent after fork()",
+                    "vmsplice() + unmap in parent after fork()",
+                ]
+                .map(|case| (format!("{case} ... with hugetlb (1048576 kB)"), lost))
+                .to_vec(),
+                "fork() loses 1 GiB hugetlb pages on 6.18 (cowgup's own finding; cow.c's child \
+                 copies the memory after fork() and cannot see it)",
+            ),
+        ];
+        for (release, differences, why) in kernels {
+            let mut want: BTreeMap<String, Vec<&str>> = upstream
+                .iter()
+                .map(|n| (n.to_string(), vec![HUGETLB_VMSPLICE.id]))
+                .collect();
+            for (name, row) in differences {
+                want.entry(name).or_default().push(row);
+            }
+            let got = xfail_reach(&reference_host(release));
+            assert_eq!(got, want, "kernel {release}: {why}");
+        }
+    }
+
+    #[test]
+    fn a_tmpfile_on_tmpfs_is_not_excused_before_6_5() {
+        let mut caps = reference_host("6.1.0");
+        caps.scratch_fs[0].1 = "tmpfs".into();
+        let got = xfail_reach(&caps);
+        let name = |backing: &str| {
+            format!("io_uring fixed buffer with MAP_PRIVATE file mapping ... with {backing}")
+        };
+        assert!(!got.contains_key(&name("tmpfile")));
+        assert!(got.contains_key(&name("local tmpfile")));
+        for backing in [
+            "memfd",
+            "memfd hugetlb (2048 kB)",
+            "memfd hugetlb (1048576 kB)",
+            "file on a tmpfs scratch mount",
+        ] {
+            assert!(!got.contains_key(&name(backing)), "{backing}");
         }
     }
 }

@@ -419,7 +419,7 @@ mod tests {
     use cowgup_harness::probe::HugetlbPool;
 
     /// The host the reference name lists were taken on: THP 16K..2M, hugetlb 2M + 1G.
-    fn reference_host() -> Capabilities {
+    pub(crate) fn reference_host() -> Capabilities {
         let mut caps = Capabilities::probe();
         caps.pmd_size = Some(2 << 20);
         caps.thp_sizes = (14..=21).map(|s| 1usize << s).collect();
