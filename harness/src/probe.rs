@@ -314,18 +314,77 @@ pub fn fs_type(dir: &Path) -> String {
     }
 }
 
-pub fn fs_name(magic: u64) -> String {
-    match magic {
-        0x0102_1994 => "tmpfs".into(),
-        0x9584_58f6 => "hugetlbfs".into(),
-        0xef53 => "ext4".into(),
-        0x5846_5342 => "xfs".into(),
-        0x9123_683e => "btrfs".into(),
-        0x794c_7630 => "overlayfs".into(),
-        0x0102_1997 => "9p".into(),
-        0x6969 => "nfs".into(),
-        other => format!("unknown (magic 0x{other:x})"),
+/// The filesystems the suite names, and judges long-term pins on, by their
+/// statfs(2) `f_type` (linux/magic.h). The one table of magic numbers: the
+/// probe prints names from it and `fixtures::file` classifies files with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Filesystem {
+    Tmpfs,
+    Hugetlbfs,
+    /// EXT4_SUPER_MAGIC, which ext2 and ext3 share.
+    Ext4,
+    Xfs,
+    Btrfs,
+    Overlayfs,
+    NineP,
+    Nfs,
+    Ramfs,
+}
+
+impl Filesystem {
+    pub const ALL: [Filesystem; 9] = [
+        Filesystem::Tmpfs,
+        Filesystem::Hugetlbfs,
+        Filesystem::Ext4,
+        Filesystem::Xfs,
+        Filesystem::Btrfs,
+        Filesystem::Overlayfs,
+        Filesystem::NineP,
+        Filesystem::Nfs,
+        Filesystem::Ramfs,
+    ];
+
+    pub fn magic(self) -> u64 {
+        use nix::sys::statfs as m;
+        let magic = match self {
+            Filesystem::Tmpfs => m::TMPFS_MAGIC,
+            Filesystem::Hugetlbfs => m::HUGETLBFS_MAGIC,
+            Filesystem::Ext4 => m::EXT4_SUPER_MAGIC,
+            Filesystem::Xfs => m::XFS_SUPER_MAGIC,
+            Filesystem::Btrfs => m::BTRFS_SUPER_MAGIC,
+            Filesystem::Overlayfs => m::OVERLAYFS_SUPER_MAGIC,
+            Filesystem::Nfs => m::NFS_SUPER_MAGIC,
+            // Not in nix: V9FS_MAGIC and RAMFS_MAGIC from linux/magic.h.
+            Filesystem::NineP => return 0x0102_1997,
+            Filesystem::Ramfs => return 0x8584_58f6,
+        };
+        magic.0 as u64
     }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Filesystem::Tmpfs => "tmpfs",
+            Filesystem::Hugetlbfs => "hugetlbfs",
+            Filesystem::Ext4 => "ext4",
+            Filesystem::Xfs => "xfs",
+            Filesystem::Btrfs => "btrfs",
+            Filesystem::Overlayfs => "overlayfs",
+            Filesystem::NineP => "9p",
+            Filesystem::Nfs => "nfs",
+            Filesystem::Ramfs => "ramfs",
+        }
+    }
+
+    pub fn from_magic(magic: u64) -> Option<Filesystem> {
+        Filesystem::ALL.into_iter().find(|f| f.magic() == magic)
+    }
+}
+
+pub fn fs_name(magic: u64) -> String {
+    Filesystem::from_magic(magic).map_or_else(
+        || format!("unknown (magic 0x{magic:x})"),
+        |f| f.name().to_string(),
+    )
 }
 
 #[cfg(test)]
@@ -337,6 +396,16 @@ mod tests {
         assert_eq!(size_from_dir_name("hugepages-2048kB"), Some(2 << 20));
         assert_eq!(size_from_dir_name("hugepages-1048576kB"), Some(1 << 30));
         assert_eq!(size_from_dir_name("khugepaged"), None);
+    }
+
+    #[test]
+    fn filesystem_magics_round_trip() {
+        for f in Filesystem::ALL {
+            assert_eq!(Filesystem::from_magic(f.magic()), Some(f));
+        }
+        assert_eq!(fs_name(0x1234), "unknown (magic 0x1234)");
+        // This host's /proc is procfs, which the table does not name.
+        assert!(fs_type(Path::new("/proc")).starts_with("unknown (magic 0x9fa0"));
     }
 
     #[test]

@@ -145,7 +145,7 @@ pub fn secret_refuses(source: PinSource) -> Outcome {
 /// of the merged pages; the child and the parent's other pages keep the data.
 pub fn ksm_cow() -> Outcome {
     result((|| {
-        let region = special::ksm_merged()?;
+        let region = ksm_merged()?;
         let page = cowgup_fixtures::env().page_size;
         let before = View::capture(region, page)?;
         let (go, report) = (Pipe::new()?, Pipe::new()?);
@@ -184,14 +184,82 @@ pub fn ksm_cow() -> Outcome {
     })())
 }
 
+/// `special::ksm_merged()`, whose skip (ksmd did not merge in time) says
+/// what was measured: how long it waited, KSM's run value and counters.
+fn ksm_merged() -> Step<Region> {
+    let before = KsmStats::read();
+    let started = std::time::Instant::now();
+    match special::ksm_merged() {
+        Err(Outcome::Skip(_)) => {
+            let after = KsmStats::read();
+            let waited = started.elapsed().as_secs_f64();
+            let pages = special::PAGES;
+            if after.run.as_deref() == Some("1") {
+                skip(format!(
+                    "ksmd did not merge {pages} identical pages within {waited:.1} s although \
+                     /sys/kernel/mm/ksm/run is 1: full_scans {} -> {}, pages_shared {} -> {}, \
+                     pages_sharing {} -> {}, this process's ksm_merging_pages {}",
+                    before.show(|s| &s.full_scans),
+                    after.show(|s| &s.full_scans),
+                    before.show(|s| &s.pages_shared),
+                    after.show(|s| &s.pages_shared),
+                    before.show(|s| &s.pages_sharing),
+                    after.show(|s| &s.pages_sharing),
+                    after.show(|s| &s.merging_pages),
+                ))
+            } else {
+                skip(format!(
+                    "KSM is not running: /sys/kernel/mm/ksm/run is {} after {waited:.1} s of waiting \
+                     for {pages} identical pages to merge (the trial's knob sets it to 1)",
+                    after.show(|s| &s.run)
+                ))
+            }
+        }
+        other => other,
+    }
+}
+
+/// KSM's state, each value as read (None: unreadable).
+struct KsmStats {
+    run: Option<String>,
+    full_scans: Option<String>,
+    pages_shared: Option<String>,
+    pages_sharing: Option<String>,
+    merging_pages: Option<String>,
+}
+
+impl KsmStats {
+    fn read() -> KsmStats {
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
+        let ksm = |f: &str| read(&format!("/sys/kernel/mm/ksm/{f}"));
+        KsmStats {
+            run: ksm("run"),
+            full_scans: ksm("full_scans"),
+            pages_shared: ksm("pages_shared"),
+            pages_sharing: ksm("pages_sharing"),
+            merging_pages: read("/proc/self/ksm_merging_pages"),
+        }
+    }
+
+    fn show(&self, field: impl Fn(&KsmStats) -> &Option<String>) -> &str {
+        field(self).as_deref().unwrap_or("unreadable")
+    }
+}
+
 /// An O_DIRECT read into a page COW-shared with a child: the kernel pins the
 /// page for writing (FOLL_PIN | FOLL_WRITE), which must unshare it first, so
 /// the data lands in the parent's page only.
 pub fn odirect_read_into_shared_page() -> Outcome {
     result((|| {
         let m = AnonBacking::BasePage.setup()?;
-        let dir = scratch_dir(ScratchFs::Ext4)
-            .ok_or_else(|| Outcome::Skip("no ext4 scratch directory".into()))?;
+        // The trial's need for it was met before it ran.
+        let dir = scratch_dir(ScratchFs::Ext4).ok_or_else(|| {
+            Outcome::Fail("no ext4 scratch directory although the trial's need was met".into())
+        })?;
         let path = dir.join(format!("odirect-{}", std::process::id()));
         // The file holds what the parent's page should end up holding.
         std::fs::write(
@@ -204,7 +272,13 @@ pub fn odirect_read_into_shared_page() -> Outcome {
             .read(true)
             .custom_flags(libc::O_DIRECT)
             .open(&path)
-            .or_else(|e| skip(format!("cannot open {} with O_DIRECT: {e}", path.display())))?;
+            .or_else(|e| {
+                skip(format!(
+                    "cannot open {} (on {}) with O_DIRECT: {e}",
+                    path.display(),
+                    cowgup_harness::probe::fs_type(&dir)
+                ))
+            })?;
         let _ = std::fs::remove_file(&path);
         let checker = match Checker::fork(m.region, m.pattern)? {
             Ok(c) => c,

@@ -11,7 +11,7 @@ use cowgup_fixtures::pin::{FixedBuffer, GupTest};
 use cowgup_fixtures::{fail, skip, Step};
 use cowgup_harness::{diag, Outcome};
 
-use crate::expectations::{kernel_version, IO_URING_FILE_BUFFERS};
+use crate::expectations::{judge, Mapping, Mechanism, MemoryClass, Observed, Subject, Version};
 
 #[derive(Clone, Copy, Debug)]
 pub enum LongtermPin {
@@ -104,6 +104,34 @@ impl LongtermCase {
         }
     }
 
+    pub fn mechanism(&self) -> Mechanism {
+        match self.pin {
+            LongtermPin::Gup { write: false, .. } => Mechanism::RoPin,
+            LongtermPin::Gup { write: true, .. } => Mechanism::RwPin,
+            LongtermPin::IoUring => Mechanism::IoUringPin,
+        }
+    }
+
+    /// What the expectation table is told about this case on a file of `memory`.
+    pub fn subject(
+        &self,
+        memory: MemoryClass,
+        size: Option<usize>,
+        kernel: Option<Version>,
+    ) -> Subject {
+        Subject {
+            mechanism: self.mechanism(),
+            memory,
+            size,
+            mapping: if self.shared {
+                Mapping::Shared
+            } else {
+                Mapping::Private
+            },
+            kernel,
+        }
+    }
+
     fn writes(&self) -> bool {
         match self.pin {
             LongtermPin::Gup { write, .. } => write,
@@ -119,17 +147,27 @@ enum Granted {
     Refused(nix::errno::Errno),
 }
 
-pub fn run(case: &LongtermCase, backing: FileBacking) -> Outcome {
+/// Run the case on a file of `backing`, judged for `kernel` (read once, when
+/// the catalogue was built).
+pub fn run(case: &LongtermCase, backing: FileBacking, kernel: Option<Version>) -> Outcome {
     let read_only = matches!(case.pin, LongtermPin::Gup { write: false, .. });
-    run_steps(case, backing, read_only).unwrap_or_else(|o| o)
+    run_steps(case, backing, read_only, kernel).unwrap_or_else(|o| o)
 }
 
-fn run_steps(case: &LongtermCase, backing: FileBacking, read_only: bool) -> Step<Outcome> {
+fn run_steps(
+    case: &LongtermCase,
+    backing: FileBacking,
+    read_only: bool,
+    kernel: Option<Version>,
+) -> Step<Outcome> {
     let mem = backing.setup(case.shared, read_only)?;
     diag(format!("file on {}", mem.fs.name()));
     if case.shared && case.writes() {
-        if let FsClass::Unknown(name) = &mem.fs {
-            return skip(format!("Unknown filesystem: {name}"));
+        if let FsClass::Unknown { name, .. } = &mem.fs {
+            return skip(format!(
+                "Unknown filesystem: the file is on {name}; gup_longterm only knows whether writable \
+                 long-term pins of MAP_SHARED files must work on tmpfs, hugetlbfs, ext4, xfs and btrfs"
+            ));
         }
     }
     let should_work = !case.shared || !case.writes() || matches!(mem.fs, FsClass::PinsAllowed(_));
@@ -137,24 +175,20 @@ fn run_steps(case: &LongtermCase, backing: FileBacking, read_only: bool) -> Step
         LongtermPin::Gup { write, fast } => pin_with_gup_test(&mem, write, fast)?,
         LongtermPin::IoUring => pin_with_io_uring(&mem)?,
     };
+    // The file's own filesystem, as measured, decides what the table excuses.
+    let subject = case.subject(
+        MemoryClass::of_file(mem.fs.filesystem()),
+        backing.huge_size(),
+        kernel,
+    );
     Ok(match (granted, should_work) {
-        (Granted::Yes, true) | (Granted::Refused(_), false) => Outcome::Pass,
+        (Granted::Yes, true) => judge(&subject, Observed::Clean),
+        (Granted::Refused(_), false) => Outcome::Pass,
         (Granted::Yes, false) => Outcome::Fail(format!(
             "Should have failed: a writable long-term pin of a MAP_SHARED {} file was granted",
             mem.fs.name()
         )),
-        (Granted::Refused(e), true)
-            if matches!(case.pin, LongtermPin::IoUring)
-                && IO_URING_FILE_BUFFERS.applies(e, kernel_version()) =>
-        {
-            Outcome::Xfail(format!(
-                "refused with {e}; expected: {}",
-                IO_URING_FILE_BUFFERS.reason
-            ))
-        }
-        (Granted::Refused(e), true) => {
-            Outcome::Fail(format!("Should have worked: the pin was refused with {e}"))
-        }
+        (Granted::Refused(e), true) => judge(&subject, Observed::Refused(e)),
     })
 }
 
@@ -188,8 +222,28 @@ fn pin_with_io_uring(mem: &FileMemory) -> Step<Granted> {
                 | nix::errno::Errno::ENOSPC
                 | nix::errno::Errno::EOPNOTSUPP => Ok(Granted::Refused(errno)),
                 // Lack of support or of RLIMIT_MEMLOCK: not a verdict on pinning.
-                other => skip(format!("io_uring_register_buffers() failed ({other})")),
+                other => skip(format!(
+                    "io_uring_register_buffers() failed ({other}) for a {} kB buffer; RLIMIT_MEMLOCK {}",
+                    mem.region.len / 1024,
+                    memlock()
+                )),
             }
         }
+    }
+}
+
+/// This process's RLIMIT_MEMLOCK, for a skip reason.
+fn memlock() -> String {
+    use nix::sys::resource::{getrlimit, Resource};
+    let kb = |l: u64| {
+        if l == libc::RLIM_INFINITY {
+            "unlimited".to_string()
+        } else {
+            format!("{} kB", l / 1024)
+        }
+    };
+    match getrlimit(Resource::RLIMIT_MEMLOCK) {
+        Ok((soft, hard)) => format!("{} (hard {})", kb(soft), kb(hard)),
+        Err(e) => format!("unreadable ({e})"),
     }
 }

@@ -27,7 +27,7 @@ use cowgup_fixtures::non_anon::NonAnonBacking;
 use cowgup_harness::probe::Capabilities;
 use cowgup_harness::{Knob, Outcome, Trial};
 
-use expectations::{judge, MemoryClass};
+use expectations::{judge, Mapping, MemoryClass, Subject};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Family {
@@ -94,19 +94,34 @@ fn outcome(step: cowgup_fixtures::Step<Outcome>) -> Outcome {
 
 /// Every cow trial for this kernel, in cow.c's order.
 pub fn cow_catalogue(caps: &Capabilities) -> Vec<Scenario> {
+    cow_entries(caps).into_iter().map(|(s, _)| s).collect()
+}
+
+/// The cow trials, each with the subject it hands the expectation table.
+pub fn cow_entries(caps: &Capabilities) -> Vec<(Scenario, Subject)> {
+    let kernel = expectations::parse_version(&caps.kernel_release);
     let hugetlb: Vec<usize> = caps.hugetlb.iter().map(|p| p.size).collect();
     let anon = AnonBacking::all(&caps.thp_sizes, caps.pmd_size, &hugetlb);
     let mut out = Vec::new();
     for case in &cow_anon::CASES {
         for &backing in &anon {
-            let memory = if backing.is_hugetlb() {
-                MemoryClass::AnonHugetlb
-            } else {
-                MemoryClass::Anon
+            let subject = Subject {
+                mechanism: case.mechanism,
+                memory: if backing.is_hugetlb() {
+                    MemoryClass::AnonHugetlb
+                } else {
+                    MemoryClass::Anon
+                },
+                size: match backing {
+                    AnonBacking::Thp { size, .. } | AnonBacking::Hugetlb { size } => Some(size),
+                    _ => None,
+                },
+                mapping: Mapping::Private,
+                kernel,
             };
             let mechanism = case.mechanism;
             let run = case.run;
-            out.push(Scenario {
+            let scenario = Scenario {
                 name: format!("{} ... with {}", case.desc, backing.suffix()),
                 family: Family::CowAnon,
                 group: backing.group(),
@@ -122,10 +137,11 @@ pub fn cow_catalogue(caps: &Capabilities) -> Vec<Scenario> {
                         backing
                             .setup()
                             .and_then(|m| run(&m))
-                            .map(|o| judge(mechanism, memory, o)),
+                            .map(|o| judge(&subject, o)),
                     )
                 }),
-            });
+            };
+            out.push((scenario, subject));
         }
     }
     if let Some(pmd) = caps.pmd_size {
@@ -133,8 +149,15 @@ pub fn cow_catalogue(caps: &Capabilities) -> Vec<Scenario> {
             shape: ThpShape::Pmd,
             size: pmd,
         };
+        let subject = Subject {
+            mechanism: expectations::Mechanism::Collapse,
+            memory: MemoryClass::Anon,
+            size: Some(pmd),
+            mapping: Mapping::Private,
+            kernel,
+        };
         for (i, case) in cow_anon_thp::CASES.iter().enumerate() {
-            out.push(Scenario {
+            let scenario = Scenario {
                 name: case.desc.to_string(),
                 family: Family::CowAnonThp,
                 group: backing.group(),
@@ -147,16 +170,26 @@ pub fn cow_catalogue(caps: &Capabilities) -> Vec<Scenario> {
                         backing
                             .setup()
                             .and_then(|m| cow_anon_thp::run(case, &m))
-                            .map(|o| {
-                                judge(expectations::Mechanism::Collapse, MemoryClass::Anon, o)
-                            }),
+                            .map(|o| judge(&subject, o)),
                     )
                 }),
-            });
+            };
+            out.push((scenario, subject));
         }
     }
     for case in &cow_non_anon::CASES {
         for backing in NonAnonBacking::all(caps.pmd_size, &hugetlb) {
+            let subject = Subject {
+                mechanism: case.mechanism,
+                memory: MemoryClass::NonAnon,
+                size: match backing {
+                    NonAnonBacking::MemfdHugetlb { size } => Some(size),
+                    NonAnonBacking::HugeZeropage => caps.pmd_size,
+                    _ => None,
+                },
+                mapping: Mapping::Private,
+                kernel,
+            };
             let mechanism = case.mechanism;
             let run = case.run;
             let knobs = match (backing, caps.pmd_size) {
@@ -165,7 +198,7 @@ pub fn cow_catalogue(caps: &Capabilities) -> Vec<Scenario> {
                 }
                 _ => vec![],
             };
-            out.push(Scenario {
+            let scenario = Scenario {
                 name: format!("{} ... with {}", case.desc, backing.suffix()),
                 family: Family::CowNonAnon,
                 group: backing.group(),
@@ -181,10 +214,11 @@ pub fn cow_catalogue(caps: &Capabilities) -> Vec<Scenario> {
                         backing
                             .setup()
                             .and_then(|m| run(&m))
-                            .map(|o| judge(mechanism, MemoryClass::NonAnon, o)),
+                            .map(|o| judge(&subject, o)),
                     )
                 }),
-            });
+            };
+            out.push((scenario, subject));
         }
     }
     out
@@ -194,8 +228,18 @@ pub fn cow_catalogue(caps: &Capabilities) -> Vec<Scenario> {
 /// tmpfs and on an ext4 the suite controls, so that both expectations (pin
 /// allowed, pin refused) are exercised on every host.
 pub fn gup_longterm_catalogue(caps: &Capabilities, extra: bool) -> Vec<Scenario> {
+    gup_longterm_entries(caps, extra)
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect()
+}
+
+/// gup_longterm's trials, each with the subject the table is told before
+/// the trial runs (the filesystem as probed; the trial measures its file).
+pub fn gup_longterm_entries(caps: &Capabilities, extra: bool) -> Vec<(Scenario, Subject)> {
     use cowgup_fixtures::file::FileBacking;
     use cowgup_fixtures::needs::ScratchFs;
+    let kernel = expectations::parse_version(&caps.kernel_release);
     let hugetlb: Vec<usize> = caps.hugetlb.iter().map(|p| p.size).collect();
     let mut backings = FileBacking::upstream(&hugetlb);
     if extra {
@@ -207,15 +251,21 @@ pub fn gup_longterm_catalogue(caps: &Capabilities, extra: bool) -> Vec<Scenario>
     let mut out = Vec::new();
     for (i, case) in gup_longterm::CASES.iter().enumerate() {
         for &backing in &backings {
-            out.push(Scenario {
+            let subject = case.subject(
+                MemoryClass::of_file(backing.filesystem(caps)),
+                backing.huge_size(),
+                kernel,
+            );
+            let scenario = Scenario {
                 name: format!("{} ... with {}", case.desc, backing.suffix()),
                 family: Family::GupLongterm,
                 group: backing.group(),
                 needs: backing.needs().into_iter().chain(case.needs()).collect(),
                 knobs: vec![],
                 pins: true,
-                body: Arc::new(move || gup_longterm::run(&gup_longterm::CASES[i], backing)),
-            });
+                body: Arc::new(move || gup_longterm::run(&gup_longterm::CASES[i], backing, kernel)),
+            };
+            out.push((scenario, subject));
         }
     }
     out
@@ -369,7 +419,7 @@ mod tests {
     use cowgup_harness::probe::HugetlbPool;
 
     /// The host the reference name lists were taken on: THP 16K..2M, hugetlb 2M + 1G.
-    fn reference_host() -> Capabilities {
+    pub(crate) fn reference_host() -> Capabilities {
         let mut caps = Capabilities::probe();
         caps.pmd_size = Some(2 << 20);
         caps.thp_sizes = (14..=21).map(|s| 1usize << s).collect();
