@@ -143,7 +143,7 @@ impl Session {
     pub fn run(&mut self, s: &Scenario) -> Result<TrialReport, Stop> {
         let trial = self.trial(s);
         let before = pin_balance::read(s.pins);
-        let mut report = run_trial(&trial, self.guard.as_mut(), &self.run_opts)?;
+        let mut report = run_trial(&trial, self.guard.as_mut(), &self.run_opts, &mut [])?;
         if let (Some(before), true) = (before, trial.skip.is_none()) {
             match pin_balance::settle(before, s.pins, PIN_SETTLE_LIMIT) {
                 Ok(d) if d.acquired > 0 => report.diagnostics.push(format!(
