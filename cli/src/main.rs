@@ -218,7 +218,7 @@ fn restore(state: &StateArgs) -> ExitCode {
 
 fn run(args: &RunArgs) -> ExitCode {
     use formats::{Format, Record, Streaming};
-    let (_, chosen) = match select(&args.select) {
+    let (caps, chosen) = match select(&args.select) {
         Ok(x) => x,
         Err(e) => return fatal(&e),
     };
@@ -231,7 +231,7 @@ fn run(args: &RunArgs) -> ExitCode {
         None => None,
     };
     let refs: Vec<&Scenario> = chosen.iter().collect();
-    let mut session = match Session::start(&args.session.options(), &refs) {
+    let mut session = match Session::start_with(&args.session.options(), caps, &refs) {
         Ok(s) => s,
         Err(e) => return fatal(&e),
     };

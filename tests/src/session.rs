@@ -64,8 +64,22 @@ pub struct Session {
 impl Session {
     /// Probe and provision for these scenarios. Errors are one line, for the user.
     pub fn start(opts: &Options, selected: &[&Scenario]) -> Result<Session, String> {
+        Self::start_with(opts, Capabilities::probe(), selected)
+    }
+
+    /// As `start`, with the probe the caller already made (to build the
+    /// catalogue). It stands for the host before provisioning unless the
+    /// host changed before we held it (we waited for another run, or put a
+    /// dead run's settings back): then it is probed again. After provisioning
+    /// it is probed once more (only gup_test's presence is re-read between
+    /// mounting debugfs and the rest).
+    pub fn start_with(
+        opts: &Options,
+        caps: Capabilities,
+        selected: &[&Scenario],
+    ) -> Result<Session, String> {
         signals::install();
-        let mut caps = Capabilities::probe();
+        let mut caps = caps;
         let mut log = Vec::new();
         let mut guard = None;
         if !opts.provision {
@@ -83,6 +97,12 @@ impl Session {
                         opts.state_dir.display()
                     )
                 })?;
+            // The probe was made before we held the host: if another run held
+            // it meanwhile, or a dead run's settings were just put back, the
+            // host has changed since. Provision from what it is now.
+            if g.waited_for_another_run() || stale.is_some() {
+                caps = Capabilities::probe();
+            }
             if let Some(report) = stale {
                 log.push(format!(
                     "restored settings left by an earlier run that did not finish: {}",
@@ -99,7 +119,7 @@ impl Session {
             // debugfs first: whether gup_test exists decides which trials can run at all.
             if selected.iter().any(|s| s.needs.contains(&Need::GupTest)) {
                 log.extend(provision(&[Need::GupTest], &caps, &mut g));
-                caps = Capabilities::probe();
+                caps.refresh_gup_test();
             }
             // Then only what trials that can otherwise run will use: no hugetlb
             // pool for trials that will skip for lack of gup_test.
@@ -113,6 +133,7 @@ impl Session {
                 .flat_map(|s| s.needs.iter().copied())
                 .collect();
             log.extend(provision(&needs, &caps, &mut g));
+            // The phase change: what the trials see is the provisioned host.
             caps = Capabilities::probe();
             guard = Some(g);
         }
