@@ -6,16 +6,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cowgup_fixtures::needs::{provision, Need};
-use cowgup_fixtures::pin_balance;
+use cowgup_fixtures::pin_balance::PinBalance;
 use cowgup_fixtures::Env;
 use cowgup_harness::guard::RestoreReport;
 use cowgup_harness::probe::Capabilities;
-use cowgup_harness::{
-    run_trial, signals, HostGuard, Outcome, RunOptions, Stop, Trial, TrialReport,
-};
-
-/// io_uring releases a ring's pins asynchronously after the ring is closed.
-const PIN_SETTLE_LIMIT: Duration = Duration::from_secs(3);
+use cowgup_harness::{run_trial, signals, HostGuard, RunOptions, Stop, Trial, TrialReport};
 
 use crate::Scenario;
 
@@ -59,6 +54,7 @@ pub struct Session {
     /// What the session did to the host, or why it did nothing, for the report header.
     pub log: Vec<String>,
     run_opts: RunOptions,
+    pin_balance: PinBalance,
 }
 
 impl Session {
@@ -150,6 +146,7 @@ impl Session {
             run_opts: RunOptions {
                 timeout: opts.timeout,
             },
+            pin_balance: PinBalance::new(),
         })
     }
 
@@ -157,37 +154,17 @@ impl Session {
         s.trial(&self.caps)
     }
 
-    /// Run one scenario, then hold it to pin balance: every FOLL_PIN it took
-    /// must be released once its processes are gone (see pin_balance.rs).
-    /// Scenarios that pin get exact counts; for the others a cheap read
-    /// still catches anything above the per-CPU batching.
+    /// Run one scenario. Its verdict includes the pin-balance check: every
+    /// FOLL_PIN it took must be released once its processes are gone (see
+    /// pin_balance.rs), or the check says why it could not tell.
     pub fn run(&mut self, s: &Scenario) -> Result<TrialReport, Stop> {
         let trial = self.trial(s);
-        let before = pin_balance::read(s.pins);
-        let mut report = run_trial(&trial, self.guard.as_mut(), &self.run_opts, &mut [])?;
-        if let (Some(before), true) = (before, trial.skip.is_none()) {
-            match pin_balance::settle(before, s.pins, PIN_SETTLE_LIMIT) {
-                Ok(d) if d.acquired > 0 => report.diagnostics.push(format!(
-                    "pin balance: {} pins taken and released",
-                    d.acquired
-                )),
-                Ok(_) => {}
-                Err(d) => {
-                    report.diagnostics.push(format!(
-                        "outcome before the pin-balance check: {}",
-                        report.outcome
-                    ));
-                    report.outcome = Outcome::Fail(format!(
-                        "pin balance: {} pins acquired but {} released during the trial \
-                         (nr_foll_pin_acquired/released in /proc/vmstat, after waiting {} s)",
-                        d.acquired,
-                        d.released,
-                        PIN_SETTLE_LIMIT.as_secs()
-                    ));
-                }
-            }
-        }
-        Ok(report)
+        run_trial(
+            &trial,
+            self.guard.as_mut(),
+            &self.run_opts,
+            &mut [&mut self.pin_balance],
+        )
     }
 
     /// Put the host back. Idempotent.
