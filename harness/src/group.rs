@@ -1,9 +1,10 @@
 //! The trial's process group after the trial process is gone: who is still
 //! in it, and stopping them (SIGTERM, a short grace, then SIGKILL).
 //!
-//! A process that is already a zombie or already exiting (PF_EXITING: its
-//! memory may take a while to free, a 1 GiB hugetlb page for one) is on its
-//! way out and is not counted as left behind.
+//! A process that is already exiting (PF_EXITING) is on its way out and is
+//! not counted as left behind, but the group is only gone once it has become
+//! a zombie: until then it may still hold memory (a 1 GiB hugetlb page the
+//! next trial needs) and pins (which the pin balance must see released).
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,8 @@ pub struct Member {
     pub pid: i32,
     pub comm: String,
     pub state: char,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub exiting: bool,
 }
 
 impl std::fmt::Display for Member {
@@ -34,8 +37,8 @@ pub fn exists(pgid: Pid) -> bool {
     !matches!(killpg(pgid, None), Err(Errno::ESRCH))
 }
 
-/// Members of the group that are alive and not exiting, from /proc/*/stat.
-pub fn live_members(pgid: Pid) -> Vec<Member> {
+/// Members of the group that are not zombies yet, from /proc/*/stat.
+pub fn members(pgid: Pid) -> Vec<Member> {
     if !exists(pgid) {
         return Vec::new();
     }
@@ -44,28 +47,45 @@ pub fn live_members(pgid: Pid) -> Vec<Member> {
     };
     all.flatten()
         .filter_map(|p| p.stat().ok())
-        .filter(|s| s.pgrp == pgid.as_raw())
-        .filter(|s| s.state != 'Z' && s.state != 'X' && s.flags & PF_EXITING == 0)
+        .filter(|s| s.pgrp == pgid.as_raw() && s.state != 'Z' && s.state != 'X')
         .map(|s| Member {
             pid: s.pid,
             comm: s.comm,
             state: s.state,
+            exiting: s.flags & PF_EXITING != 0,
         })
         .collect()
 }
 
-/// Poll until no live member is left or `limit` passes; returns who is left.
-pub fn wait_empty(pgid: Pid, limit: Duration) -> Vec<Member> {
+/// Members that are alive and not on their way out.
+pub fn live_members(pgid: Pid) -> Vec<Member> {
+    let mut m = members(pgid);
+    m.retain(|m| !m.exiting);
+    m
+}
+
+fn poll_until_empty(limit: Duration, list: impl Fn() -> Vec<Member>) -> Vec<Member> {
     let deadline = Instant::now() + limit;
     let mut pause = Duration::from_millis(1);
     loop {
-        let left = live_members(pgid);
+        let left = list();
         if left.is_empty() || Instant::now() >= deadline {
             return left;
         }
         std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
         pause = (pause * 2).min(Duration::from_millis(20));
     }
+}
+
+/// Poll until no live member is left or `limit` passes; returns who is left.
+pub fn wait_empty(pgid: Pid, limit: Duration) -> Vec<Member> {
+    poll_until_empty(limit, || live_members(pgid))
+}
+
+/// Poll until every member has finished exiting (only zombies, or nothing,
+/// left) or `limit` passes; returns who is still there.
+pub fn wait_gone(pgid: Pid, limit: Duration) -> Vec<Member> {
+    poll_until_empty(limit, || members(pgid))
 }
 
 /// How the leftovers were stopped.

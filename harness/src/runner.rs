@@ -19,8 +19,8 @@
 //! accidents in the scenarios, not against a hostile trial.)
 //!
 //! After the trial process is reaped, whatever is still alive in its process
-//! group is reported as left behind and stopped; then the `Watch`es (pin
-//! balance, ...) are judged, and `verdict::decide` forms the outcome from all
+//! group is reported as left behind and stopped, and whatever is exiting is
+//! waited for (bounded); then the `Watch`es (pin balance, ...) are judged, and `verdict::decide` forms the outcome from all
 //! of it. See verdict.rs for the rules.
 
 use std::io::IoSliceMut;
@@ -95,6 +95,9 @@ const RECV_BUF: usize = 2 * MAX_RECORD;
 const LEAK_GRACE: Duration = Duration::from_millis(50);
 /// How long leftovers get between SIGTERM and SIGKILL.
 const TERM_GRACE: Duration = Duration::from_millis(100);
+/// How long processes of the trial that are exiting get to finish (free
+/// their memory, drop their pins) before the checks and the next trial.
+const EXIT_LIMIT: Duration = Duration::from_secs(5);
 
 static REPORT_FD: AtomicI32 = AtomicI32::new(-1);
 
@@ -376,6 +379,7 @@ impl ChildWaiter {
                 // The trial process is gone: all it sent is queued.
                 self.drain();
                 let leftovers = self.leftovers();
+                self.wait_gone();
                 return Ok(Waited::Done(self.ran(ended(status), leftovers)));
             }
             let left = self.deadline.saturating_duration_since(Instant::now());
@@ -389,6 +393,7 @@ impl ChildWaiter {
                         list(&survivors)
                     ));
                 }
+                self.wait_gone();
                 return Ok(Waited::Done(self.ran(Ended::TimedOut(self.timeout), None)));
             }
             // Without a pidfd nothing wakes us when the child exits while a
@@ -521,6 +526,18 @@ impl ChildWaiter {
                     cut(&text, 200)
                 )));
             }
+        }
+    }
+
+    /// Wait for the trial's processes that are exiting to be done with it.
+    fn wait_gone(&mut self) {
+        let exiting = group::wait_gone(self.child, EXIT_LIMIT);
+        if !exiting.is_empty() {
+            self.diagnostics.push(format!(
+                "still exiting {} s after the trial ended: {}",
+                EXIT_LIMIT.as_secs(),
+                list(&exiting)
+            ));
         }
     }
 
