@@ -35,7 +35,7 @@ fn main() {
             lock_wait: std::time::Duration::from_secs(600),
             ..Options::default()
         };
-        match Session::start(&opts, &selected) {
+        match Session::start_with(&opts, caps, &selected) {
             Ok(s) => Some(Arc::new(Mutex::new(s))),
             Err(e) => {
                 eprintln!("cowgup: {e}");

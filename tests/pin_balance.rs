@@ -8,7 +8,7 @@ use std::time::Duration;
 use cowgup_fixtures::mem::{self, RW};
 use cowgup_fixtures::pin::FixedBuffer;
 use cowgup_fixtures::stamp::{Pattern, Writer};
-use cowgup_harness::Outcome;
+use cowgup_harness::{CheckStatus, Outcome};
 use cowgup_tests::session::{Options, Session};
 use cowgup_tests::{Family, Scenario};
 use nix::sys::mman::MapFlags;
@@ -79,10 +79,24 @@ fn main() {
         "{}: {} {:?}",
         second.name, second.outcome, second.diagnostics
     );
+    println!("{:?}\n{:?}", first.checks, second.checks);
+    let pin_check = |r: &cowgup_harness::TrialReport| {
+        r.checks
+            .iter()
+            .find(|c| c.check == "pin balance")
+            .map(|c| (c.status, c.detail.clone()))
+    };
     let mut failed = 0;
     if first.outcome != Outcome::Pass {
         println!("FAILED a trial that releases its pins must pass");
         failed += 1;
+    }
+    match pin_check(&first) {
+        Some((CheckStatus::Held, d)) if d == "16 pins taken and released" => {}
+        other => {
+            println!("FAILED its check must hold and count 16 pins, got {other:?}");
+            failed += 1;
+        }
     }
     match &second.outcome {
         Outcome::Fail(r) if r.starts_with("pin balance: 16 pins acquired but 0 released") => {}
@@ -91,6 +105,18 @@ fn main() {
             failed += 1;
         }
     }
-    println!("{} passed, {failed} failed", 2 - failed);
+    if !matches!(pin_check(&second), Some((CheckStatus::Violated, _))) {
+        println!("FAILED the leaking trial's check must be violated");
+        failed += 1;
+    }
+    if !second
+        .diagnostics
+        .iter()
+        .any(|d| d == "outcome before the checks: pass")
+    {
+        println!("FAILED the trial's own outcome must stay in its diagnostics");
+        failed += 1;
+    }
+    println!("{} passed, {failed} failed", 5 - failed);
     std::process::exit(i32::from(failed > 0));
 }

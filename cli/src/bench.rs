@@ -34,12 +34,12 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 pub fn bench(args: &BenchArgs) -> ExitCode {
-    let (_, chosen) = match select(&args.select) {
+    let (caps, chosen) = match select(&args.select) {
         Ok(x) => x,
         Err(e) => return fatal(&e),
     };
     let refs: Vec<&Scenario> = chosen.iter().collect();
-    let mut session = match Session::start(&args.session.options(), &refs) {
+    let mut session = match Session::start_with(&args.session.options(), caps, &refs) {
         Ok(s) => s,
         Err(e) => return fatal(&e),
     };

@@ -235,7 +235,7 @@ fn run(args: &RunArgs) -> ExitCode {
         None => Box::new(std::io::stdout()),
     };
     let refs: Vec<&Scenario> = chosen.iter().collect();
-    let mut session = match Session::start(&args.session.options(), &refs) {
+    let mut session = match Session::start_with(&args.session.options(), caps.clone(), &refs) {
         Ok(s) => s,
         Err(e) => return fatal(&e),
     };

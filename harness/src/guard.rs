@@ -257,6 +257,7 @@ pub struct HostGuard {
     held: BTreeSet<PathBuf>,
     owner: u32,
     restored: bool,
+    waited: bool,
 }
 
 impl HostGuard {
@@ -265,9 +266,11 @@ impl HostGuard {
     /// `wait`: how long to wait for another holder (zero: fail at once).
     pub fn acquire(dir: &Path, wait: Duration) -> io::Result<(HostGuard, Option<RestoreReport>)> {
         let deadline = Instant::now() + wait;
+        let mut waited = false;
         let lock = loop {
             match lock_state_dir(dir) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    waited = true;
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 other => break other?,
@@ -288,8 +291,15 @@ impl HostGuard {
             held: BTreeSet::new(),
             owner: std::process::id(),
             restored: false,
+            waited,
         };
         Ok((guard, stale))
+    }
+
+    /// Another run held the host while we waited for it: whatever was probed
+    /// before `acquire` may no longer be true (it has restored its changes).
+    pub fn waited_for_another_run(&self) -> bool {
+        self.waited
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -593,7 +603,8 @@ mod tests {
         fs::write(&knob_file, "always [madvise] never\n").unwrap();
         let state = dir.join("state");
         {
-            let (mut g, stale) = HostGuard::acquire(&state, Duration::ZERO).unwrap();
+            // The host lock is machine-wide: wait for a run that holds it.
+            let (mut g, stale) = HostGuard::acquire(&state, Duration::from_secs(600)).unwrap();
             assert!(stale.is_none());
             g.set(&Knob::new(&knob_file, "never")).unwrap();
             assert_eq!(fs::read_to_string(&knob_file).unwrap(), "never");
@@ -601,7 +612,15 @@ mod tests {
             g.restored = true;
         }
         assert!(state.join(JOURNAL).exists());
-        let report = restore_from_journal(&state).unwrap().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let report = loop {
+            match restore_from_journal(&state) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                other => break other.unwrap().unwrap(),
+            }
+        };
         assert!(report.is_clean(), "{report:?}");
         assert_eq!(fs::read_to_string(&knob_file).unwrap(), "madvise");
         assert!(

@@ -4,14 +4,16 @@
 //! the catalogue in `tests/` and the backings in `fixtures/` give it meaning.
 
 pub mod checks;
+pub mod group;
 pub mod guard;
 pub mod outcome;
 pub mod probe;
 pub mod runner;
 pub mod signals;
 pub mod trial;
+pub mod verdict;
 
 pub use guard::{HostGuard, Knob};
 pub use outcome::{CheckResult, CheckStatus, Evidence, Outcome, OutcomeKind, Totals, TrialReport};
-pub use runner::{diag, evidence, run_trial, RunOptions, Stop};
+pub use runner::{diag, evidence, run_trial, Record, RunOptions, Stop, Watch};
 pub use trial::Trial;

@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use procfs::Current;
+
 pub const THP_DIR: &str = "/sys/kernel/mm/transparent_hugepage";
 pub const HUGETLB_DIR: &str = "/sys/kernel/mm/hugepages";
 pub const DEBUGFS: &str = "/sys/kernel/debug";
@@ -58,6 +60,9 @@ pub struct Capabilities {
     pub huge_zeropage: bool,
     /// SwapTotal from /proc/meminfo, in kB
     pub swap_kb: u64,
+    /// Hugepagesize from /proc/meminfo: the default hugetlb size (MAP_HUGETLB
+    /// without a size flag); None without hugetlb
+    pub hugetlb_default_size: Option<usize>,
     /// io_uring_setup works; /proc/sys/kernel/io_uring_disabled
     pub io_uring: Presence,
     pub io_uring_disabled: Option<u32>,
@@ -74,14 +79,12 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
+    /// Read everything. A run probes once before it changes the host and
+    /// once after (see the session); nothing else should need to.
     pub fn probe() -> Capabilities {
-        let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-            .ok()
-            .flatten()
-            .unwrap_or(4096) as usize;
-        let pmd_size = read_trim(&Path::new(THP_DIR).join("hpage_pmd_size"))
-            .and_then(|s| s.parse::<usize>().ok())
-            .filter(|&n| n > 0);
+        let page_size = page_size();
+        let pmd_size = pmd_size();
+        let meminfo = procfs::Meminfo::current().ok();
         let io_uring_disabled =
             read_trim(Path::new("/proc/sys/kernel/io_uring_disabled")).and_then(|s| s.parse().ok());
         let debugfs_mounted = crate::guard::is_mountpoint(Path::new(DEBUGFS));
@@ -95,13 +98,18 @@ impl Capabilities {
             hugetlb: hugetlb_pools(),
             huge_zeropage: read_trim(&Path::new(THP_DIR).join("use_zero_page")).as_deref()
                 == Some("1"),
-            swap_kb: meminfo("SwapTotal").unwrap_or(0),
+            swap_kb: meminfo.as_ref().map_or(0, |m| m.swap_total / 1024),
+            hugetlb_default_size: meminfo
+                .as_ref()
+                .and_then(|m| m.hugepagesize)
+                .map(|b| b as usize)
+                .filter(|&b| b > 0),
             io_uring: probe_io_uring(),
             io_uring_disabled,
             gup_test: probe_gup_test(debugfs_mounted),
             debugfs_mounted,
             euid: nix::unistd::geteuid().as_raw(),
-            cap_sys_admin: cap_eff().is_some_and(|c| c & (1 << 21) != 0),
+            cap_sys_admin: cap_sys_admin(),
             memlock: nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)
                 .ok()
                 .map(|(soft, _)| soft)
@@ -117,6 +125,13 @@ impl Capabilities {
             })
             .collect(),
         }
+    }
+
+    /// Mounting debugfs is the one host change that decides which trials can
+    /// run at all; after it, only these two fields are read again.
+    pub fn refresh_gup_test(&mut self) {
+        self.debugfs_mounted = crate::guard::is_mountpoint(Path::new(DEBUGFS));
+        self.gup_test = probe_gup_test(self.debugfs_mounted);
     }
 
     pub fn is_root(&self) -> bool {
@@ -260,14 +275,24 @@ fn hugetlb_pools() -> Vec<HugetlbPool> {
         .collect()
 }
 
-pub fn meminfo(key: &str) -> Option<u64> {
-    fs::read_to_string("/proc/meminfo")
-        .ok()?
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            (k == key).then(|| v.trim().trim_end_matches("kB").trim().parse().ok())?
-        })
+/// sysconf(_SC_PAGESIZE)
+pub fn page_size() -> usize {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as usize
+}
+
+/// transparent_hugepage/hpage_pmd_size; None without THP
+pub fn pmd_size() -> Option<usize> {
+    read_trim(&Path::new(THP_DIR).join("hpage_pmd_size"))
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+}
+
+/// CapEff bit 21 (CAP_SYS_ADMIN) in /proc/self/status
+pub fn cap_sys_admin() -> bool {
+    cap_eff().is_some_and(|c| c & (1 << 21) != 0)
 }
 
 fn cap_eff() -> Option<u64> {
@@ -413,5 +438,20 @@ mod tests {
         let caps = Capabilities::probe();
         assert!(caps.page_size.is_power_of_two());
         assert!(caps.table().contains("page size"));
+        // procfs gives bytes where /proc/meminfo prints kB.
+        let text = fs::read_to_string("/proc/meminfo").unwrap();
+        let kb = |key: &str| {
+            text.lines().find_map(|l| {
+                l.strip_prefix(key)?
+                    .trim()
+                    .strip_suffix(" kB")?
+                    .parse::<usize>()
+                    .ok()
+            })
+        };
+        assert_eq!(
+            caps.hugetlb_default_size,
+            kb("Hugepagesize:").map(|k| k * 1024)
+        );
     }
 }

@@ -5,26 +5,47 @@
 //! fork() is only sound from a single-threaded process, which the front ends
 //! guarantee (libtest-mimic with one test thread runs on the main thread).
 //!
-//! The child reports over a pipe, line by line, as it goes: diagnostics first,
-//! the outcome last. A child that crashes or hangs therefore still leaves its
-//! diagnostics behind, and costs exactly one result.
+//! The child reports over a `SOCK_SEQPACKET` Unix socket, one JSON `Record`
+//! per message, as it goes: diagnostics and evidence first, the outcome last.
+//! A child that crashes or hangs therefore still leaves its diagnostics
+//! behind, and costs exactly one result.
+//!
+//! Processes the trial forks inherit the socket, so their diagnostics arrive
+//! too; but the runner's end has SO_PASSCRED, so every message carries its
+//! sender's pid as the kernel saw it (SCM_CREDENTIALS), and only the trial
+//! process itself can report an outcome. A child that returns from a function
+//! and falls through into the trial's end cannot turn a crash into a pass.
+//! (A root process could forge its credentials; this guards against
+//! accidents in the scenarios, not against a hostile trial.)
+//!
+//! After the trial process is reaped, whatever is still alive in its process
+//! group is reported as left behind and stopped, and whatever is exiting is
+//! waited for (bounded); then the `Watch`es (pin balance, ...) are judged, and `verdict::decide` forms the outcome from all
+//! of it. See verdict.rs for the rules.
 
-use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io::IoSliceMut;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::fcntl::OFlag;
+use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{killpg, Signal};
+use nix::sys::signal::Signal;
+use nix::sys::socket::{
+    recvmsg, send, setsockopt, socketpair, sockopt, AddressFamily, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType, UnixCredentials,
+};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, setpgid, ForkResult, Pid};
+use serde::{Deserialize, Serialize};
 
+use crate::group;
 use crate::guard::{read_knob, HostGuard};
-use crate::outcome::{Outcome, OutcomeKind, TrialReport};
+use crate::outcome::{CheckResult, CheckStatus, Evidence, Outcome, OutcomeKind, TrialReport};
 use crate::signals;
 use crate::trial::Trial;
+use crate::verdict::{self, Ended, Observations};
 
 #[derive(Clone, Copy, Debug)]
 pub struct RunOptions {
@@ -45,17 +66,50 @@ pub enum Stop {
     Interrupted(Signal),
 }
 
-static DIAG_FD: AtomicI32 = AtomicI32::new(-1);
-/// Longest record written in one write(2), so records from several processes
-/// sharing the pipe never interleave (PIPE_BUF is 4096).
-const MAX_RECORD: usize = 4000;
+/// A check made around each trial: sampled just before the trial process is
+/// forked, judged once the trial's process group is gone (the session's pin
+/// balance; later the kernel log). Both run only for trials that are forked.
+pub trait Watch {
+    fn before(&mut self);
+    fn after(&mut self) -> CheckResult;
+}
 
-/// Print a diagnostic line for the current trial. Inside a trial process it
-/// goes to the runner (and from there to every report); elsewhere to stderr.
+/// One message from a trial's processes to the runner.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Record {
+    Diag(String),
+    Evidence(Evidence),
+    Outcome { kind: OutcomeKind, reason: String },
+}
+
+/// Largest record sent; longer diagnostics and reasons are cut, larger
+/// evidence is replaced by a diagnostic saying so. Well under the socket's
+/// send buffer (net.core.wmem_default, 208 KiB by default).
+pub const MAX_RECORD: usize = 64 << 10;
+/// What the runner reads per message: more than MAX_RECORD, so a record cut
+/// by the kernel (MSG_TRUNC) can only come from a sender not using `emit`.
+const RECV_BUF: usize = 2 * MAX_RECORD;
+/// How long processes left in the trial's group get to end by themselves
+/// before they count as left behind (a child told to exit a moment ago).
+const LEAK_GRACE: Duration = Duration::from_millis(50);
+/// How long leftovers get between SIGTERM and SIGKILL.
+const TERM_GRACE: Duration = Duration::from_millis(100);
+/// How long processes of the trial that are exiting get to finish (free
+/// their memory, drop their pins) before the checks and the next trial.
+const EXIT_LIMIT: Duration = Duration::from_secs(5);
+
+static REPORT_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// Print a diagnostic for the current trial. Inside a trial process (or a
+/// process it forked) it goes to the runner, and from there to every report;
+/// elsewhere to stderr.
 pub fn diag(msg: impl std::fmt::Display) {
     let text = msg.to_string();
-    for line in text.lines() {
-        emit('D', line);
+    if !emit(&Record::Diag(text.clone())) {
+        for line in text.lines() {
+            eprintln!("# {line}");
+        }
     }
 }
 
@@ -64,72 +118,132 @@ pub fn diag(msg: impl std::fmt::Display) {
 pub fn evidence(kind: &str, data: impl serde::Serialize) {
     let data =
         serde_json::to_value(data).unwrap_or_else(|e| serde_json::Value::String(e.to_string()));
-    let record = crate::outcome::Evidence {
+    let record = Evidence {
         kind: kind.to_string(),
         data,
     };
     let json = serde_json::to_string(&record).expect("evidence serialises");
-    emit('E', &json);
+    if !emit(&Record::Evidence(record)) {
+        eprintln!("# evidence {json}");
+    }
 }
 
-fn emit(tag: char, text: &str) {
-    let fd = DIAG_FD.load(Ordering::SeqCst);
-    if fd < 0 {
-        match tag {
-            'D' => eprintln!("# {text}"),
-            'E' => eprintln!("# evidence {text}"),
-            _ => {}
-        }
-        return;
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
     }
-    let mut record = String::with_capacity(text.len() + 3);
-    record.push(tag);
-    record.push(' ');
-    let mut end = text.len().min(MAX_RECORD);
+    let mut end = max;
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    record.push_str(&text[..end].replace('\n', " "));
-    record.push('\n');
-    // SAFETY: fd is the pipe's write end, open for the child's lifetime.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let _ = nix::unistd::write(borrowed, record.as_bytes());
+    format!("{} [... cut: {} bytes in all]", &text[..end], text.len())
+}
+
+/// The record as it goes on the wire, within MAX_RECORD.
+fn encode(record: &Record) -> Vec<u8> {
+    let bytes = serde_json::to_vec(record).expect("records serialise");
+    if bytes.len() <= MAX_RECORD {
+        return bytes;
+    }
+    // JSON escaping can grow text up to 6x; leave room for it.
+    let room = MAX_RECORD / 8;
+    let smaller = match record {
+        Record::Diag(t) => Record::Diag(cut(t, room)),
+        Record::Outcome { kind, reason } => Record::Outcome {
+            kind: *kind,
+            reason: cut(reason, room),
+        },
+        Record::Evidence(e) => Record::Diag(format!(
+            "evidence {:?} dropped: {} bytes is over the {MAX_RECORD}-byte record limit",
+            cut(&e.kind, 100),
+            bytes.len()
+        )),
+    };
+    serde_json::to_vec(&smaller).expect("records serialise")
+}
+
+/// Send a raw record to the runner as the current process (tests of the
+/// runner use it to report and then misbehave). Trials report by returning
+/// their outcome; an outcome sent from any process but the trial process is
+/// ignored. False outside a trial.
+#[doc(hidden)]
+pub fn send_record(record: &Record) -> bool {
+    emit(record)
+}
+
+/// Send a record to the runner; false outside a trial process.
+fn emit(record: &Record) -> bool {
+    let fd = REPORT_FD.load(Ordering::SeqCst);
+    if fd < 0 {
+        return false;
+    }
+    let bytes = encode(record);
+    loop {
+        // MSG_NOSIGNAL: a runner that is gone must not kill us with SIGPIPE.
+        match send(fd, &bytes, MsgFlags::MSG_NOSIGNAL) {
+            Err(Errno::EINTR) => continue,
+            _ => return true,
+        }
+    }
 }
 
 /// Run one trial. Never panics on behalf of the trial: a crash, a hang or a
-/// panic inside it becomes that trial's outcome.
+/// panic inside it becomes that trial's outcome. `watches` are sampled around
+/// the trial process and become checks that take part in the verdict.
 pub fn run_trial(
     trial: &Trial,
     guard: Option<&mut HostGuard>,
     opts: &RunOptions,
+    watches: &mut [&mut dyn Watch],
 ) -> Result<TrialReport, Stop> {
     let start = Instant::now();
-    let report = |outcome, (diagnostics, evidence)| TrialReport {
+    let unrun = |outcome| TrialReport {
         name: trial.name.clone(),
         outcome,
-        diagnostics,
-        evidence,
+        diagnostics: Vec::new(),
+        evidence: Vec::new(),
         checks: Vec::new(),
         duration: start.elapsed(),
     };
     if let Some(sig) = signals::pending() {
         return Err(Stop::Interrupted(sig));
     }
+    // Not run at all: nothing was observed, so there is nothing to decide.
     if let Some(reason) = &trial.skip {
-        return Ok(report(Outcome::Skip(reason.clone()), Default::default()));
+        return Ok(unrun(Outcome::Skip(reason.clone())));
     }
     if let Some(outcome) = establish_knobs(trial, guard) {
-        return Ok(report(outcome, Default::default()));
+        return Ok(unrun(outcome));
     }
-    let (outcome, diagnostics) = match fork_and_wait(trial, opts) {
-        Ok(Waited::Done(o, d)) => (o, d),
+    for w in watches.iter_mut() {
+        w.before();
+    }
+    let mut ran = match fork_and_wait(trial, opts) {
+        Ok(Waited::Done(ran)) => ran,
         Ok(Waited::Interrupted(sig)) => return Err(Stop::Interrupted(sig)),
-        Err(e) => (
-            Outcome::Error(format!("runner could not run the trial: {e}")),
-            Default::default(),
-        ),
+        Err(e) => {
+            return Ok(unrun(Outcome::Error(format!(
+                "runner could not run the trial: {e}"
+            ))))
+        }
     };
-    Ok(report(outcome, diagnostics))
+    let mut checks: Vec<CheckResult> = ran.leftovers.take().into_iter().collect();
+    checks.extend(watches.iter_mut().map(|w| w.after()));
+    let observations = Observations {
+        reported: ran.reported,
+        ended: ran.ended,
+        checks,
+    };
+    let verdict = verdict::decide(&observations);
+    ran.diagnostics.extend(verdict.notes);
+    Ok(TrialReport {
+        name: trial.name.clone(),
+        outcome: verdict.outcome,
+        diagnostics: ran.diagnostics,
+        evidence: ran.evidence,
+        checks: observations.checks,
+        duration: start.elapsed(),
+    })
 }
 
 fn establish_knobs(trial: &Trial, guard: Option<&mut HostGuard>) -> Option<Outcome> {
@@ -150,39 +264,54 @@ fn establish_knobs(trial: &Trial, guard: Option<&mut HostGuard>) -> Option<Outco
     }
 }
 
-type Records = (Vec<String>, Vec<crate::outcome::Evidence>);
+/// What the runner saw of one trial process.
+struct Ran {
+    reported: Option<Outcome>,
+    ended: Ended,
+    diagnostics: Vec<String>,
+    evidence: Vec<Evidence>,
+    leftovers: Option<CheckResult>,
+}
 
 enum Waited {
-    Done(Outcome, Records),
+    Done(Ran),
     Interrupted(Signal),
 }
 
-fn fork_and_wait(trial: &Trial, opts: &RunOptions) -> io::Result<Waited> {
-    let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+fn fork_and_wait(trial: &Trial, opts: &RunOptions) -> std::io::Result<Waited> {
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    // Before the fork: every message the child sends must carry credentials.
+    setsockopt(&ours, sockopt::PassCred, &true)?;
     // SAFETY: the runner is single-threaded (see the module comment); the child
     // only runs the trial body and leaves with _exit.
     match unsafe { fork() }? {
         ForkResult::Child => {
-            drop(rd);
-            child_main(trial, wr)
+            drop(ours);
+            child_main(trial, theirs)
         }
         ForkResult::Parent { child } => {
-            drop(wr);
+            drop(theirs);
             // Also done by the child; doing it here too closes the race in
             // which we would signal a group that does not exist yet.
             let _ = setpgid(child, child);
-            let mut waiter = ChildWaiter::new(child, rd, opts.timeout);
+            let mut waiter = ChildWaiter::new(child, ours, opts.timeout);
             waiter.wait()
         }
     }
 }
 
-fn child_main(trial: &Trial, wr: OwnedFd) -> ! {
+fn child_main(trial: &Trial, socket: OwnedFd) -> ! {
     signals::reset_to_default();
     crate::guard::release_inherited_lock();
     let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
-    DIAG_FD.store(wr.as_raw_fd(), Ordering::SeqCst);
-    std::mem::forget(wr);
+    // Stays close-on-exec: a program a trial executes gets no report channel.
+    REPORT_FD.store(socket.as_raw_fd(), Ordering::SeqCst);
+    std::mem::forget(socket);
     panic::set_hook(Box::new(|info| diag(format!("panic: {info}"))));
     let outcome =
         panic::catch_unwind(AssertUnwindSafe(|| (trial.body)())).unwrap_or_else(|payload| {
@@ -193,27 +322,30 @@ fn child_main(trial: &Trial, wr: OwnedFd) -> ! {
                 .unwrap_or_else(|| "non-string panic".into());
             Outcome::Fail(format!("trial panicked: {msg}"))
         });
-    emit(
-        'O',
-        &format!("{}\t{}", outcome.kind().as_str(), outcome.reason()),
-    );
+    // Sent from whichever process gets here; the runner only takes it from
+    // the trial process.
+    emit(&Record::Outcome {
+        kind: outcome.kind(),
+        reason: outcome.reason().to_string(),
+    });
     // SAFETY: leave without running the parent's atexit handlers or destructors.
     unsafe { libc::_exit(0) }
 }
 
 struct ChildWaiter {
     child: Pid,
-    pipe: OwnedFd,
+    socket: OwnedFd,
     pidfd: Option<OwnedFd>,
     deadline: Instant,
     timeout: Duration,
     buf: Vec<u8>,
     diagnostics: Vec<String>,
-    evidence: Vec<crate::outcome::Evidence>,
-    outcome: Option<Outcome>,
+    evidence: Vec<Evidence>,
+    reported: Option<Outcome>,
 }
 
 fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
+    use std::os::fd::FromRawFd;
     // SAFETY: plain syscall; returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
     // SAFETY: a fresh fd we own.
@@ -221,54 +353,59 @@ fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
 }
 
 impl ChildWaiter {
-    fn new(child: Pid, pipe: OwnedFd, timeout: Duration) -> Self {
+    fn new(child: Pid, socket: OwnedFd, timeout: Duration) -> Self {
         ChildWaiter {
             child,
             pidfd: pidfd_open(child),
-            pipe,
+            socket,
             deadline: Instant::now() + timeout,
             timeout,
-            buf: Vec::new(),
+            buf: vec![0; RECV_BUF],
             diagnostics: Vec::new(),
             evidence: Vec::new(),
-            outcome: None,
+            reported: None,
         }
     }
 
-    fn wait(&mut self) -> io::Result<Waited> {
-        let mut pipe_open = true;
+    fn wait(&mut self) -> std::io::Result<Waited> {
+        let mut socket_open = true;
         loop {
             if let Some(sig) = signals::pending() {
-                self.kill_group();
+                group::kill(self.child);
+                self.reap_blocking();
                 return Ok(Waited::Interrupted(sig));
             }
             if let Some(status) = self.try_reap()? {
-                self.drain_nonblocking();
-                self.kill_group();
-                return Ok(Waited::Done(self.judge(status), self.take_records()));
+                // The trial process is gone: all it sent is queued.
+                self.drain();
+                let leftovers = self.leftovers();
+                self.wait_gone();
+                return Ok(Waited::Done(self.ran(ended(status), leftovers)));
             }
             let left = self.deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                self.kill_group();
-                let _ = waitpid(self.child, None);
-                self.drain_nonblocking();
-                let outcome = Outcome::Error(format!(
-                    "timed out after {} s (time limit; see --timeout); killed its process group",
-                    self.timeout.as_secs_f64()
-                ));
-                return Ok(Waited::Done(outcome, self.take_records()));
+                let survivors = group::kill(self.child);
+                self.reap_blocking();
+                self.drain();
+                if !survivors.is_empty() {
+                    self.diagnostics.push(format!(
+                        "still in the process group after SIGKILL: {}",
+                        list(&survivors)
+                    ));
+                }
+                self.wait_gone();
+                return Ok(Waited::Done(self.ran(Ended::TimedOut(self.timeout), None)));
             }
             // Without a pidfd nothing wakes us when the child exits while a
-            // grandchild holds the pipe open, so poll in short slices.
+            // grandchild holds the socket open, so poll in short slices.
             let slice = if self.pidfd.is_some() {
                 left.min(Duration::from_millis(500))
             } else {
                 left.min(Duration::from_millis(5))
             };
-            let pipe = self.pipe.as_fd();
             let mut fds = Vec::with_capacity(2);
-            if pipe_open {
-                fds.push(PollFd::new(pipe, PollFlags::POLLIN));
+            if socket_open {
+                fds.push(PollFd::new(self.socket.as_fd(), PollFlags::POLLIN));
             }
             if let Some(p) = &self.pidfd {
                 fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
@@ -276,112 +413,189 @@ impl ChildWaiter {
             let ms =
                 PollTimeout::try_from(slice.as_millis().max(1) as i32).unwrap_or(PollTimeout::MAX);
             match poll(&mut fds, ms) {
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(e.into()),
             }
-            let readable = pipe_open
+            let readable = socket_open
                 && fds[0]
                     .revents()
                     .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP));
-            if readable && !self.read_some()? {
-                pipe_open = false;
+            if readable && !self.drain() {
+                socket_open = false;
             }
         }
     }
 
-    fn take_records(&mut self) -> Records {
-        (
-            std::mem::take(&mut self.diagnostics),
-            std::mem::take(&mut self.evidence),
-        )
+    fn ran(&mut self, ended: Ended, leftovers: Option<CheckResult>) -> Ran {
+        Ran {
+            reported: self.reported.take(),
+            ended,
+            diagnostics: std::mem::take(&mut self.diagnostics),
+            evidence: std::mem::take(&mut self.evidence),
+            leftovers,
+        }
     }
 
-    fn try_reap(&mut self) -> io::Result<Option<WaitStatus>> {
+    fn try_reap(&mut self) -> std::io::Result<Option<WaitStatus>> {
         match waitpid(self.child, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) => Ok(None),
             Ok(s) => Ok(Some(s)),
-            Err(nix::errno::Errno::EINTR) => Ok(None),
+            Err(Errno::EINTR) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
 
-    /// Returns false at end of file.
-    fn read_some(&mut self) -> io::Result<bool> {
-        let mut chunk = [0u8; 8192];
-        match nix::unistd::read(&self.pipe, &mut chunk) {
-            Ok(0) => Ok(false),
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                self.parse_lines();
-                Ok(true)
-            }
-            Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::EAGAIN) => Ok(true),
-            Err(e) => Err(e.into()),
-        }
+    fn reap_blocking(&mut self) {
+        while let Err(Errno::EINTR) = waitpid(self.child, None) {}
     }
 
-    fn drain_nonblocking(&mut self) {
-        let fd = self.pipe.as_raw_fd();
-        // SAFETY: fcntl on an fd we own.
-        unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
-        let mut chunk = [0u8; 8192];
-        while let Ok(n) = nix::unistd::read(&self.pipe, &mut chunk) {
-            if n == 0 {
-                break;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-        self.parse_lines();
-    }
-
-    fn parse_lines(&mut self) {
-        while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.buf.drain(..=nl).collect();
-            let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
-            match line.split_at_checked(2) {
-                Some(("D ", text)) => self.diagnostics.push(text.to_string()),
-                Some(("E ", json)) => match serde_json::from_str(json) {
-                    Ok(e) => self.evidence.push(e),
-                    Err(e) => self
-                        .diagnostics
-                        .push(format!("unreadable evidence record ({e}): {json}")),
-                },
-                Some(("O ", rest)) => {
-                    let (kind, reason) = rest.split_once('\t').unwrap_or((rest, ""));
-                    self.outcome = Some(match OutcomeKind::parse(kind) {
-                        Some(k) => Outcome::from_parts(k, reason.to_string()),
-                        None => {
-                            Outcome::Error(format!("trial reported an unknown outcome {kind:?}"))
-                        }
+    /// Read every queued message without blocking. False once every sender
+    /// has closed its end.
+    fn drain(&mut self) -> bool {
+        let mut cmsg = nix::cmsg_space!(UnixCredentials);
+        loop {
+            let mut iov = [IoSliceMut::new(&mut self.buf)];
+            let (bytes, pid, truncated) = match recvmsg::<()>(
+                self.socket.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(msg) => {
+                    let pid = msg.cmsgs().ok().and_then(|mut c| {
+                        c.find_map(|m| match m {
+                            ControlMessageOwned::ScmCredentials(cred) => Some(cred.pid()),
+                            _ => None,
+                        })
                     });
+                    (
+                        msg.bytes,
+                        pid.unwrap_or(0),
+                        msg.flags.contains(MsgFlags::MSG_TRUNC),
+                    )
                 }
-                _ => self.diagnostics.push(line),
+                Err(Errno::EINTR) => continue,
+                Err(_) => return true,
+            };
+            if bytes == 0 {
+                return false;
+            }
+            let record = self.buf[..bytes].to_vec();
+            self.take(pid, &record, truncated);
+        }
+    }
+
+    fn take(&mut self, pid: i32, bytes: &[u8], truncated: bool) {
+        let from_trial = pid == self.child.as_raw();
+        let label = |text: &str| {
+            if from_trial {
+                text.to_string()
+            } else {
+                format!("[pid {pid}] {text}")
+            }
+        };
+        if truncated {
+            self.diagnostics.push(label(&format!(
+                "a record over {RECV_BUF} bytes was cut and dropped"
+            )));
+            return;
+        }
+        match serde_json::from_slice::<Record>(bytes) {
+            Ok(Record::Diag(text)) => {
+                self.diagnostics.extend(text.lines().map(label));
+            }
+            Ok(Record::Evidence(e)) => self.evidence.push(e),
+            Ok(Record::Outcome { kind, reason }) => {
+                let o = Outcome::from_parts(kind, reason);
+                if !from_trial {
+                    self.diagnostics.push(format!(
+                        "outcome record from pid {pid} (not the trial process {}) ignored: {o}",
+                        self.child
+                    ));
+                } else if self.reported.is_some() {
+                    self.diagnostics
+                        .push(format!("a second outcome record ignored: {o}"));
+                } else {
+                    self.reported = Some(o);
+                }
+            }
+            Err(e) => {
+                let text = String::from_utf8_lossy(bytes);
+                self.diagnostics.push(label(&format!(
+                    "unreadable record ({e}): {}",
+                    cut(&text, 200)
+                )));
             }
         }
     }
 
-    fn kill_group(&self) {
-        let _ = killpg(self.child, Signal::SIGKILL);
+    /// Wait for the trial's processes that are exiting to be done with it.
+    fn wait_gone(&mut self) {
+        let exiting = group::wait_gone(self.child, EXIT_LIMIT);
+        if !exiting.is_empty() {
+            self.diagnostics.push(format!(
+                "still exiting {} s after the trial ended: {}",
+                EXIT_LIMIT.as_secs(),
+                list(&exiting)
+            ));
+        }
     }
 
-    fn judge(&mut self, status: WaitStatus) -> Outcome {
-        match (self.outcome.take(), status) {
-            (Some(o), WaitStatus::Exited(_, 0)) => o,
-            (Some(o), other) => {
-                self.diagnostics.push(format!(
-                    "trial process ended abnormally after reporting: {other:?}"
-                ));
-                o
-            }
-            (None, WaitStatus::Signaled(_, sig, core)) => Outcome::Fail(format!(
-                "trial process killed by signal {} ({sig}){}",
-                sig as i32,
-                if core { ", core dumped" } else { "" }
-            )),
-            (None, WaitStatus::Exited(_, code)) => Outcome::Fail(format!(
-                "trial process exited with status {code} before reporting an outcome"
-            )),
-            (None, other) => Outcome::Error(format!("trial process ended oddly: {other:?}")),
+    /// Who is still alive in the trial's process group, stopped and reported.
+    fn leftovers(&mut self) -> Option<CheckResult> {
+        let left = group::wait_empty(self.child, LEAK_GRACE);
+        if left.is_empty() {
+            return None;
         }
+        let stopped = group::stop(self.child, TERM_GRACE);
+        let mut detail = format!(
+            "{} process(es) still running in the trial's process group after it ended: {}; \
+             sent SIGTERM",
+            left.len(),
+            list(&left)
+        );
+        if !stopped.killed.is_empty() {
+            detail.push_str(&format!(
+                ", then SIGKILL after {} ms to {}",
+                TERM_GRACE.as_millis(),
+                list(&stopped.killed)
+            ));
+        }
+        if !stopped.survivors.is_empty() {
+            detail.push_str(&format!(
+                "; still there after SIGKILL: {}",
+                list(&stopped.survivors)
+            ));
+        }
+        self.diagnostics.push(format!("LEAK: {detail}"));
+        Some(CheckResult {
+            check: "leftover processes".into(),
+            status: CheckStatus::Violated,
+            detail,
+            data: serde_json::json!({
+                "left": left,
+                "killed": stopped.killed,
+                "survivors": stopped.survivors,
+            }),
+        })
+    }
+}
+
+fn list(members: &[group::Member]) -> String {
+    members
+        .iter()
+        .map(|m| m.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn ended(status: WaitStatus) -> Ended {
+    match status {
+        WaitStatus::Exited(_, code) => Ended::Exited(code),
+        WaitStatus::Signaled(_, sig, core) => Ended::Signaled {
+            signal: sig as i32,
+            core,
+        },
+        other => Ended::Other(format!("{other:?}")),
     }
 }

@@ -1,26 +1,56 @@
 //! Termination signals become a flag that the run loop polls, so that a SIGINT,
 //! SIGTERM or SIGHUP in the middle of a run still ends with the host restored.
-//! Handlers are installed without SA_RESTART: a blocking wait returns EINTR and
-//! the loop sees the flag at once.
+//! The handlers are signal-hook's (they only store to atomics). A second
+//! terminating signal while the first is still being handled (a restore that
+//! hangs, an impatient ^C^C) takes the default action at once; the journal
+//! then still lets `cowgup restore` or the next run put the host back.
+//!
+//! signal-hook installs its handlers with SA_RESTART; we clear that flag
+//! afterwards, so that a blocking call (waitpid, read) returns EINTR and the
+//! loop sees the flag at once instead of sleeping on until the call ends.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Once;
 
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
-static PENDING: AtomicI32 = AtomicI32::new(0);
+static PENDING: AtomicUsize = AtomicUsize::new(0);
+static SEEN: AtomicBool = AtomicBool::new(false);
+static INSTALL: Once = Once::new();
 
 pub const TERMINATING: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
 
-extern "C" fn note(sig: libc::c_int) {
-    PENDING.store(sig, Ordering::SeqCst);
+/// Route SIGINT/SIGTERM/SIGHUP to the pending flag. Idempotent.
+pub fn install() {
+    INSTALL.call_once(|| {
+        for sig in TERMINATING {
+            let n = sig as i32;
+            // Order matters: signal-hook runs a signal's actions in the order
+            // they were registered, so the default action is only taken when
+            // SEEN was already set by an earlier signal.
+            signal_hook::flag::register_conditional_default(n, &SEEN)
+                .and_then(|_| signal_hook::flag::register(n, &SEEN))
+                .and_then(|_| signal_hook::flag::register_usize(n, &PENDING, n as usize))
+                .expect("installing a signal handler cannot fail");
+            clear_sa_restart(sig);
+        }
+    });
 }
 
-/// Route SIGINT/SIGTERM/SIGHUP to the pending flag.
-pub fn install() {
-    let action = SigAction::new(SigHandler::Handler(note), SaFlags::empty(), SigSet::empty());
-    for sig in TERMINATING {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { sigaction(sig, &action) }.expect("installing a signal handler cannot fail");
+fn current_action(sig: Signal) -> Option<libc::sigaction> {
+    // SAFETY: a null new action only reads the disposition.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        (libc::sigaction(sig as i32, std::ptr::null(), &mut old) == 0).then_some(old)
+    }
+}
+
+fn clear_sa_restart(sig: Signal) {
+    // Put signal-hook's own action back without SA_RESTART.
+    if let Some(mut action) = current_action(sig) {
+        action.sa_flags &= !libc::SA_RESTART;
+        // SAFETY: the same handler, mask and flags signal-hook chose, less one flag.
+        unsafe { libc::sigaction(sig as i32, &action, std::ptr::null_mut()) };
     }
 }
 
@@ -29,7 +59,8 @@ pub fn install() {
 pub fn reset_to_default() {
     let action = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
     for sig in TERMINATING {
-        // SAFETY: restoring the default disposition.
+        // SAFETY: restoring the default disposition (in a fresh child, or in
+        // a process about to die of the signal).
         let _ = unsafe { sigaction(sig, &action) };
     }
 }
@@ -38,14 +69,18 @@ pub fn reset_to_default() {
 pub fn pending() -> Option<Signal> {
     match PENDING.load(Ordering::SeqCst) {
         0 => None,
-        n => Signal::try_from(n).ok(),
+        n => Signal::try_from(n as i32).ok(),
     }
 }
 
 /// End the process the way the signal would have, now that cleanup is done:
 /// the parent shell then sees "killed by SIGTERM", not a made-up exit code.
 pub fn die_of(sig: Signal) -> ! {
-    reset_to_default();
-    let _ = nix::sys::signal::raise(sig);
+    let _ = signal_hook::low_level::emulate_default_handler(sig as i32);
     std::process::exit(128 + sig as i32)
+}
+
+/// Whether SA_RESTART is set for `sig` now (for tests).
+pub fn restarts(sig: Signal) -> bool {
+    current_action(sig).is_some_and(|a| a.sa_flags & libc::SA_RESTART != 0)
 }

@@ -272,9 +272,8 @@ pub fn gup_longterm_entries(caps: &Capabilities, extra: bool) -> Vec<(Scenario, 
 }
 
 /// run_vmtests.sh's gup_test runs, named by their command lines.
-pub fn gup_test_catalogue() -> Vec<Scenario> {
-    let default_huge =
-        cowgup_harness::probe::meminfo("Hugepagesize").map_or(2 << 20, |kb| kb as usize * 1024);
+pub fn gup_test_catalogue(caps: &Capabilities) -> Vec<Scenario> {
+    let default_huge = caps.hugetlb_default_size.unwrap_or(2 << 20);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mb = gup_test::hugetlb_mb(default_huge, cpus);
     gup_test::invocations(mb)
@@ -379,7 +378,7 @@ pub fn beyond_upstream_catalogue() -> Vec<Scenario> {
 pub fn catalogue(caps: &Capabilities) -> Vec<Scenario> {
     let mut v = cow_catalogue(caps);
     v.extend(gup_longterm_catalogue(caps, true));
-    v.extend(gup_test_catalogue());
+    v.extend(gup_test_catalogue(caps));
     v.extend(beyond_upstream_catalogue());
     v
 }

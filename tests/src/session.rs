@@ -6,16 +6,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cowgup_fixtures::needs::{provision, Need};
-use cowgup_fixtures::pin_balance;
+use cowgup_fixtures::pin_balance::PinBalance;
 use cowgup_fixtures::Env;
 use cowgup_harness::guard::RestoreReport;
 use cowgup_harness::probe::Capabilities;
-use cowgup_harness::{
-    run_trial, signals, HostGuard, Outcome, RunOptions, Stop, Trial, TrialReport,
-};
-
-/// io_uring releases a ring's pins asynchronously after the ring is closed.
-const PIN_SETTLE_LIMIT: Duration = Duration::from_secs(3);
+use cowgup_harness::{run_trial, signals, HostGuard, RunOptions, Stop, Trial, TrialReport};
 
 use crate::Scenario;
 
@@ -59,13 +54,28 @@ pub struct Session {
     /// What the session did to the host, or why it did nothing, for the report header.
     pub log: Vec<String>,
     run_opts: RunOptions,
+    pin_balance: PinBalance,
 }
 
 impl Session {
     /// Probe and provision for these scenarios. Errors are one line, for the user.
     pub fn start(opts: &Options, selected: &[&Scenario]) -> Result<Session, String> {
+        Self::start_with(opts, Capabilities::probe(), selected)
+    }
+
+    /// As `start`, with the probe the caller already made (to build the
+    /// catalogue). It stands for the host before provisioning unless the
+    /// host changed before we held it (we waited for another run, or put a
+    /// dead run's settings back): then it is probed again. After provisioning
+    /// it is probed once more (only gup_test's presence is re-read between
+    /// mounting debugfs and the rest).
+    pub fn start_with(
+        opts: &Options,
+        caps: Capabilities,
+        selected: &[&Scenario],
+    ) -> Result<Session, String> {
         signals::install();
-        let mut caps = Capabilities::probe();
+        let mut caps = caps;
         let mut log = Vec::new();
         let mut guard = None;
         if !opts.provision {
@@ -83,6 +93,12 @@ impl Session {
                         opts.state_dir.display()
                     )
                 })?;
+            // The probe was made before we held the host: if another run held
+            // it meanwhile, or a dead run's settings were just put back, the
+            // host has changed since. Provision from what it is now.
+            if g.waited_for_another_run() || stale.is_some() {
+                caps = Capabilities::probe();
+            }
             if let Some(report) = stale {
                 log.push(format!(
                     "restored settings left by an earlier run that did not finish: {}",
@@ -99,7 +115,7 @@ impl Session {
             // debugfs first: whether gup_test exists decides which trials can run at all.
             if selected.iter().any(|s| s.needs.contains(&Need::GupTest)) {
                 log.extend(provision(&[Need::GupTest], &caps, &mut g));
-                caps = Capabilities::probe();
+                caps.refresh_gup_test();
             }
             // Then only what trials that can otherwise run will use: no hugetlb
             // pool for trials that will skip for lack of gup_test.
@@ -113,6 +129,7 @@ impl Session {
                 .flat_map(|s| s.needs.iter().copied())
                 .collect();
             log.extend(provision(&needs, &caps, &mut g));
+            // The phase change: what the trials see is the provisioned host.
             caps = Capabilities::probe();
             guard = Some(g);
         }
@@ -129,6 +146,7 @@ impl Session {
             run_opts: RunOptions {
                 timeout: opts.timeout,
             },
+            pin_balance: PinBalance::new(),
         })
     }
 
@@ -136,37 +154,17 @@ impl Session {
         s.trial(&self.caps)
     }
 
-    /// Run one scenario, then hold it to pin balance: every FOLL_PIN it took
-    /// must be released once its processes are gone (see pin_balance.rs).
-    /// Scenarios that pin get exact counts; for the others a cheap read
-    /// still catches anything above the per-CPU batching.
+    /// Run one scenario. Its verdict includes the pin-balance check: every
+    /// FOLL_PIN it took must be released once its processes are gone (see
+    /// pin_balance.rs), or the check says why it could not tell.
     pub fn run(&mut self, s: &Scenario) -> Result<TrialReport, Stop> {
         let trial = self.trial(s);
-        let before = pin_balance::read(s.pins);
-        let mut report = run_trial(&trial, self.guard.as_mut(), &self.run_opts)?;
-        if let (Some(before), true) = (before, trial.skip.is_none()) {
-            match pin_balance::settle(before, s.pins, PIN_SETTLE_LIMIT) {
-                Ok(d) if d.acquired > 0 => report.diagnostics.push(format!(
-                    "pin balance: {} pins taken and released",
-                    d.acquired
-                )),
-                Ok(_) => {}
-                Err(d) => {
-                    report.diagnostics.push(format!(
-                        "outcome before the pin-balance check: {}",
-                        report.outcome
-                    ));
-                    report.outcome = Outcome::Fail(format!(
-                        "pin balance: {} pins acquired but {} released during the trial \
-                         (nr_foll_pin_acquired/released in /proc/vmstat, after waiting {} s)",
-                        d.acquired,
-                        d.released,
-                        PIN_SETTLE_LIMIT.as_secs()
-                    ));
-                }
-            }
-        }
-        Ok(report)
+        run_trial(
+            &trial,
+            self.guard.as_mut(),
+            &self.run_opts,
+            &mut [&mut self.pin_balance],
+        )
     }
 
     /// Put the host back. Idempotent.
