@@ -219,7 +219,7 @@ pub fn run_trial(
         w.before();
     }
     let mut ran = match fork_and_wait(trial, opts) {
-        Ok(Waited::Done(ran)) => ran,
+        Ok(Waited::Done(ran)) => *ran,
         Ok(Waited::Interrupted(sig)) => return Err(Stop::Interrupted(sig)),
         Err(e) => {
             return Ok(unrun(Outcome::Error(format!(
@@ -274,7 +274,7 @@ struct Ran {
 }
 
 enum Waited {
-    Done(Ran),
+    Done(Box<Ran>),
     Interrupted(Signal),
 }
 
@@ -380,7 +380,7 @@ impl ChildWaiter {
                 self.drain();
                 let leftovers = self.leftovers();
                 self.wait_gone();
-                return Ok(Waited::Done(self.ran(ended(status), leftovers)));
+                return Ok(Waited::Done(Box::new(self.ran(ended(status), leftovers))));
             }
             let left = self.deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -394,7 +394,9 @@ impl ChildWaiter {
                     ));
                 }
                 self.wait_gone();
-                return Ok(Waited::Done(self.ran(Ended::TimedOut(self.timeout), None)));
+                return Ok(Waited::Done(Box::new(
+                    self.ran(Ended::TimedOut(self.timeout), None),
+                )));
             }
             // Without a pidfd nothing wakes us when the child exits while a
             // grandchild holds the socket open, so poll in short slices.
