@@ -1,9 +1,11 @@
 //! Termination signals become a flag that the run loop polls, so that a SIGINT,
 //! SIGTERM or SIGHUP in the middle of a run still ends with the host restored.
 //! The handlers are signal-hook's (they only store to atomics). A second
-//! terminating signal while the first is still being handled (a restore that
-//! hangs, an impatient ^C^C) takes the default action at once; the journal
-//! then still lets `cowgup restore` or the next run put the host back.
+//! SIGINT while the first is still being handled (an impatient ^C^C at a
+//! restore that hangs) takes the default action at once; the journal then
+//! still lets `cowgup restore` or the next run put the host back. A second
+//! SIGTERM or SIGHUP does not: kselftest's runner.sh nests two `timeout`s,
+//! which send SIGTERM twice at the time limit, and the restore must finish.
 //!
 //! signal-hook installs its handlers with SA_RESTART; we clear that flag
 //! afterwards, so that a blocking call (waitpid, read) returns EINTR and the
@@ -28,7 +30,12 @@ pub fn install() {
             // Order matters: signal-hook runs a signal's actions in the order
             // they were registered, so the default action is only taken when
             // SEEN was already set by an earlier signal.
-            signal_hook::flag::register_conditional_default(n, &SEEN)
+            let impatient = if sig == Signal::SIGINT {
+                signal_hook::flag::register_conditional_default(n, &SEEN).map(drop)
+            } else {
+                Ok(())
+            };
+            impatient
                 .and_then(|_| signal_hook::flag::register(n, &SEEN))
                 .and_then(|_| signal_hook::flag::register_usize(n, &PENDING, n as usize))
                 .expect("installing a signal handler cannot fail");

@@ -318,8 +318,12 @@ fn kselftest_runner_maps_exit_codes() -> Result<(), String> {
                 return Err(format!("runner.sh output lacks {line:?}:\n{out}"));
             }
         }
-        if host_snapshot() != before {
-            return Err(format!("host not restored after {progs} {env:?}"));
+        let after = host_snapshot();
+        if after != before {
+            return Err(format!(
+                "host not restored after {progs} {env:?}: {}",
+                snapshot_diff(&before, &after)
+            ));
         }
     }
     fs::remove_dir_all(&dir).map_err(|e| e.to_string())
@@ -350,9 +354,22 @@ fn run_vmtests_runs_our_cow() -> Result<(), String> {
             out
         ));
     }
-    (host_snapshot() == before)
-        .then_some(())
-        .ok_or_else(|| "host not restored after run_vmtests.sh".into())
+    let after = host_snapshot();
+    (after == before).then_some(()).ok_or_else(|| {
+        format!(
+            "host not restored after run_vmtests.sh: {}",
+            snapshot_diff(&before, &after)
+        )
+    })
+}
+
+/// The lines of two host snapshots that differ, for the failure message.
+fn snapshot_diff(before: &str, after: &str) -> String {
+    let gone = before.lines().filter(|l| !after.lines().any(|a| a == *l));
+    let new = after.lines().filter(|l| !before.lines().any(|b| b == *l));
+    let mut out: Vec<String> = gone.map(|l| format!("was {l}")).collect();
+    out.extend(new.map(|l| format!("now {l}")));
+    out.join("; ")
 }
 
 use cowgup_harness::checks::Check;
