@@ -74,6 +74,7 @@ impl Session {
         caps: Capabilities,
         selected: &[&Scenario],
     ) -> Result<Session, String> {
+        cowgup_fixtures::damage::validate_env()?;
         signals::install();
         let mut caps = caps;
         let mut log = Vec::new();
