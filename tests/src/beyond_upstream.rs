@@ -17,7 +17,7 @@ use cowgup_harness::{diag, Knob, Outcome};
 
 use std::os::unix::fs::OpenOptionsExt;
 
-use crate::common::{check_own_write, child_body, collect, Checker, ORIGINAL};
+use crate::common::{child_body, collect, write_and_check_own, Checker, ORIGINAL};
 use crate::expectations::Observed;
 
 pub const SHARED_ANON: &str = "MAP_SHARED|MAP_ANONYMOUS";
@@ -74,13 +74,7 @@ fn child_writes(region: Region, pattern: Pattern) -> Step<View> {
     let report = Pipe::new()?;
     let child = spawn(|| {
         child_body(&report, || {
-            pattern.write(region, Writer::Child);
-            check_own_write(
-                region,
-                pattern,
-                ORIGINAL.written_by(Writer::Child),
-                "the child",
-            )?;
+            write_and_check_own(region, pattern, ORIGINAL, Writer::Child, "the child")?;
             View::capture(region, pattern.unit)
         })
     })?;

@@ -40,6 +40,19 @@ pub fn collect<T: serde::de::DeserializeOwned>(report: &Pipe, child: Child) -> S
 /// What anonymous memory holds when a case starts.
 pub const ORIGINAL: Content = Content::all(Writer::Setup);
 
+/// `writer` writes the head of every page of `region` (whose pages held
+/// `original`), then checks its own copy (`check_own_write`).
+pub fn write_and_check_own(
+    region: Region,
+    pattern: Pattern,
+    original: Content,
+    writer: Writer,
+    who: &str,
+) -> Step<()> {
+    pattern.write(region, writer);
+    check_own_write(region, pattern, original.written_by(writer), who)
+}
+
 /// The writer's side of a COW: after its write, its copy must hold its own
 /// heads *and* the old bodies on every page (the kernel copied all of each
 /// page, to the right place). Wrong data here is never an accepted leak.

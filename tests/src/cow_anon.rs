@@ -15,7 +15,7 @@ use cowgup_fixtures::{fail, skip, Step};
 use nix::sys::mman::ProtFlags;
 
 use crate::common::{
-    check_own_write, child_body, child_first_look, clear_softdirty, collect, lost_at_fork,
+    child_body, child_first_look, clear_softdirty, collect, lost_at_fork, write_and_check_own,
     Bystander, Checker, FIRST_LOOK_LOST, FIRST_LOOK_OK, ORIGINAL,
 };
 use crate::expectations::{Mechanism, Observed};
@@ -170,13 +170,7 @@ fn vmsplice_in_child(m: &AnonMemory, mprotect: bool) -> Step<Observed> {
         mprotect_dance(m)?;
     }
     let before = View::capture(m.region, m.pattern.unit)?;
-    m.pattern.write(m.region, Writer::Parent);
-    let own = check_own_write(
-        m.region,
-        m.pattern,
-        ORIGINAL.written_by(Writer::Parent),
-        "the parent",
-    );
+    let own = write_and_check_own(m.region, m.pattern, ORIGINAL, Writer::Parent, "the parent");
     let after = View::capture(m.region, m.pattern.unit)?;
     go.notify()?;
     let seen = collect::<Option<(usize, Result<(), Mismatch>)>>(&report, child);
@@ -248,13 +242,7 @@ fn vmsplice_in_parent(m: &AnonMemory, before_fork: bool) -> Step<Observed> {
                 return Ok(None);
             }
             let before = View::capture(m.region, m.pattern.unit)?;
-            m.pattern.write(m.region, Writer::Child);
-            check_own_write(
-                m.region,
-                m.pattern,
-                ORIGINAL.written_by(Writer::Child),
-                "the child",
-            )?;
+            write_and_check_own(m.region, m.pattern, ORIGINAL, Writer::Child, "the child")?;
             let after = View::capture(m.region, m.pattern.unit)?;
             Ok(Some((before, after)))
         })
@@ -320,8 +308,7 @@ fn write_and_look_through(
 ) -> Step<Observed> {
     let written = original.written_by(Writer::Parent);
     let before = View::capture(region, pattern.unit)?;
-    pattern.write(region, Writer::Parent);
-    check_own_write(region, pattern, written, "the process")?;
+    write_and_check_own(region, pattern, original, Writer::Parent, "the process")?;
     let after = View::capture(region, pattern.unit)?;
     let data = held.check(region, pattern, written)?;
     let sharing = evidence::compare(

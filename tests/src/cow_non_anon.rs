@@ -9,7 +9,7 @@ use cowgup_fixtures::non_anon::NonAnonMemory;
 use cowgup_fixtures::stamp::{Content, Writer};
 use cowgup_fixtures::{fail, Step};
 
-use crate::common::check_own_write;
+use crate::common::write_and_check_own;
 use crate::cow_anon::ro_pin_and_check;
 use crate::expectations::{Mechanism, Observed};
 
@@ -49,11 +49,11 @@ fn basic_cow(m: &NonAnonMemory) -> Step<Observed> {
     if let Err(mm) = m.pattern.check(m.smem, ORIGINAL) {
         return fail(format!("the other mapping does not start out zeroed: {mm}"));
     }
-    m.pattern.write(m.mem, Writer::Parent);
-    check_own_write(
+    write_and_check_own(
         m.mem,
         m.pattern,
-        ORIGINAL.written_by(Writer::Parent),
+        ORIGINAL,
+        Writer::Parent,
         "the private mapping",
     )?;
     damage::copy(Side::Reader, m.smem, m.pattern);
