@@ -72,6 +72,10 @@ pub struct SessionArgs {
     /// Wait up to SECS for another cowgup to finish with this host's settings (default: fail at once).
     #[arg(long, value_name = "SECS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=86400))]
     pub lock_wait: u64,
+    /// Add the expectation rows of FILE (TOML, as tests/expectations.toml) to the built-in ones:
+    /// known issues of your tree, reported as XFAIL (repeatable; after those of $COWGUP_EXPECTATIONS).
+    #[arg(long, value_name = "FILE")]
+    pub expectations: Vec<PathBuf>,
     #[command(flatten)]
     pub state: StateArgs,
 }
@@ -88,6 +92,10 @@ impl SessionArgs {
                 .clone()
                 .unwrap_or_else(default_state_dir),
             lock_wait: Duration::from_secs(self.lock_wait),
+            expectations: cowgup_tests::expectations::files_from_env()
+                .into_iter()
+                .chain(self.expectations.iter().cloned())
+                .collect(),
         }
     }
 }

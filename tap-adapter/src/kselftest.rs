@@ -74,6 +74,8 @@ fn options_from_env() -> Options {
             .and_then(|s| s.parse().ok())
             .map(std::time::Duration::from_secs)
             .unwrap_or_default(),
+        // And the rest as for `cargo test`: COWGUP_EXPECTATIONS=FILE[:FILE...]
+        // adds the user's expectation rows, COWGUP_STATE_DIR moves the journal.
         ..Options::default()
     }
 }

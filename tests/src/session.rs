@@ -25,6 +25,9 @@ pub struct Options {
     /// How long to wait while another cowgup holds the host (nextest runs
     /// test processes side by side; an interactive run should fail fast).
     pub lock_wait: Duration,
+    /// The user's expectation files, added to the built-in rows
+    /// (`$COWGUP_EXPECTATIONS` by default).
+    pub expectations: Vec<PathBuf>,
 }
 
 impl Default for Options {
@@ -35,6 +38,7 @@ impl Default for Options {
             timeout: Duration::from_secs(60),
             state_dir: default_state_dir(),
             lock_wait: Duration::ZERO,
+            expectations: crate::expectations::files_from_env(),
         }
     }
 }
@@ -74,6 +78,9 @@ impl Session {
         caps: Capabilities,
         selected: &[&Scenario],
     ) -> Result<Session, String> {
+        // Bad input is one line before anything touches the host; the
+        // table is set before any trial forks, so every trial judges by it.
+        crate::expectations::install(&opts.expectations)?;
         cowgup_fixtures::damage::validate_env()?;
         signals::install();
         let mut caps = caps;
