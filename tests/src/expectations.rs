@@ -1292,4 +1292,17 @@ reference = "x"
             .unwrap_err()
             .starts_with("expectations already loaded"));
     }
+
+    #[test]
+    fn the_readmes_example_is_a_valid_file() {
+        let readme = include_str!("../../README.md");
+        let example = readme
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|r| r.split("```").next())
+            .expect("README has a toml example");
+        let t = user(example).unwrap();
+        let row = t.rows().last().unwrap();
+        assert_eq!((row.id.as_str(), row.size), ("my-thp-cow-leak", M2));
+    }
 }
