@@ -139,8 +139,13 @@ fn main() -> ExitCode {
         }
         Command::List(sel) => match select(&sel) {
             Ok((_, chosen)) => {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                // A reader that stops early (`| head`) ends the listing quietly.
                 for s in chosen {
-                    println!("{}", s.name);
+                    if writeln!(out, "{}", s.name).is_err() {
+                        break;
+                    }
                 }
                 ExitCode::SUCCESS
             }
