@@ -37,6 +37,9 @@ pub struct MatrixArgs {
     pub timeout_cell: u64,
     /// Run trials whose names contain any FILTER (all when none given).
     pub filters: Vec<String>,
+    /// Match FILTERs (and --skip) against whole names.
+    #[arg(long)]
+    pub exact: bool,
     /// Leave out trials whose names contain PATTERN (repeatable).
     #[arg(long, value_name = "PATTERN")]
     pub skip: Vec<String>,
@@ -81,6 +84,9 @@ fn suite_args(a: &MatrixArgs, guest: bool) -> Vec<String> {
     if guest {
         // Under TCG a 1 GiB page takes seconds to clear or copy.
         v.extend(["--timeout".into(), "600".into()]);
+    }
+    if a.exact && !a.filters.is_empty() {
+        v.push("--exact".into());
     }
     v.extend(a.filters.iter().cloned());
     for s in &a.skip {
@@ -256,6 +262,8 @@ fn boot(shared: &Shared, label: &str, kernel: &Path, dir: &Path) -> Cell {
             "qemu ended ({status}) without a result{}",
             if collect::reached_init(&console) {
                 ""
+            } else if console.trim().is_empty() {
+                "; nothing on the console (qemu could not start the kernel?)"
             } else {
                 "; the kernel died before /init started"
             }
@@ -281,8 +289,11 @@ fn guest_cell(shared: &Shared, label: &str, spec: &KernelSpec, index: usize) -> 
         return Cell::broken(label, start.elapsed(), e.to_string(), vec![]);
     }
     let first = boot(shared, label, &kernel, &dir);
+    // The kernel printed something but never reached /init (qemu refusing
+    // the image prints nothing on the console: no second try for that).
+    let console = read_lossy(&dir.join("console.log"));
     let died_early =
-        first.broken.is_some() && !collect::reached_init(&read_lossy(&dir.join("console.log")));
+        first.broken.is_some() && !console.trim().is_empty() && !collect::reached_init(&console);
     let timed_out = first.wall >= Duration::from_secs(shared.args.timeout_cell);
     if died_early && !timed_out && first.wall < Duration::from_secs(60) {
         eprintln!("cowgup: {label}: the kernel died before /init; booting once more");
