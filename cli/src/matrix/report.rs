@@ -95,7 +95,7 @@ pub fn render(cells: &[Cell]) -> String {
             if let Some(why) = &c.broken {
                 let _ = writeln!(out, "- {}: NO RESULT: {why}", c.kernel);
                 if !c.console_tail.is_empty() {
-                    let _ = writeln!(out, "  console (last {} lines):", c.console_tail.len());
+                    let _ = writeln!(out, "  console tail ({} lines):", c.console_tail.len());
                     for l in &c.console_tail {
                         let _ = writeln!(out, "  > {l}");
                     }
@@ -217,7 +217,7 @@ mod tests {
         assert!(r.contains("- bzImage-6.12: FAIL e -- pin went stale at page 3\n"));
         assert!(r.contains("- debian:6.1: NO RESULT: no result within 20 s"));
         assert!(r.contains(
-            "  console (last 2 lines):\n  > === GUEST-START 6.1.0-56-cloud-amd64\n  > looping\n"
+            "  console tail (2 lines):\n  > === GUEST-START 6.1.0-56-cloud-amd64\n  > looping\n"
         ));
         assert!(r.contains("- bzImage-6.12:\n  x2 no gup_test\n"));
         assert!(r.contains("- debian:6.1: nothing (no result)\n"));
