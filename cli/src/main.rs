@@ -4,6 +4,7 @@
 mod bench;
 mod formats;
 mod help;
+mod matrix;
 mod report;
 
 use std::path::PathBuf;
@@ -34,6 +35,8 @@ enum Command {
     Restore(StateArgs),
     /// Time the selected trials per backing group (optionally against upstream's `cow`).
     Bench(bench::BenchArgs),
+    /// Run the suite on several kernels (the host, kernel images, Debian's kernels) under qemu; one table.
+    Matrix(matrix::MatrixArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -154,6 +157,7 @@ fn main() -> ExitCode {
         Command::Restore(state) => restore(&state),
         Command::Run(args) => run(&args),
         Command::Bench(args) => bench::bench(&args),
+        Command::Matrix(args) => matrix::matrix(&args),
     }
 }
 

@@ -1,0 +1,197 @@
+//! A cell's result: the suite's JSON report read back from the result
+//! channel (ttyS1, or the host run's output file), or why there is none,
+//! with the console's last lines.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::initramfs::{RESULT, RESULT_END, START};
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Trial {
+    pub name: String,
+    pub family: String,
+    pub outcome: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+impl Trial {
+    pub fn unexpected(&self) -> bool {
+        matches!(self.outcome.as_str(), "fail" | "xpass" | "error")
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Cell {
+    /// The column heading (`host`, `debian:6.1`, an image's file name).
+    pub kernel: String,
+    /// `uname -r` as the suite saw it.
+    pub release: Option<String>,
+    pub wall: Duration,
+    /// The suite's report; empty when it produced none.
+    pub trials: Vec<Trial>,
+    /// Every trial as the suite's JSON has it (evidence and checks included).
+    pub raw_trials: Vec<serde_json::Value>,
+    /// Why the cell has no result (it then counts as one error).
+    pub broken: Option<String>,
+    /// The console's last lines, when the cell is broken.
+    pub console_tail: Vec<String>,
+}
+
+pub const OUTCOMES: [&str; 6] = ["pass", "fail", "xfail", "xpass", "skip", "error"];
+
+impl Cell {
+    pub fn ran(kernel: &str, wall: Duration, r: SuiteReport) -> Cell {
+        Cell {
+            kernel: kernel.into(),
+            release: r.release,
+            wall,
+            trials: r.trials,
+            raw_trials: r.raw_trials,
+            broken: None,
+            console_tail: Vec::new(),
+        }
+    }
+
+    pub fn broken(kernel: &str, wall: Duration, why: String, tail: Vec<String>) -> Cell {
+        Cell {
+            kernel: kernel.into(),
+            release: None,
+            wall,
+            trials: Vec::new(),
+            raw_trials: Vec::new(),
+            broken: Some(why),
+            console_tail: tail,
+        }
+    }
+
+    pub fn totals(&self) -> BTreeMap<&'static str, usize> {
+        OUTCOMES
+            .iter()
+            .map(|o| (*o, self.trials.iter().filter(|t| t.outcome == *o).count()))
+            .collect()
+    }
+
+    pub fn ok(&self) -> bool {
+        self.broken.is_none() && !self.trials.iter().any(Trial::unexpected)
+    }
+}
+
+/// The suite's JSON report, as much of it as the matrix reads.
+pub struct SuiteReport {
+    pub release: Option<String>,
+    pub trials: Vec<Trial>,
+    pub raw_trials: Vec<serde_json::Value>,
+}
+
+/// Parse `cowgup run --format json`.
+pub fn parse_report(text: &str) -> Result<SuiteReport, String> {
+    let doc: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("the suite's JSON does not parse: {e}"))?;
+    let raw = doc["trials"]
+        .as_array()
+        .ok_or("the suite's JSON has no trials")?
+        .clone();
+    let trials = raw
+        .iter()
+        .map(|t| serde_json::from_value(t.clone()).map_err(|e| format!("a trial: {e}")))
+        .collect::<Result<Vec<Trial>, String>>()?;
+    Ok(SuiteReport {
+        release: doc["kernel"].as_str().map(str::to_string),
+        trials,
+        raw_trials: raw,
+    })
+}
+
+/// The JSON report framed on the result port: between `=== COWGUP-RESULT ...`
+/// and `=== COWGUP-RESULT-END`. `None` when the frame is missing or cut off.
+pub fn unframe(channel: &str) -> Option<&str> {
+    let start = channel.find(RESULT)?;
+    let body = &channel[start..];
+    let body = &body[body.find('\n')? + 1..];
+    let end = body.find(RESULT_END)?;
+    Some(&body[..end])
+}
+
+/// Console text without carriage returns and terminal escapes.
+pub fn clean_console(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => {}
+            '\x1b' => {
+                // ESC [ params letter, or ESC + one character.
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for d in chars.by_ref() {
+                        if d.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                } else {
+                    chars.next();
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+pub fn tail(console: &str, n: usize) -> Vec<String> {
+    let lines: Vec<&str> = console.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
+}
+
+/// Whether `/init` ran (the kernel booted far enough to start the suite).
+pub fn reached_init(console: &str) -> bool {
+    console.lines().any(|l| l.starts_with(START))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_frame_is_found_between_its_markers() {
+        let ch =
+            "noise\n=== COWGUP-RESULT rc=0 release=6.1.0\n{\"a\": 1}\n\n=== COWGUP-RESULT-END\n";
+        assert_eq!(unframe(ch), Some("{\"a\": 1}\n\n"));
+        assert_eq!(
+            unframe("=== COWGUP-RESULT rc=0\n{\"a\": 1"),
+            None,
+            "cut off"
+        );
+        assert_eq!(unframe(""), None);
+    }
+
+    #[test]
+    fn the_suite_report_parses_into_trials() {
+        let text = r#"{"kernel": "6.12.117", "trials": [
+            {"name": "a", "family": "cow_anon", "outcome": "pass", "reason": null, "evidence": []},
+            {"name": "b", "family": "gup_test", "outcome": "skip", "reason": "no gup_test"}]}"#;
+        let r = parse_report(text).unwrap();
+        assert_eq!(r.release.as_deref(), Some("6.12.117"));
+        assert_eq!(r.trials.len(), 2);
+        assert_eq!(r.trials[1].reason.as_deref(), Some("no gup_test"));
+        assert_eq!(r.raw_trials[0]["evidence"], serde_json::json!([]));
+        assert!(parse_report("{\"kernel\": \"x\"}").is_err());
+    }
+
+    #[test]
+    fn console_noise_is_stripped() {
+        let raw = b"\x1bc\x1b[?7l\x1b[2JSeaBIOS\r\n=== GUEST-START 6.1\r\nok\r\n";
+        let c = clean_console(raw);
+        assert_eq!(c, "SeaBIOS\n=== GUEST-START 6.1\nok\n");
+        assert!(reached_init(&c));
+        assert_eq!(tail(&c, 2), ["=== GUEST-START 6.1", "ok"]);
+    }
+}

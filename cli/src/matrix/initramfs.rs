@@ -1,0 +1,229 @@
+//! The guest's root: busybox, a static cowgup and an `/init` that runs the
+//! suite and writes its JSON report to the second serial port (ttyS1), where
+//! kernel messages never go. Written as an uncompressed newc cpio archive.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// Marker lines: `/init` started (on the console), and the result frame (on ttyS1).
+pub const START: &str = "=== GUEST-START";
+pub const EXIT: &str = "=== GUEST-EXIT";
+pub const RESULT: &str = "=== COWGUP-RESULT";
+pub const RESULT_END: &str = "=== COWGUP-RESULT-END";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Content {
+    Dir,
+    /// Copied from the host.
+    Host(PathBuf),
+    Text(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub path: String,
+    pub mode: u32,
+    pub content: Content,
+}
+
+/// Quote one argument for the guest's shell.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// `/init`: mount the basics and the ext4 disk on `/var/tmp` (NVMe, built
+/// into Debian's cloud kernels, or virtio-blk), run `cowgup run` with
+/// `args`, its human report on the console, the JSON report framed on ttyS1.
+pub fn init_script(args: &[String]) -> String {
+    let args: Vec<String> = args.iter().map(|a| quote(a)).collect();
+    format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev; mount -t tmpfs tmpfs /tmp
+for d in /dev/nvme0n1 /dev/vda; do [ -b $d ] && mount -t ext4 $d /var/tmp && break; done
+cd /tmp
+echo "{START} $(uname -r)"
+set -o pipefail
+/bin/cowgup run --format json --output /tmp/result.json {args} 2>&1 | cat
+rc=$?
+echo "{EXIT} rc=$rc"
+stty -F /dev/ttyS1 raw -echo
+{{ echo "{RESULT} rc=$rc release=$(uname -r)"; cat /tmp/result.json; echo; echo "{RESULT_END}"; }} > /dev/ttyS1
+sync; reboot -f
+"#,
+        args = args.join(" ")
+    )
+}
+
+/// Everything in the archive, in order (directories before their files).
+pub fn entries(busybox: &Path, cowgup: &Path, args: &[String]) -> Vec<Entry> {
+    let dir = |p: &str| Entry {
+        path: p.into(),
+        mode: 0o040755,
+        content: Content::Dir,
+    };
+    let mut v: Vec<Entry> = ["bin", "dev", "proc", "sys", "tmp", "var", "var/tmp"]
+        .into_iter()
+        .map(dir)
+        .collect();
+    v.push(Entry {
+        path: "bin/busybox".into(),
+        mode: 0o100755,
+        content: Content::Host(busybox.into()),
+    });
+    v.push(Entry {
+        path: "bin/cowgup".into(),
+        mode: 0o100755,
+        content: Content::Host(cowgup.into()),
+    });
+    v.push(Entry {
+        path: "init".into(),
+        mode: 0o100755,
+        content: Content::Text(init_script(args)),
+    });
+    v
+}
+
+fn pad4<W: Write>(out: &mut W, len: usize) -> io::Result<()> {
+    out.write_all(&[0u8; 3][..(4 - len % 4) % 4])
+}
+
+fn header<W: Write>(out: &mut W, ino: u32, name: &str, mode: u32, size: usize) -> io::Result<()> {
+    let namesize = name.len() + 1;
+    write!(
+        out,
+        "070701{ino:08x}{mode:08x}{:08x}{:08x}{:08x}{:08x}{size:08x}{:08x}{:08x}{:08x}{:08x}{namesize:08x}{:08x}",
+        0, 0, if mode & 0o040000 != 0 { 2 } else { 1 }, 0, 0, 0, 0, 0, 0
+    )?;
+    out.write_all(name.as_bytes())?;
+    out.write_all(&[0])?;
+    pad4(out, 110 + namesize)
+}
+
+/// Write `entries` as a newc archive (the format the kernel unpacks).
+pub fn write_cpio<W: Write>(out: &mut W, entries: &[Entry]) -> io::Result<()> {
+    for (i, e) in entries.iter().enumerate() {
+        let data = match &e.content {
+            Content::Dir => Vec::new(),
+            Content::Host(p) => std::fs::read(p)
+                .map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", p.display())))?,
+            Content::Text(t) => t.clone().into_bytes(),
+        };
+        header(out, i as u32 + 1, &e.path, e.mode, data.len())?;
+        out.write_all(&data)?;
+        pad4(out, data.len())?;
+    }
+    header(out, 0, "TRAILER!!!", 0, 0)
+}
+
+/// Whether an ELF executable runs without a dynamic loader (no PT_INTERP).
+pub fn is_static_elf(bytes: &[u8]) -> bool {
+    let u16_at = |o: usize| {
+        bytes
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |o: usize| {
+        bytes
+            .get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+    };
+    let u64_at = |o: usize| {
+        bytes
+            .get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+    };
+    if bytes.get(..5) != Some(b"\x7fELF\x02") {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    (0..phnum as usize).all(|i| {
+        let at = phoff as usize + i * phentsize as usize;
+        u32_at(at).is_some_and(|t| t != 3 /* PT_INTERP */)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_archive_holds_busybox_cowgup_and_init() {
+        let e = entries(
+            Path::new("/bin/busybox"),
+            Path::new("/t/cowgup"),
+            &["--skip".into(), "1048576 kB".into()],
+        );
+        let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "bin",
+                "dev",
+                "proc",
+                "sys",
+                "tmp",
+                "var",
+                "var/tmp",
+                "bin/busybox",
+                "bin/cowgup",
+                "init"
+            ]
+        );
+        assert_eq!(e[8].content, Content::Host("/t/cowgup".into()));
+        let Content::Text(init) = &e[9].content else {
+            panic!("init is generated")
+        };
+        assert!(init.starts_with("#!/bin/busybox sh\n"));
+        assert!(init.contains(
+            "/bin/cowgup run --format json --output /tmp/result.json '--skip' '1048576 kB' 2>&1 | cat"
+        ));
+        assert!(init.contains("> /dev/ttyS1"));
+        assert!(init.contains(START) && init.contains(RESULT_END));
+    }
+
+    #[test]
+    fn arguments_are_quoted_for_the_shell() {
+        assert_eq!(quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn cpio_is_newc_padded_and_terminated() {
+        let mut out = Vec::new();
+        write_cpio(
+            &mut out,
+            &[
+                Entry {
+                    path: "bin".into(),
+                    mode: 0o040755,
+                    content: Content::Dir,
+                },
+                Entry {
+                    path: "init".into(),
+                    mode: 0o100755,
+                    content: Content::Text("abcde".into()),
+                },
+            ],
+        )
+        .unwrap();
+        assert!(out.starts_with(b"070701"));
+        assert_eq!(out.len() % 4, 0);
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains("init\0"));
+        assert!(text.contains("abcde\0\0\0"));
+        assert!(text.ends_with("TRAILER!!!\0\0\0\0"));
+    }
+
+    #[test]
+    fn static_elf_is_told_from_dynamic() {
+        let this = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        // Test binaries are linked dynamically unless built with crt-static.
+        let dynamic = !is_static_elf(&this);
+        assert_eq!(dynamic, !cfg!(target_feature = "crt-static"));
+        assert!(!is_static_elf(b"#!/bin/sh\n"));
+    }
+}

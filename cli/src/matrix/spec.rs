@@ -1,0 +1,205 @@
+//! `--kernel SPEC`: `host`, a path to a kernel image, or `debian:<series>`
+//! (the newest `linux-image-<series>*-cloud-amd64` apt offers, downloaded
+//! and unpacked into a cache, never installed).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::str::FromStr;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelSpec {
+    /// The running kernel: the suite as a subprocess.
+    Host,
+    /// A bzImage/vmlinuz booted under qemu.
+    Image(PathBuf),
+    /// Debian's cloud kernel of this series (`6.1`, `6.12`).
+    Debian(String),
+}
+
+impl FromStr for KernelSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "host" {
+            return Ok(KernelSpec::Host);
+        }
+        if let Some(series) = s.strip_prefix("debian:") {
+            return match series {
+                "6.1" | "6.12" => Ok(KernelSpec::Debian(series.to_string())),
+                _ => Err(format!(
+                    "{s}: Debian offers the series 6.1 and 6.12 (debian:6.1, debian:6.12)"
+                )),
+            };
+        }
+        if let Some((scheme, _)) = s.split_once(':') {
+            if !scheme.contains('/') {
+                return Err(format!(
+                    "{s}: unknown kernel source {scheme:?} (host, debian:6.1, debian:6.12 or a path to a kernel image)"
+                ));
+            }
+        }
+        if s.is_empty() {
+            return Err("empty kernel spec".into());
+        }
+        Ok(KernelSpec::Image(PathBuf::from(s)))
+    }
+}
+
+impl KernelSpec {
+    /// The column heading: what the user typed, a path shortened to its file name.
+    pub fn label(&self) -> String {
+        match self {
+            KernelSpec::Host => "host".into(),
+            KernelSpec::Image(p) => p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| p.display().to_string()),
+            KernelSpec::Debian(series) => format!("debian:{series}"),
+        }
+    }
+}
+
+/// apt's name pattern for the cloud kernel packages of a series.
+pub fn debian_pattern(series: &str) -> String {
+    match series {
+        "6.1" => r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$".into(),
+        _ => format!(
+            r"^linux-image-{}\.[0-9]+\+deb[0-9]+-cloud-amd64$",
+            series.replace('.', r"\.")
+        ),
+    }
+}
+
+/// The newest package among `names` (one per line, as `apt-cache search`
+/// prints `name - description`): compared by the numbers in the name.
+pub fn newest_package(listing: &str) -> Option<String> {
+    fn numbers(name: &str) -> Vec<u64> {
+        name.split(|c: char| !c.is_ascii_digit())
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| s.parse().ok())
+            .collect()
+    }
+    listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("linux-image-"))
+        .max_by_key(|n| numbers(n))
+        .map(str::to_string)
+}
+
+/// Where downloaded kernels are unpacked: `~/.cache/cowgup/kernels`.
+pub fn cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+    base.join("cowgup").join("kernels")
+}
+
+fn vmlinuz_in(dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(dir.join("boot"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+}
+
+fn run(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The kernel image for `debian:<series>`: the newest cloud package, from
+/// the cache or `apt-get download` + `dpkg-deb -x` (nothing is installed).
+pub fn fetch_debian(series: &str) -> Result<PathBuf, String> {
+    let listing =
+        run(Command::new("apt-cache").args(["search", "--names-only", &debian_pattern(series)]))?;
+    let package = newest_package(&listing).ok_or_else(|| {
+        format!(
+            "apt offers no linux-image-{series}*-cloud-amd64 (apt-get update? bookworm in sources.list?)"
+        )
+    })?;
+    let dir = cache_dir().join(&package);
+    if let Some(v) = vmlinuz_in(&dir) {
+        return Ok(v);
+    }
+    let download = cache_dir().join(format!(".download-{package}"));
+    std::fs::create_dir_all(&download)
+        .map_err(|e| format!("cannot create {}: {e}", download.display()))?;
+    run(Command::new("apt-get")
+        .args(["download", "-q", &package])
+        .current_dir(&download))?;
+    let deb = std::fs::read_dir(&download)
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .ok_or_else(|| format!("apt-get download {package} left no .deb"))?;
+    let partial = cache_dir().join(format!(".unpack-{package}"));
+    let _ = std::fs::remove_dir_all(&partial);
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial))?;
+    std::fs::rename(&partial, &dir).map_err(|e| format!("cannot move into the cache: {e}"))?;
+    let _ = std::fs::remove_dir_all(&download);
+    vmlinuz_in(&dir).ok_or_else(|| format!("{package} holds no boot/vmlinuz-*"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse() {
+        assert_eq!("host".parse(), Ok(KernelSpec::Host));
+        assert_eq!("debian:6.12".parse(), Ok(KernelSpec::Debian("6.12".into())));
+        assert_eq!(
+            "/k/bzImage".parse(),
+            Ok(KernelSpec::Image("/k/bzImage".into()))
+        );
+        assert_eq!(
+            "./vmlinuz".parse::<KernelSpec>().unwrap().label(),
+            "vmlinuz"
+        );
+        assert!("debian:5.10".parse::<KernelSpec>().is_err());
+        let e = "build:6.12".parse::<KernelSpec>().unwrap_err();
+        assert!(e.contains("unknown kernel source"), "{e}");
+        assert!("".parse::<KernelSpec>().is_err());
+    }
+
+    #[test]
+    fn newest_package_compares_numbers_not_text() {
+        let listing = "linux-image-6.1.0-9-cloud-amd64 - Linux 6.1 for x86-64 cloud\n\
+                       linux-image-6.1.0-56-cloud-amd64 - Linux 6.1 for x86-64 cloud\n\
+                       linux-image-6.1.0-47-cloud-amd64 - Linux 6.1 for x86-64 cloud\n";
+        assert_eq!(
+            newest_package(listing).as_deref(),
+            Some("linux-image-6.1.0-56-cloud-amd64")
+        );
+        let listing = "linux-image-6.12.99+deb12-cloud-amd64 - x\n\
+                       linux-image-6.12.117+deb12-cloud-amd64 - x\n";
+        assert_eq!(
+            newest_package(listing).as_deref(),
+            Some("linux-image-6.12.117+deb12-cloud-amd64")
+        );
+        assert_eq!(newest_package(""), None);
+    }
+
+    #[test]
+    fn debian_patterns_match_only_cloud_images() {
+        assert_eq!(
+            debian_pattern("6.12"),
+            r"^linux-image-6\.12\.[0-9]+\+deb[0-9]+-cloud-amd64$"
+        );
+        assert!(debian_pattern("6.1").ends_with("-cloud-amd64$"));
+    }
+}

@@ -1,0 +1,85 @@
+//! `cowgup matrix` with a real guest: one trial on a prebuilt kernel under
+//! qemu, next to a bogus "kernel" that must cost its own cell only. Skipped
+//! (with the reason) without qemu, mkfs.ext4, a static busybox, or a kernel
+//! image: `$COWGUP_MATRIX_KERNEL`, else the project machine's cached
+//! `/work/shared/kernels/bzImage-6.12.117-guptest`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const COWGUP: &str = env!("CARGO_BIN_EXE_cowgup");
+const TRIAL: &str = "Basic COW after fork() ... with base page";
+
+fn on_path(name: &str) -> bool {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .any(|d| Path::new(d).join(name).is_file())
+}
+
+/// The kernel to boot, or why the test cannot run here.
+fn setup() -> Result<PathBuf, String> {
+    let kernel = std::env::var_os("COWGUP_MATRIX_KERNEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/work/shared/kernels/bzImage-6.12.117-guptest".into());
+    if !kernel.is_file() {
+        return Err(format!(
+            "no kernel image at {} (set COWGUP_MATRIX_KERNEL)",
+            kernel.display()
+        ));
+    }
+    for tool in ["qemu-system-x86_64", "mkfs.ext4", "busybox"] {
+        if !on_path(tool) {
+            return Err(format!(
+                "{tool} not installed (apt-get install qemu-system-x86 e2fsprogs busybox-static)"
+            ));
+        }
+    }
+    Ok(kernel)
+}
+
+#[test]
+fn a_guest_cell_runs_and_a_broken_one_costs_only_its_cell() {
+    let kernel = match setup() {
+        Ok(k) => k,
+        Err(why) => {
+            eprintln!("SKIP matrix guest cell: {why}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("not-a-kernel");
+    std::fs::write(&bogus, "this is no kernel\n").unwrap();
+    let json = dir.path().join("matrix.json");
+    let out = Command::new(COWGUP)
+        .arg("matrix")
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--kernel")
+        .arg(&bogus)
+        .args(["--timeout-cell", "300", "--format", "json", "--output"])
+        .arg(&json)
+        .args(["--exact", TRIAL])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let ran = &doc["cells"][0];
+    assert_eq!(ran["totals"]["pass"], 1, "{stdout}\n{stderr}");
+    assert_eq!(ran["trials"][0]["name"], TRIAL);
+    assert!(ran["release"].as_str().unwrap().starts_with("6."));
+    assert!(ran["no_result"].is_null());
+    let broken = &doc["cells"][1];
+    assert_eq!(broken["kernel"], "not-a-kernel");
+    assert!(broken["no_result"]
+        .as_str()
+        .unwrap()
+        .contains("without a result"));
+    assert!(
+        stdout.contains("- not-a-kernel: NO RESULT: qemu ended"),
+        "{stdout}"
+    );
+}
