@@ -116,6 +116,9 @@ impl<W: Write> Human<W> {
                 writeln!(self.out, "cowgup: could not restore: {p}")?;
             }
         }
+        for line in &end.kernel_log {
+            writeln!(self.out, "cowgup: kernel log outside trials: {line}")?;
+        }
         if !self.unsuccessful.is_empty() {
             writeln!(
                 self.out,
