@@ -180,8 +180,13 @@ pub const PATTERNS: &[Pattern] = &[
     p("list_del corruption", "", "lib/list_debug.c"),
     p(
         "INFO: ",
-        "detected stall",
-        "RCU stall (kernel/rcu/tree_stall.h)",
+        "detected ",
+        "RCU stall, also expedited and RCU-tasks (kernel/rcu/tree_stall.h, tree_exp.h, tasks.h)",
+    ),
+    p(
+        "Watchdog detected hard LOCKUP",
+        "",
+        "hard lockup (kernel/watchdog.c)",
     ),
     p(
         "INFO: task ",
@@ -546,11 +551,14 @@ pub fn judge(
         let what = if s.cut_short {
             format!("reading stopped after {MAX_RECORDS} records")
         } else {
+            let n = match (s.overwritten, s.lost) {
+                (true, 0) => "some".to_string(),
+                (true, n) => format!("at least {n}"),
+                (false, n) => n.to_string(),
+            };
             format!(
-                "{}{} records were overwritten before they could be read (the kernel \
-                 log ring buffer wrapped)",
-                if s.overwritten { "at least " } else { "" },
-                s.lost
+                "{n} records were overwritten before they could be read (the kernel log \
+                 ring buffer wrapped)"
             )
         };
         return result(
@@ -646,12 +654,11 @@ impl KernelLog {
             ));
         }
         if s.overwritten || s.lost > 0 {
-            self.between.push(format!(
-                "{}{} kernel log records were overwritten between trials before they \
-                 could be read",
-                if s.overwritten { "at least " } else { "" },
-                s.lost
-            ));
+            self.between.push(
+                "kernel log records logged between trials were overwritten before they \
+                 could be read"
+                    .into(),
+            );
         }
         let now = (self.taint)();
         if let (Some(last), Some(now)) = (self.taint_last, now) {
@@ -779,6 +786,8 @@ mod tests {
             "watchdog: BUG: soft lockup - CPU#1 stuck for 23s! [cow:1234]",
             "rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
             "rcu: INFO: rcu_sched self-detected stall on CPU",
+            "rcu: INFO: rcu_preempt detected expedited stalls on CPUs/tasks: {",
+            "watchdog: Watchdog detected hard LOCKUP on cpu 1",
             "INFO: task cow:123 blocked for more than 120 seconds.",
             "cowgup-test: WARNING: CPU: 0 PID: 1 at injected",
         ] {
@@ -930,6 +939,17 @@ mod tests {
                 "kernel log unreliable: at least 20 records were overwritten before they \
                  could be read"
             ),
+            "{}",
+            c.detail
+        );
+        // The very first read overwritten: how many is not known.
+        let first = Fake::default();
+        first.push(Read1::Overwritten);
+        let s = scan(&mut first.clone(), &mut None);
+        let c = judge(Ok(&s), Some(0), Some(0));
+        assert!(
+            c.detail
+                .starts_with("kernel log unreliable: some records were overwritten"),
             "{}",
             c.detail
         );
