@@ -72,7 +72,11 @@ fn main() {
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
     if let Some(s) = session {
-        if let Some(r) = s.lock().unwrap().finish() {
+        let mut s = s.lock().unwrap();
+        for line in s.kernel_log_between_trials() {
+            eprintln!("cowgup: kernel log outside trials: {line}");
+        }
+        if let Some(r) = s.finish() {
             for p in &r.problems {
                 eprintln!("cowgup: could not restore: {p}");
             }

@@ -138,6 +138,7 @@ pub fn json(start: &RunStart, trials: &[TrialEnd], end: &RunEnd) -> String {
             checks: &t.report.checks,
         }).collect::<Vec<_>>(),
         "restore": end.restore.as_ref().map(|r| json!({"changed": r.changed, "problems": r.problems})),
+        "kernel_log_outside_trials": end.kernel_log,
     });
     let mut text = serde_json::to_string_pretty(&doc).expect("JSON values always serialise");
     text.push('\n');

@@ -116,6 +116,9 @@ impl<W: Write> Human<W> {
                 writeln!(self.out, "cowgup: could not restore: {p}")?;
             }
         }
+        for line in &end.kernel_log {
+            writeln!(self.out, "cowgup: kernel log outside trials: {line}")?;
+        }
         if !self.unsuccessful.is_empty() {
             writeln!(
                 self.out,
@@ -212,6 +215,30 @@ mod tests {
             h.on(e).unwrap();
         }
         String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn kernel_log_lines_outside_trials_end_the_summary() {
+        let mut events = sample_run();
+        if let Some(Event::RunFinished(end)) = events.last_mut() {
+            end.kernel_log = vec![
+                "[12.000001] BUG: Bad page state in process x  pfn:1 (logged between trials)"
+                    .into(),
+            ];
+        }
+        let mut buf = Vec::new();
+        let mut h = Human::new(&mut buf, false, false);
+        for e in &events {
+            h.on(e).unwrap();
+        }
+        let out = String::from_utf8(buf).unwrap();
+        assert!(
+            out.contains(
+                "\ncowgup: kernel log outside trials: [12.000001] BUG: Bad page state in \
+                 process x  pfn:1 (logged between trials)\n"
+            ),
+            "{out}"
+        );
     }
 
     #[test]

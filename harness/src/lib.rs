@@ -6,6 +6,7 @@
 pub mod checks;
 pub mod group;
 pub mod guard;
+pub mod kmsg;
 pub mod outcome;
 pub mod probe;
 pub mod runner;
@@ -14,6 +15,7 @@ pub mod trial;
 pub mod verdict;
 
 pub use guard::{HostGuard, Knob};
+pub use kmsg::KernelLog;
 pub use outcome::{CheckResult, CheckStatus, Evidence, Outcome, OutcomeKind, Totals, TrialReport};
 pub use runner::{diag, evidence, run_trial, Record, RunOptions, Stop, Watch};
 pub use trial::Trial;

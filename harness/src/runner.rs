@@ -68,7 +68,7 @@ pub enum Stop {
 
 /// A check made around each trial: sampled just before the trial process is
 /// forked, judged once the trial's process group is gone (the session's pin
-/// balance; later the kernel log). Both run only for trials that are forked.
+/// balance and its kernel log). Both run only for trials that are forked.
 pub trait Watch {
     fn before(&mut self);
     fn after(&mut self) -> CheckResult;

@@ -3,7 +3,7 @@
 //! The runner gathers `Observations` — the outcome the trial process itself
 //! reported (records from any other process never get here), how that process
 //! ended, and the checks made around it (processes left behind, pin balance,
-//! later the kernel log) — and `decide` turns them into the verdict. Nothing
+//! the kernel log) — and `decide` turns them into the verdict. Nothing
 //! after it changes `TrialReport::outcome`.
 //!
 //! The rules, in order:

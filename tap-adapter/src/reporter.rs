@@ -112,6 +112,10 @@ impl<W: Write> Reporter for TapReporter<W> {
                 ))?;
             }
             Event::RunFinished(end) => {
+                for line in &end.kernel_log {
+                    self.w
+                        .diag(&format!("cowgup: kernel log outside trials: {line}"))?;
+                }
                 for p in end.restore.iter().flat_map(|r| &r.problems) {
                     self.w.diag(&format!("cowgup: could not restore: {p}"))?;
                 }

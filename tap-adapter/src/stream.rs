@@ -57,6 +57,8 @@ pub struct RunEnd {
     pub elapsed: Duration,
     /// What putting the host back did; None when the session held no guard.
     pub restore: Option<RestoreReport>,
+    /// Kernel error lines logged outside any trial (they failed none).
+    pub kernel_log: Vec<String>,
 }
 
 impl RunEnd {
@@ -137,6 +139,7 @@ pub fn drive(
         }
         Ok(totals)
     })();
+    let kernel_log = session.kernel_log_between_trials();
     let restore = session.finish();
     let totals = match result {
         Ok(t) => t,
@@ -151,6 +154,7 @@ pub fn drive(
         totals,
         elapsed: started.elapsed(),
         restore,
+        kernel_log,
     });
     emit(reporters, &end)?;
     match end {
@@ -424,6 +428,7 @@ pub mod examples {
                 totals,
                 elapsed: Duration::from_millis(5),
                 restore: None,
+                kernel_log: Vec::new(),
             }),
         ]
     }

@@ -10,7 +10,9 @@ use cowgup_fixtures::pin_balance::PinBalance;
 use cowgup_fixtures::Env;
 use cowgup_harness::guard::RestoreReport;
 use cowgup_harness::probe::Capabilities;
-use cowgup_harness::{run_trial, signals, HostGuard, RunOptions, Stop, Trial, TrialReport};
+use cowgup_harness::{
+    run_trial, signals, HostGuard, KernelLog, RunOptions, Stop, Trial, TrialReport,
+};
 
 use crate::Scenario;
 
@@ -59,6 +61,7 @@ pub struct Session {
     pub log: Vec<String>,
     run_opts: RunOptions,
     pin_balance: PinBalance,
+    kernel_log: KernelLog,
 }
 
 impl Session {
@@ -155,6 +158,7 @@ impl Session {
                 timeout: opts.timeout,
             },
             pin_balance: PinBalance::new(),
+            kernel_log: KernelLog::new(),
         })
     }
 
@@ -162,17 +166,27 @@ impl Session {
         s.trial(&self.caps)
     }
 
-    /// Run one scenario. Its verdict includes the pin-balance check: every
-    /// FOLL_PIN it took must be released once its processes are gone (see
-    /// pin_balance.rs), or the check says why it could not tell.
+    /// Run one scenario. Its verdict includes the pin-balance check (every
+    /// FOLL_PIN it took must be released once its processes are gone, see
+    /// pin_balance.rs) and the kernel-log check (no warning, BUG, Oops or
+    /// error taint flag while it ran, see harness/src/kmsg.rs); each says
+    /// why when it could not tell. The kernel log is judged last, so that
+    /// what the kernel logs while pins are released still counts.
     pub fn run(&mut self, s: &Scenario) -> Result<TrialReport, Stop> {
         let trial = self.trial(s);
         run_trial(
             &trial,
             self.guard.as_mut(),
             &self.run_opts,
-            &mut [&mut self.pin_balance],
+            &mut [&mut self.pin_balance, &mut self.kernel_log],
         )
+    }
+
+    /// Kernel error lines (and error taint flags) logged outside any trial
+    /// since the first trial started, up to now; each is returned once.
+    /// They fail no trial; a run reports them at its end.
+    pub fn kernel_log_between_trials(&mut self) -> Vec<String> {
+        self.kernel_log.between_trials()
     }
 
     /// Put the host back. Idempotent.
