@@ -328,13 +328,19 @@ impl Caveats {
 impl Caveat {
     /// `pin balance not checked: no nr_foll_pin_* in /proc/vmstat`.
     pub fn sentence(&self) -> String {
-        let mut s = format!("{} {}", self.check, status_words(self.status));
-        if !self.detail.is_empty() {
+        let head = format!("{} {}", self.check, status_words(self.status));
+        // Details often start with that very phrase: don't say it twice.
+        let detail = self
+            .detail
+            .strip_prefix(&head)
+            .map_or(self.detail.as_str(), |d| d.trim_start_matches([':', ' ']));
+        let mut s = head;
+        if !detail.is_empty() {
             s.push_str(": ");
             if self.distinct_details > 1 {
                 s.push_str("e.g. ");
             }
-            s.push_str(&self.detail);
+            s.push_str(detail);
         }
         if self.distinct_details > 1 {
             s.push_str(&format!(
