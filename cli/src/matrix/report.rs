@@ -332,13 +332,14 @@ pub fn html(cells: &[Cell]) -> String {
     out
 }
 
+/// `pub(crate)`: tests/matrix_html.rs reuses the fake cells.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::collect::Trial;
     use super::*;
     use std::time::Duration;
 
-    fn trial(name: &str, family: &str, outcome: &str, reason: Option<&str>) -> Trial {
+    pub(crate) fn trial(name: &str, family: &str, outcome: &str, reason: Option<&str>) -> Trial {
         Trial {
             name: name.into(),
             family: family.into(),
@@ -347,7 +348,7 @@ mod tests {
         }
     }
 
-    fn cells() -> Vec<Cell> {
+    pub(crate) fn cells() -> Vec<Cell> {
         let ran = Cell {
             kernel: "bzImage-6.12".into(),
             release: Some("6.12.117".into()),
