@@ -5,7 +5,7 @@
 //! - `initramfs`: the guest's root and `/init`;
 //! - `qemu`: the command line, and a child process under a time limit;
 //! - `collect`: a cell's result (the suite's JSON from ttyS1) or why none;
-//! - `report`: the table and the JSON document.
+//! - `report`: the table, the JSON document and the HTML page.
 
 pub mod collect;
 pub mod initramfs;
@@ -61,6 +61,9 @@ pub struct MatrixArgs {
     /// Write the JSON report to FILE (the table still goes to the terminal).
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Also write the report as a self-contained HTML page (a heat map, then each cell's details) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -373,13 +376,16 @@ pub fn matrix(args: &MatrixArgs) -> ExitCode {
             args: args.clone(),
         }
     };
-    // Open the output before the first cell: a bad path costs nothing.
-    let mut sink = match &args.output {
-        Some(p) => match std::fs::File::create(p) {
-            Ok(f) => Some(f),
-            Err(e) => return crate::fatal(&format!("cannot write {}: {e}", p.display())),
-        },
-        None => None,
+    // Open the outputs before the first cell: a bad path costs nothing.
+    let create = |p: &Option<PathBuf>| match p {
+        Some(p) => std::fs::File::create(p)
+            .map(Some)
+            .map_err(|e| format!("cannot write {}: {e}", p.display())),
+        None => Ok(None),
+    };
+    let (mut sink, mut html_sink) = match (create(&args.output), create(&args.html)) {
+        (Ok(s), Ok(h)) => (s, h),
+        (Err(e), _) | (_, Err(e)) => return crate::fatal(&e),
     };
     let jobs = args.jobs.map(|j| j as usize).unwrap_or_else(default_jobs);
     let labels: Vec<String> = args.kernel.iter().map(KernelSpec::label).collect();
@@ -441,6 +447,12 @@ pub fn matrix(args: &MatrixArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    if let Some(f) = &mut html_sink {
+        if let Err(e) = std::io::Write::write_all(f, report::html(&cells).as_bytes()) {
+            eprintln!("cowgup: cannot write the HTML report: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     if cells.iter().all(Cell::ok) {
         ExitCode::SUCCESS
     } else {
@@ -490,6 +502,12 @@ mod tests {
         assert_eq!(suite_args(&t.m, false), ["vmsplice", "--skip", "memfd"]);
         let t = T::parse_from(["x", "--kernel", "/k", "--with-1g"]);
         assert_eq!(suite_args(&t.m, true), ["--timeout", "600"]);
+        assert_eq!(t.m.html, None);
+        let t = T::parse_from([
+            "x", "--kernel", "host", "--format", "json", "--output", "m.json", "--html", "m.html",
+        ]);
+        assert_eq!(t.m.output.as_deref(), Some(Path::new("m.json")));
+        assert_eq!(t.m.html.as_deref(), Some(Path::new("m.html")));
         assert!(T::try_parse_from(["x", "--kernel", "build:6.12"]).is_err());
         assert!(T::try_parse_from(["x"]).is_err(), "--kernel is required");
     }

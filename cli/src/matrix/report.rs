@@ -1,6 +1,6 @@
 //! The matrix report: a Markdown table (kernels as columns, families as
 //! rows), every unexpected result, and per cell what could not run and why;
-//! and the JSON document of `--format json`.
+//! the JSON document of `--format json`; and the HTML page of `--html`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -156,13 +156,190 @@ pub fn json(cells: &[Cell]) -> serde_json::Value {
     })
 }
 
+/// Text made safe for HTML element content and quoted attribute values.
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A heat-map cell's colour class: `bad` for any fail/error/xpass (or no
+/// result at all), `ok` when everything passed, xfailed or skipped, `none`
+/// when the cell has no trial of the family.
+fn class(cell: &Cell, family: Option<&str>) -> &'static str {
+    if cell.broken.is_some() {
+        return "none";
+    }
+    let mut trials = cell
+        .trials
+        .iter()
+        .filter(|t| family.is_none() || family == Some(t.family.as_str()))
+        .peekable();
+    if trials.peek().is_none() {
+        "none"
+    } else if trials.any(|t| t.unexpected()) {
+        "bad"
+    } else {
+        "ok"
+    }
+}
+
+const STYLE: &str = "\
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse}
+th,td{border:1px solid #bbb;padding:.3em .6em;text-align:left;vertical-align:top}
+#matrix td{text-align:center;font-variant-numeric:tabular-nums;white-space:nowrap}
+#matrix thead th{background:#eee}
+td.ok{background:#b7e4b0}
+td.bad{background:#f2a7a0;font-weight:bold}
+td.none{background:#ddd;color:#555}
+tr.unexpected td.outcome{color:#a00;font-weight:bold}
+pre{background:#f5f5f5;border:1px solid #ccc;padding:.5em;overflow-x:auto}
+small{color:#555;font-weight:normal}
+";
+
+/// A self-contained HTML page: the heat map (kernels as columns, families as
+/// rows, each cell coloured by its worst result) and, per kernel, a section
+/// with its unexpected results, skip reasons, or why it has no result.
+pub fn html(cells: &[Cell]) -> String {
+    let mut out = String::new();
+    let mut families: Vec<&str> = Vec::new();
+    for t in cells.iter().flat_map(|c| &c.trials) {
+        if !families.contains(&t.family.as_str()) {
+            families.push(&t.family);
+        }
+    }
+    let verdict = if cells.iter().all(Cell::ok) {
+        "every cell has a result and no unexpected one"
+    } else {
+        "unexpected results or cells without a result"
+    };
+    let _ = write!(
+        out,
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <title>cowgup matrix</title>\n<style>\n{STYLE}</style>\n</head>\n<body>\n\
+         <h1>cowgup matrix</h1>\n<p>{} cell(s): {verdict}. Cells: pass / fail / xfail / skip; \
+         green: all pass, xfail or skip; red: any fail, xpass or error; grey: no result.</p>\n",
+        cells.len()
+    );
+    let _ = writeln!(out, "<table id=\"matrix\">\n<thead><tr><th>family</th>");
+    for (i, c) in cells.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "<th><a href=\"#cell-{i}\">{}</a><br><small>{}</small></th>",
+            esc(&c.kernel),
+            esc(c.release.as_deref().unwrap_or("?"))
+        );
+    }
+    let _ = writeln!(out, "</tr></thead>\n<tbody>");
+    for f in &families {
+        let _ = writeln!(out, "<tr><th>{}</th>", esc(f));
+        for c in cells {
+            let _ = writeln!(
+                out,
+                "<td class=\"{}\">{}</td>",
+                class(c, Some(f)),
+                esc(&counts(c, Some(f)))
+            );
+        }
+        let _ = writeln!(out, "</tr>");
+    }
+    let _ = writeln!(out, "<tr class=\"all\"><th>all</th>");
+    for c in cells {
+        let _ = writeln!(
+            out,
+            "<td class=\"{}\">{}<br><small>{:.0} s</small></td>",
+            class(c, None),
+            esc(&counts(c, None)),
+            c.wall.as_secs_f64()
+        );
+    }
+    let _ = writeln!(out, "</tr>\n</tbody>\n</table>");
+
+    for (i, c) in cells.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "<section id=\"cell-{i}\">\n<h2>{} <small>{} &middot; {:.0} s</small></h2>",
+            esc(&c.kernel),
+            esc(c.release.as_deref().unwrap_or("release unknown")),
+            c.wall.as_secs_f64()
+        );
+        if let Some(why) = &c.broken {
+            let _ = writeln!(out, "<p class=\"no-result\">No result: {}</p>", esc(why));
+            if c.console_tail.is_empty() {
+                let _ = writeln!(out, "<p>No console output.</p>");
+            } else {
+                let _ = writeln!(
+                    out,
+                    "<p>Console tail ({} lines):</p>\n<pre class=\"console\">{}</pre>",
+                    c.console_tail.len(),
+                    esc(&c.console_tail.join("\n"))
+                );
+            }
+        }
+        let unexpected: Vec<_> = c.trials.iter().filter(|t| t.unexpected()).collect();
+        if c.broken.is_none() {
+            if unexpected.is_empty() {
+                let _ = writeln!(out, "<p>Unexpected results: none.</p>");
+            } else {
+                let _ = writeln!(
+                    out,
+                    "<h3>Unexpected results ({})</h3>\n<table class=\"unexpected\">\n\
+                     <tr><th>trial</th><th>outcome</th><th>reason</th></tr>",
+                    unexpected.len()
+                );
+                for t in unexpected {
+                    let _ = writeln!(
+                        out,
+                        "<tr class=\"unexpected\"><td>{}</td><td class=\"outcome\">{}</td><td>{}</td></tr>",
+                        esc(&t.name),
+                        esc(&t.outcome),
+                        esc(t.reason.as_deref().unwrap_or("(no reason given)"))
+                    );
+                }
+                let _ = writeln!(out, "</table>");
+            }
+        }
+        let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+        for t in c.trials.iter().filter(|t| t.outcome == "skip") {
+            *reasons
+                .entry(t.reason.as_deref().unwrap_or("(no reason given)"))
+                .or_default() += 1;
+        }
+        if !reasons.is_empty() {
+            let mut by_count: Vec<_> = reasons.into_iter().collect();
+            by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            let _ = writeln!(out, "<h3>Skipped</h3>\n<ul class=\"skips\">");
+            for (why, n) in by_count {
+                let _ = writeln!(out, "<li>&times;{n} {}</li>", esc(why));
+            }
+            let _ = writeln!(out, "</ul>");
+        } else if c.broken.is_none() {
+            let _ = writeln!(out, "<p>Everything ran.</p>");
+        }
+        let _ = writeln!(out, "</section>");
+    }
+    let _ = writeln!(out, "</body>\n</html>");
+    out
+}
+
+/// `pub(crate)`: tests/matrix_html.rs reuses the fake cells.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::collect::Trial;
     use super::*;
     use std::time::Duration;
 
-    fn trial(name: &str, family: &str, outcome: &str, reason: Option<&str>) -> Trial {
+    pub(crate) fn trial(name: &str, family: &str, outcome: &str, reason: Option<&str>) -> Trial {
         Trial {
             name: name.into(),
             family: family.into(),
@@ -171,7 +348,7 @@ mod tests {
         }
     }
 
-    fn cells() -> Vec<Cell> {
+    pub(crate) fn cells() -> Vec<Cell> {
         let ran = Cell {
             kernel: "bzImage-6.12".into(),
             release: Some("6.12.117".into()),
@@ -234,5 +411,87 @@ mod tests {
         assert_eq!(c[1]["wall_s"], 20.0);
         assert!(c[1]["no_result"].as_str().unwrap().contains("time limit"));
         assert_eq!(c[1]["console_tail"][1], "looping");
+    }
+
+    #[test]
+    fn html_escapes_every_text() {
+        let mut c = cells();
+        c[0].kernel = "k<1>&\"q\"".into();
+        c[0].trials.push(trial(
+            "<script>alert('x')</script> & co",
+            "fam<ily>",
+            "error",
+            Some("a \"quoted\" <reason> & more"),
+        ));
+        c[1].console_tail.push("<b>panic</b> & 'oops'".into());
+        let h = html(&c);
+        assert!(h.contains("k&lt;1&gt;&amp;&quot;q&quot;"));
+        assert!(h.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; co"));
+        assert!(h.contains("<th>fam&lt;ily&gt;</th>"));
+        assert!(h.contains("a &quot;quoted&quot; &lt;reason&gt; &amp; more"));
+        assert!(h.contains("&lt;b&gt;panic&lt;/b&gt; &amp; &#39;oops&#39;"));
+        assert!(!h.contains("<script"), "no script, and nothing unescaped");
+        assert!(!h.contains("<b>"));
+    }
+
+    #[test]
+    fn html_colours_each_cell_by_its_worst_result() {
+        let mut c = cells();
+        c.push(Cell {
+            kernel: "clean".into(),
+            release: Some("6.18".into()),
+            wall: Duration::from_secs(37),
+            trials: vec![
+                trial("a", "cow_anon", "pass", None),
+                trial("c", "gup_test", "skip", Some("no gup_test")),
+            ],
+            raw_trials: vec![],
+            broken: None,
+            console_tail: vec![],
+        });
+        c[0].trials
+            .push(trial("z", "only_here", "xfail", Some("known")));
+        assert_eq!(class(&c[0], Some("cow_anon")), "ok", "pass + xfail");
+        assert_eq!(class(&c[0], Some("gup_test")), "bad", "a fail");
+        assert_eq!(class(&c[0], None), "bad");
+        assert_eq!(class(&c[1], Some("cow_anon")), "none", "no result");
+        assert_eq!(class(&c[2], Some("gup_test")), "ok", "skip only");
+        assert_eq!(class(&c[2], Some("only_here")), "none", "no trial");
+        let h = html(&c);
+        assert!(h.contains("<td class=\"ok\">1 / 0 / 1 / 0</td>"));
+        assert!(h.contains("<td class=\"bad\">0 / 1 / 0 / 2</td>"));
+        assert!(h.contains("<td class=\"none\">no result</td>"));
+        assert!(h.contains("<td class=\"ok\">0 / 0 / 0 / 1</td>"));
+        assert!(h.contains("<td class=\"none\">-</td>"));
+        assert!(h.contains("<td class=\"bad\">1 / 1 / 2 / 2<br><small>300 s</small></td>"));
+        assert!(h.contains("<td class=\"ok\">1 / 0 / 0 / 1<br><small>37 s</small></td>"));
+    }
+
+    #[test]
+    fn html_links_each_column_to_its_section() {
+        let h = html(&cells());
+        for (i, k) in ["bzImage-6.12", "debian:6.1"].iter().enumerate() {
+            assert!(h.contains(&format!("<th><a href=\"#cell-{i}\">{k}</a>")));
+            assert!(h.contains(&format!("<section id=\"cell-{i}\">\n<h2>{k} ")));
+        }
+        assert!(h.contains(
+            "<tr class=\"unexpected\"><td>e</td><td class=\"outcome\">fail</td>\
+             <td>pin went stale at page 3</td></tr>"
+        ));
+        assert!(h.contains("<li>&times;2 no gup_test</li>"));
+        assert!(
+            !h.contains("src=") && !h.contains("<link"),
+            "self-contained"
+        );
+    }
+
+    #[test]
+    fn html_shows_a_broken_cells_reason_and_console_tail() {
+        let h = html(&cells());
+        let s = &h[h.find("<section id=\"cell-1\">").unwrap()..];
+        assert!(s.contains("No result: no result within 20 s (the cell&#39;s time limit)"));
+        assert!(s.contains(
+            "<pre class=\"console\">=== GUEST-START 6.1.0-56-cloud-amd64\nlooping</pre>"
+        ));
     }
 }
