@@ -17,23 +17,19 @@ use crate::expectations::Observed;
 /// (which `collect` turns into the trial's outcome, so a check that failed in
 /// the child names what it saw).
 pub fn child_body<T: serde::Serialize>(report: &Pipe, f: impl FnOnce() -> Step<T>) -> i32 {
-    let sent: Result<T, (String, String)> =
-        f().map_err(|o| (o.kind().as_str().to_string(), o.reason().to_string()));
+    let sent: Result<T, (OutcomeKind, String)> = f().map_err(|o| (o.kind(), o.reason().into()));
     let code = i32::from(sent.is_err());
     report.send_value(&sent).map_or(1, |_| code)
 }
 
 /// What a child running `child_body` sent, once it exited.
 pub fn collect<T: serde::de::DeserializeOwned>(report: &Pipe, child: Child) -> Step<T> {
-    let sent = report.recv_value::<Result<T, (String, String)>>();
+    let sent = report.recv_value::<Result<T, (OutcomeKind, String)>>();
     let code = child.exit_code()?;
     match sent? {
         Ok(v) if code == 0 => Ok(v),
         Ok(_) => fail(format!("child exited with {code} after sending its result")),
-        Err((kind, reason)) => Err(Outcome::from_parts(
-            OutcomeKind::parse(&kind).unwrap_or(OutcomeKind::Fail),
-            format!("child: {reason}"),
-        )),
+        Err((kind, reason)) => Err(Outcome::from_parts(kind, format!("child: {reason}"))),
     }
 }
 

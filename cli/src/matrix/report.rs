@@ -46,15 +46,21 @@ fn row(out: &mut String, cells: &[String]) {
     let _ = writeln!(out, "| {} |", cells.join(" | "));
 }
 
-/// The whole terminal report.
-pub fn render(cells: &[Cell]) -> String {
-    let mut out = String::new();
+/// The families in the order the cells ran them (the catalogue's order).
+fn families(cells: &[Cell]) -> Vec<&str> {
     let mut families: Vec<&str> = Vec::new();
     for t in cells.iter().flat_map(|c| &c.trials) {
         if !families.contains(&t.family.as_str()) {
             families.push(&t.family);
         }
     }
+    families
+}
+
+/// The whole terminal report.
+pub fn render(cells: &[Cell]) -> String {
+    let mut out = String::new();
+    let families = families(cells);
     let _ = writeln!(out, "cells: pass / fail / xfail / skip\n");
     let mut head = vec!["family".to_string()];
     head.extend(cells.iter().map(|c| c.kernel.clone()));
@@ -212,12 +218,7 @@ small{color:#555;font-weight:normal}
 /// with its unexpected results, skip reasons, or why it has no result.
 pub fn html(cells: &[Cell]) -> String {
     let mut out = String::new();
-    let mut families: Vec<&str> = Vec::new();
-    for t in cells.iter().flat_map(|c| &c.trials) {
-        if !families.contains(&t.family.as_str()) {
-            families.push(&t.family);
-        }
-    }
+    let families = families(cells);
     let verdict = if cells.iter().all(Cell::ok) {
         "every cell has a result and no unexpected one"
     } else {
