@@ -17,6 +17,8 @@ pub mod cow_non_anon;
 pub mod expectations;
 pub mod gup_longterm;
 pub mod gup_test;
+pub mod large_folio_pins;
+pub mod remote_access;
 pub mod session;
 
 use std::sync::Arc;
@@ -37,6 +39,8 @@ pub enum Family {
     GupLongterm,
     GupTest,
     BeyondUpstream,
+    RemoteAccess,
+    LargeFolioPins,
 }
 
 impl Family {
@@ -49,6 +53,8 @@ impl Family {
             Family::GupLongterm => "gup_longterm",
             Family::GupTest => "gup_test",
             Family::BeyondUpstream => "beyond_upstream",
+            Family::RemoteAccess => "remote_access",
+            Family::LargeFolioPins => "large_folio_pins",
         }
     }
 
@@ -60,6 +66,10 @@ impl Family {
             Family::GupLongterm => "gup_longterm: long-term pins of files",
             Family::GupTest => "gup_test: get/pin_user_pages() via CONFIG_GUP_TEST",
             Family::BeyondUpstream => "beyond upstream: shared anon, KSM, memfd_secret, O_DIRECT",
+            Family::RemoteAccess => "remote access: process_vm_readv/writev into COW-shared pages",
+            Family::LargeFolioPins => {
+                "large folio pins: partial, repeated and torn pins of THP/hugetlb"
+            }
         }
     }
 }
@@ -380,6 +390,8 @@ pub fn catalogue(caps: &Capabilities) -> Vec<Scenario> {
     v.extend(gup_longterm_catalogue(caps, true));
     v.extend(gup_test_catalogue(caps));
     v.extend(beyond_upstream_catalogue());
+    v.extend(remote_access::remote_access_catalogue(caps));
+    v.extend(large_folio_pins::large_folio_pins_catalogue(caps));
     v
 }
 
