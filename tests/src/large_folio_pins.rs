@@ -374,11 +374,24 @@ fn register(region: Region, which: &str) -> Step<Held> {
 /// does not for CAP_IPC_LOCK).
 fn memlock() -> String {
     let lim = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK);
-    let cap = cowgup_harness::probe::cap_sys_admin();
+    // CAP_IPC_LOCK is capability 14 of CapEff in /proc/self/status.
+    let ipc_lock = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))?
+                .trim()
+                .to_string();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .map_or("unknown".to_string(), |caps| {
+            (caps >> 14 & 1 == 1).to_string()
+        });
     match lim {
         Ok((cur, max)) => format!(
             "RLIMIT_MEMLOCK cur {cur} max {max} bytes (io_uring accounts pinned pages against it \
-             unless the process has CAP_IPC_LOCK; CAP_SYS_ADMIN here: {cap})"
+             unless the process has CAP_IPC_LOCK; CAP_IPC_LOCK here: {ipc_lock})"
         ),
         Err(e) => format!("RLIMIT_MEMLOCK unreadable: {e}"),
     }
