@@ -32,8 +32,10 @@ fn quote(s: &str) -> String {
 }
 
 /// `/init`: mount the basics and the ext4 disk on `/var/tmp` (NVMe, built
-/// into Debian's cloud kernels, or virtio-blk), run `cowgup run` with
-/// `args`, its human report on the console, the JSON report framed on ttyS1.
+/// into Debian's cloud kernels, or virtio-blk), set up the cell's topology
+/// (named on the kernel command line), run `cowgup run` with `args`, its
+/// human report on the console; the topology's setup lines, then the JSON
+/// report framed, on ttyS1.
 pub fn init_script(args: &[String]) -> String {
     let args: Vec<String> = args.iter().map(|a| quote(a)).collect();
     format!(
@@ -44,15 +46,16 @@ mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs 
 for d in /dev/nvme0n1 /dev/vda; do [ -b $d ] && mount -t ext4 $d /var/tmp && break; done
 cd /tmp
 echo "{START} $(uname -r)"
-set -o pipefail
+{topology}set -o pipefail
 /bin/cowgup run --format json --output /tmp/result.json {args} 2>&1 | cat
 rc=$?
 echo "{EXIT} rc=$rc"
 stty -F /dev/ttyS1 raw -echo
-{{ echo "{RESULT} rc=$rc release=$(uname -r)"; cat /tmp/result.json; echo; echo "{RESULT_END}"; }} > /dev/ttyS1
+{{ cat /tmp/topology.txt; echo "{RESULT} rc=$rc release=$(uname -r)"; cat /tmp/result.json; echo; echo "{RESULT_END}"; }} > /dev/ttyS1
 sync; reboot -f
 "#,
-        args = args.join(" ")
+        args = args.join(" "),
+        topology = super::topology::init_fragment(),
     )
 }
 
