@@ -43,7 +43,8 @@ pub fn init_script(args: &[String]) -> String {
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev; mount -t tmpfs tmpfs /tmp
-for d in /dev/nvme0n1 /dev/vda; do [ -b $d ] && mount -t ext4 $d /var/tmp && break; done
+by_serial() {{ for b in /sys/block/*; do [ "$(cat $b/serial 2>/dev/null)" = "$1" ] && echo /dev/${{b##*/}} && return 0; done; return 1; }}
+for d in /dev/nvme0n1 $(by_serial cowgup-state); do [ -b $d ] && mount -t ext4 $d /var/tmp && break; done
 cd /tmp
 echo "{START} $(uname -r)"
 {topology}set -o pipefail
@@ -186,6 +187,15 @@ mod tests {
             "/bin/cowgup run --format json --output /tmp/result.json '--skip' '1048576 kB' 2>&1 | cat"
         ));
         assert!(init.contains("> /dev/ttyS1"));
+        assert!(init.contains(
+            "for d in /dev/nvme0n1 $(by_serial cowgup-state); do [ -b $d ] && mount -t ext4 $d /var/tmp"
+        ));
+        let (setup, run) = (
+            init.find("COWGUP_TOPOLOGY").unwrap(),
+            init.find("/bin/cowgup run").unwrap(),
+        );
+        assert!(setup < run, "the topology is set up before the suite runs");
+        assert!(init.contains("{ cat /tmp/topology.txt; echo \"=== COWGUP-RESULT rc=$rc"));
         assert!(init.contains(START) && init.contains(RESULT_END));
     }
 

@@ -66,9 +66,12 @@ pub fn argv(g: &Guest) -> Vec<String> {
                 "nvme,drive=nvme,serial=cowgup".into(),
             ]);
         } else {
+            // A serial: `/init` finds it among the topology's virtio disks.
             a.extend([
                 "-drive".into(),
-                format!("file={},if=virtio,format=raw", path(d)),
+                format!("file={},if=none,id=state,format=raw", path(d)),
+                "-device".into(),
+                "virtio-blk-pci,drive=state,serial=cowgup-state".into(),
             ]);
         }
     }
@@ -164,7 +167,13 @@ pub fn probe_kvm(kernel: &Path, busybox: &Path, dir: &Path, limit: Duration) -> 
     )?;
     let console = super::collect::clean_console(&std::fs::read(&g.console).unwrap_or_default());
     let _ = std::fs::remove_file(&initrd);
-    probe_verdict(&console, &ended, limit)
+    probe_verdict(&console, &ended, limit).map_err(|e| {
+        let log = std::fs::read_to_string(dir.join("kvm-probe-qemu.log")).unwrap_or_default();
+        match log.lines().rev().find(|l| !l.trim().is_empty()) {
+            Some(l) => format!("{e}; qemu: {}", l.trim()),
+            None => e,
+        }
+    })
 }
 
 pub enum Ended {
@@ -223,7 +232,8 @@ mod tests {
              -serial file:/w/console.log -serial file:/w/result.txt \
              -kernel /k/bzImage -initrd /w/initrd.cpio \
              -drive file=/w/nvme.img,if=none,id=nvme,format=raw -device nvme,drive=nvme,serial=cowgup \
-             -drive file=/w/virtio.img,if=virtio,format=raw \
+             -drive file=/w/virtio.img,if=none,id=state,format=raw \
+             -device virtio-blk-pci,drive=state,serial=cowgup-state \
              -append console=ttyS0 panic=-1 quiet"
         );
     }
@@ -256,7 +266,7 @@ mod tests {
         let a = argv(&g).join(" ");
         assert!(
             a.ends_with(
-                "-drive file=/w/virtio.img,if=virtio,format=raw \
+                "-device virtio-blk-pci,drive=state,serial=cowgup-state \
              -drive file=/w/fsdax.img,if=none,id=topo0,format=raw \
              -device virtio-blk-pci,drive=topo0,serial=cowgup-dax \
              -append console=ttyS0 panic=-1 quiet memmap=256M!4G cowgup.topology=fsdax"

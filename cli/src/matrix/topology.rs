@@ -163,7 +163,8 @@ impl FromStr for Topology {
     }
 }
 
-/// The part of `/init` that sets the topology up (before the suite runs):
+/// The part of `/init` that sets the topology up (before the suite runs;
+/// `/init` defines `by_serial`, the block device of a disk serial):
 /// reads `cowgup.topology=` from `/proc/cmdline`, reports each feature on
 /// the console and in `/tmp/topology.txt` (sent ahead of the result frame),
 /// exports what it set up.
@@ -176,7 +177,6 @@ for w in $(cat /proc/cmdline); do case $w in {PARAM}=*) topo=${{w#{PARAM}=}};; e
 : > /etc/cowgup/topology.env
 setenv() {{ export "$1=$2"; echo "$1=$2" >> /etc/cowgup/topology.env; }}
 report() {{ echo "{TOPOLOGY} $*"; echo "{TOPOLOGY} $*" >> /tmp/topology.txt; }}
-by_serial() {{ for b in /sys/block/*; do [ "$(cat $b/serial 2>/dev/null)" = "$1" ] && echo /dev/${{b##*/}} && return 0; done; return 1; }}
 setenv COWGUP_TOPOLOGY $topo
 case "+$topo+" in *+zram+*)
   if [ ! -e /sys/block/zram0/disksize ]; then report "zram FAILED: no /sys/block/zram0 (CONFIG_ZRAM not built in)"
