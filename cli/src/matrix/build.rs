@@ -458,6 +458,55 @@ mod tests {
         }
     }
 
+    /// The recipe's config steps (defconfig, merge_config.sh, olddefconfig)
+    /// on a hard-linked copy of the 6.12 tree keep every fragment option
+    /// (no unmet dependency drops one). About 10 s of CPU; needs flex and
+    /// bison: `cargo test -p cowgup --bin cowgup -- --ignored olddefconfig`.
+    #[test]
+    #[ignore]
+    fn every_fragment_option_survives_olddefconfig() {
+        let shared = Path::new("/work/c-selftests/linux-source-6.12");
+        if !shared.join("Kconfig").is_file() {
+            eprintln!("SKIP: no 6.12 source tree at {}", shared.display());
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let b = BuildSpec::parse("6.12+debug_vm").unwrap();
+        let l = Layout {
+            root: dir.path().into(),
+            version: "test".into(),
+        };
+        std::fs::create_dir_all(l.src()).unwrap();
+        let cp = Command::new("cp")
+            .arg("-al")
+            .arg(shared)
+            .arg(l.tree(&b))
+            .status()
+            .unwrap();
+        assert!(cp.success());
+        // Generated headers in the shared tree make `make O=` refuse it.
+        let _ = std::fs::remove_dir_all(l.tree(&b).join("arch/x86/include/generated"));
+        std::fs::create_dir_all(l.obj(&b)).unwrap();
+        for (name, text) in b.fragments() {
+            std::fs::write(l.fragment_file(&b, name), text).unwrap();
+        }
+        let all = steps(&b, &l, 2, true);
+        for s in &all[..3] {
+            let out = Command::new(&s.argv[0])
+                .args(&s.argv[1..])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                s.what,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let config = std::fs::read_to_string(l.obj(&b).join(".config")).unwrap();
+        assert_eq!(missing_options(&b, &config), Vec::<String>::new());
+    }
+
     /// The cached prebuilt kernel has the fragment's options but the two
     /// the fragment adds (UDMABUF, CMA).
     #[test]
