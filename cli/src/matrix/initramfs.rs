@@ -17,6 +17,7 @@ pub enum Content {
     /// Copied from the host.
     Host(PathBuf),
     Text(String),
+    Bytes(Vec<u8>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,6 +114,7 @@ pub fn write_cpio<W: Write>(out: &mut W, entries: &[Entry]) -> io::Result<()> {
             Content::Host(p) => std::fs::read(p)
                 .map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", p.display())))?,
             Content::Text(t) => t.clone().into_bytes(),
+            Content::Bytes(b) => b.clone(),
         };
         header(out, i as u32 + 1, &e.path, e.mode, data.len())?;
         out.write_all(&data)?;

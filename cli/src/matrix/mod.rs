@@ -11,6 +11,7 @@
 pub mod build;
 pub mod collect;
 pub mod initramfs;
+pub mod modules;
 pub mod qemu;
 pub mod report;
 pub mod spec;
@@ -332,7 +333,31 @@ fn guest_of(shared: &Shared, kernel: &Path, topology: &Topology, dir: &Path) -> 
 /// One boot: the cell's result, or why there is none.
 fn boot(shared: &Shared, label: &str, kernel: &Path, topology: &Topology, dir: &Path) -> Cell {
     let start = Instant::now();
-    let g = guest_of(shared, kernel, topology, dir);
+    let mut g = guest_of(shared, kernel, topology, dir);
+    // Modules the topology needs from this kernel: appended as a second archive.
+    match modules::for_cell(kernel, topology) {
+        Ok(extra) if extra.is_empty() => {}
+        Ok(extra) => {
+            let initrd = dir.join("initrd.cpio");
+            let made = std::fs::copy(&shared.initrd, &initrd)
+                .and_then(|_| std::fs::OpenOptions::new().append(true).open(&initrd))
+                .and_then(|f| {
+                    let mut w = std::io::BufWriter::new(f);
+                    initramfs::write_cpio(&mut w, &extra)?;
+                    std::io::Write::flush(&mut w)
+                });
+            if let Err(e) = made {
+                return Cell::broken(
+                    label,
+                    start.elapsed(),
+                    format!("cannot add the topology's modules to the initramfs: {e}"),
+                    vec![],
+                );
+            }
+            g.initrd = initrd;
+        }
+        Err(e) => return Cell::broken(label, start.elapsed(), e, vec![]),
+    }
     let quiet = ["-q".to_string(), "-F".to_string()];
     let mut images: Vec<(PathBuf, u64, Vec<String>)> = g
         .disks

@@ -13,6 +13,9 @@
 //!   on `/mnt/dax`, then checks the mount really is DAX;
 //! - `movable`: `movablecore=2G`, checked for a populated Movable zone.
 //!
+//! Where the kernel builds a feature's driver as a module, the cell's
+//! initramfs carries it (see `modules`) and `/init` loads it first.
+//!
 //! `/init` reports each feature as one `=== TOPOLOGY <feature> ok|FAILED:
 //! ...` line (console and result port) and exposes what it set up to the
 //! suite as environment variables, also written to `/etc/cowgup/topology.env`:
@@ -178,21 +181,23 @@ for w in $(cat /proc/cmdline); do case $w in {PARAM}=*) topo=${{w#{PARAM}=}};; e
 setenv() {{ export "$1=$2"; echo "$1=$2" >> /etc/cowgup/topology.env; }}
 report() {{ echo "{TOPOLOGY} $*"; echo "{TOPOLOGY} $*" >> /tmp/topology.txt; }}
 setenv COWGUP_TOPOLOGY $topo
+for m in /lib/modules/cowgup/*.ko; do [ -e "$m" ] && {{ insmod "$m" || echo "cowgup: insmod $m failed"; }}; done
+wait_for() {{ i=0; while [ ! -e "$1" ] && [ $i -lt 10 ]; do sleep 1; i=$((i+1)); done; }}
 case "+$topo+" in *+zram+*)
-  if [ ! -e /sys/block/zram0/disksize ]; then report "zram FAILED: no /sys/block/zram0 (CONFIG_ZRAM not built in)"
+  if [ ! -e /sys/block/zram0/disksize ]; then report "zram FAILED: no /sys/block/zram0 (CONFIG_ZRAM neither built in nor loadable)"
   elif ! echo 1G > /sys/block/zram0/disksize; then report "zram FAILED: cannot size /dev/zram0"
   elif ! mkswap /dev/zram0 >/dev/null || ! swapon /dev/zram0; then report "zram FAILED: mkswap/swapon /dev/zram0"
   else setenv COWGUP_ZRAM_SWAP /dev/zram0; report "zram ok: /dev/zram0 (1 GiB) is swap"; fi;;
 esac
 case "+$topo+" in *+ext4+*)
   d=$(by_serial cowgup-ext4)
-  if [ -z "$d" ]; then report "ext4 FAILED: no virtio-blk disk with serial cowgup-ext4 (CONFIG_VIRTIO_BLK not built in?)"
+  if [ -z "$d" ]; then report "ext4 FAILED: no virtio-blk disk with serial cowgup-ext4 (CONFIG_VIRTIO_BLK neither built in nor loadable?)"
   elif ! mkdir -p /mnt/ext4 || ! mount -t ext4 $d /mnt/ext4; then report "ext4 FAILED: cannot mount $d on /mnt/ext4"
   else setenv COWGUP_EXT4_DIR /mnt/ext4; setenv COWGUP_STATE_DIR /mnt/ext4/cowgup; report "ext4 ok: $d mounted on /mnt/ext4, the state directory"; fi;;
 esac
 case "+$topo+" in *+fsdax+*)
-  d=$(by_serial cowgup-dax)
-  if [ ! -b /dev/pmem0 ]; then report "fsdax FAILED: no /dev/pmem0 from {PMEM_MEMMAP} (CONFIG_X86_PMEM_LEGACY, BLK_DEV_PMEM built in?)"
+  d=$(by_serial cowgup-dax); wait_for /dev/pmem0
+  if [ ! -b /dev/pmem0 ]; then report "fsdax FAILED: no /dev/pmem0 from {PMEM_MEMMAP} (CONFIG_X86_PMEM_LEGACY, BLK_DEV_PMEM neither built in nor loadable?)"
   elif [ "$(cat /sys/block/pmem0/queue/dax 2>/dev/null)" != 1 ]; then report "fsdax FAILED: /dev/pmem0 does not support DAX (CONFIG_FS_DAX?)"
   elif [ -z "$d" ]; then report "fsdax FAILED: no virtio-blk disk with serial cowgup-dax holding the ext4 image"
   elif ! dd if=$d of=/dev/pmem0 bs=1M 2>/dev/null; then report "fsdax FAILED: cannot copy the ext4 image from $d onto /dev/pmem0"
