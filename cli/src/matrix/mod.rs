@@ -31,7 +31,7 @@ use topology::Topology;
 
 #[derive(Args, Clone, Debug)]
 pub struct MatrixArgs {
-    /// A kernel to run the suite on (repeatable): `host`, a path to a bzImage/vmlinuz, `debian:6.1` or `debian:6.12`.
+    /// A kernel to run the suite on (repeatable): `host`, a path to a bzImage/vmlinuz, `debian:6.1`, `debian:6.12`, or `build:6.12` / `build:6.12+debug_vm` (built from linux-source-6.12 with cli/kernel-config/; cached; ~12 min).
     #[arg(long, value_name = "SPEC", required = true)]
     pub kernel: Vec<KernelSpec>,
     /// What each guest cell sets up (repeatable; a cell is kernel x topology): base, zram, ext4, fsdax, movable, or several joined with + [default: base].
