@@ -560,15 +560,24 @@ fn dry_run(args: &MatrixArgs, cells: &[Plan]) -> String {
     for spec in &args.kernel {
         match spec {
             KernelSpec::Build(b) => {
+                // apt's local cache names the version (no network); else a placeholder.
+                let version = build::source_version(b).unwrap_or_else(|_| "$VERSION".into());
                 let l = build::Layout {
                     root: spec::cache_dir().join(format!("build-{}", b.series)),
-                    version: "$VERSION".into(),
+                    version,
                 };
                 out.push_str(&format!(
-                    "# {}: $VERSION = apt-cache show --no-all-versions {} | Version; cache {}\n",
+                    "# {}: {} {} (apt-cache show --no-all-versions {}); cached as {}{}\n",
                     b.label(),
                     b.package(),
-                    l.image(b).display()
+                    l.version,
+                    b.package(),
+                    l.image(b).display(),
+                    if l.image(b).is_file() {
+                        " (present: nothing to build)"
+                    } else {
+                        ""
+                    }
                 ));
                 for st in build::steps(b, &l, build::jobs(), false) {
                     out.push_str(&format!("# {}\n{}\n", st.what, shell_words(&st.argv)));
