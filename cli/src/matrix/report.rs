@@ -226,6 +226,10 @@ fn class(cell: &Cell, family: Option<&str>) -> &'static str {
     if cell.broken.is_some() {
         return "none";
     }
+    // The whole cell is red when its topology could not be set up.
+    if family.is_none() && cell.setup_failures().next().is_some() {
+        return "bad";
+    }
     let mut trials = cell
         .trials
         .iter()
@@ -607,9 +611,12 @@ pub(crate) mod tests {
             "<pre class=\"kernel-log\">[5.2] WARNING: CPU: 1 PID: 9 at mm/gup.c:123</pre>"
         ));
         c[0].trials.retain(|t| !t.unexpected());
+        assert_eq!(class(&c[0], None), "bad", "the all row");
+        assert_eq!(class(&c[0], Some("cow_anon")), "ok");
         assert!(!c[0].ok(), "a feature not set up makes the cell not ok");
         c[0].setup.pop();
         assert!(c[0].ok(), "kernel log lines outside trials fail nothing");
+        assert_eq!(class(&c[0], None), "ok");
     }
 
     #[test]
