@@ -144,6 +144,14 @@ fn suite_args(a: &MatrixArgs, guest: bool) -> Vec<String> {
         // Under TCG a 1 GiB page takes seconds to clear or copy.
         v.extend(["--timeout".into(), "600".into()]);
     }
+    v.extend(selection(a, guest));
+    v
+}
+
+/// Which trials a cell runs: FILTERs, `--exact`, `--skip` (and, in guests,
+/// no 1 GiB trials unless `--with-1g`), as `cowgup run` and `list` take them.
+fn selection(a: &MatrixArgs, guest: bool) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
     if a.exact && !a.filters.is_empty() {
         v.push("--exact".into());
     }
@@ -155,6 +163,28 @@ fn suite_args(a: &MatrixArgs, guest: bool) -> Vec<String> {
         v.extend(["--skip".into(), "1048576 kB".into()]);
     }
     v
+}
+
+/// A selection that picks no trial fails here, before anything boots (the
+/// guests run this same catalogue): `cowgup list` says why.
+fn check_selection(a: &MatrixArgs) -> Result<(), String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut kinds: Vec<bool> = a.kernel.iter().map(|k| *k != KernelSpec::Host).collect();
+    kinds.dedup();
+    for guest in kinds {
+        let out = Command::new(&me)
+            .arg("list")
+            .args(selection(a, guest))
+            .output()
+            .map_err(|e| format!("cannot run {} list: {e}", me.display()))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .trim_start_matches("cowgup: ")
+                .to_string());
+        }
+    }
+    Ok(())
 }
 
 fn source_dir() -> Option<PathBuf> {
@@ -655,6 +685,9 @@ pub fn matrix(args: &MatrixArgs) -> ExitCode {
     if args.dry_run {
         print!("{}", dry_run(args, &cells_planned));
         return ExitCode::SUCCESS;
+    }
+    if let Err(e) = check_selection(args) {
+        return crate::fatal(&e);
     }
     let work = match tempfile::Builder::new().prefix("cowgup-matrix-").tempdir() {
         Ok(w) => w,
