@@ -381,9 +381,7 @@ pub fn run_batch(
             }
         }
     }
-    if let Err(stop) = wait_all(&mut running, &mut done) {
-        return Err(stop);
-    }
+    wait_all(&mut running, &mut done)?;
     let checks: Vec<CheckResult> = watches.iter_mut().map(|w| w.after()).collect();
     let doubtful: Vec<String> = checks
         .iter()
