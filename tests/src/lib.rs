@@ -58,6 +58,16 @@ impl Family {
         }
     }
 
+    /// Whether its trials may run side by side with others (`--jobs`): they
+    /// act only on memory of their own processes. Other families (gup_test's
+    /// benchmarks, KSM, reclaim, what reads system-wide state) run alone.
+    pub fn concurrent(self) -> bool {
+        matches!(
+            self,
+            Family::CowAnon | Family::CowAnonThp | Family::CowNonAnon | Family::GupLongterm
+        )
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Family::CowAnon => "cow: anonymous memory",
