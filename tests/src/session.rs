@@ -155,6 +155,13 @@ impl Session {
             thorough: opts.thorough,
             pfns_visible: caps.cap_sys_admin,
         });
+        if opts.jobs > 1 {
+            log.push(format!(
+                "up to {} trials side by side (--jobs): cow and gup_longterm trials in \
+                 batches, the other families one at a time",
+                opts.jobs
+            ));
+        }
         Ok(Session {
             caps,
             guard,
