@@ -5,13 +5,14 @@
 use cowgup_tests::Family;
 
 /// Every family, in catalogue order.
-pub const FAMILIES: [Family; 6] = [
+pub const FAMILIES: [Family; 7] = [
     Family::CowAnon,
     Family::CowAnonThp,
     Family::CowNonAnon,
     Family::GupLongterm,
     Family::GupTest,
     Family::BeyondUpstream,
+    Family::ForceWrite,
 ];
 
 /// What a family runs, in a line. Exhaustive on purpose: a new family does
@@ -37,6 +38,12 @@ fn covers(f: Family) -> &'static str {
         Family::BeyondUpstream => {
             "MAP_SHARED anonymous memory, KSM-merged pages, memfd_secret, O_DIRECT, through \
              every pin source"
+        }
+        Family::ForceWrite => {
+            "FOLL_FORCE writes (/proc/self/mem, PTRACE_POKEDATA) into PROT_READ mappings: a \
+             private copy in COW mappings (file, memfd, uffd-minor memfd, zeropages, THP, pages \
+             shared with a child), EIO in MAP_SHARED and hugetlb (before 6.14); a Dirty COW race \
+             against MADV_DONTNEED"
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod cow_anon;
 pub mod cow_anon_thp;
 pub mod cow_non_anon;
 pub mod expectations;
+pub mod force_write;
 pub mod gup_longterm;
 pub mod gup_test;
 pub mod session;
@@ -37,6 +38,7 @@ pub enum Family {
     GupLongterm,
     GupTest,
     BeyondUpstream,
+    ForceWrite,
 }
 
 impl Family {
@@ -49,6 +51,7 @@ impl Family {
             Family::GupLongterm => "gup_longterm",
             Family::GupTest => "gup_test",
             Family::BeyondUpstream => "beyond_upstream",
+            Family::ForceWrite => "force_write",
         }
     }
 
@@ -60,6 +63,7 @@ impl Family {
             Family::GupLongterm => "gup_longterm: long-term pins of files",
             Family::GupTest => "gup_test: get/pin_user_pages() via CONFIG_GUP_TEST",
             Family::BeyondUpstream => "beyond upstream: shared anon, KSM, memfd_secret, O_DIRECT",
+            Family::ForceWrite => "force_write: FOLL_FORCE writes (Dirty COW family)",
         }
     }
 }
@@ -380,6 +384,7 @@ pub fn catalogue(caps: &Capabilities) -> Vec<Scenario> {
     v.extend(gup_longterm_catalogue(caps, true));
     v.extend(gup_test_catalogue(caps));
     v.extend(beyond_upstream_catalogue());
+    v.extend(force_write::force_write_catalogue(caps));
     v
 }
 
