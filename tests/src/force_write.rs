@@ -396,7 +396,7 @@ fn untouched(p: &Prepared, who: &str) -> Step<Outcome> {
                 ),
             );
         }
-        let fresh = map_file(&f.file, f.len, false, false)?;
+        let fresh = map_file(&f.file, f.len, false, false, None)?;
         fresh.touch_read(f.unit);
         see(
             "a fresh MAP_SHARED mapping of the file".into(),
@@ -787,16 +787,27 @@ fn reopen_read_only(f: &std::fs::File) -> Step<std::fs::File> {
 }
 
 /// mmap() of `len` bytes of a file, shared or private, R/O or RW.
-fn map_file(f: &impl AsFd, len: usize, private: bool, writable: bool) -> Step<Region> {
+/// With `at`, exactly there (MAP_FIXED_NOREPLACE: never over a mapping).
+fn map_file(
+    f: &impl AsFd,
+    len: usize,
+    private: bool,
+    writable: bool,
+    at: Option<usize>,
+) -> Step<Region> {
     let prot = if writable { RW } else { ProtFlags::PROT_READ };
-    let flags = if private {
+    let mut flags = if private {
         MapFlags::MAP_PRIVATE
     } else {
         MapFlags::MAP_SHARED
     };
+    if at.is_some() {
+        flags |= MapFlags::MAP_FIXED_NOREPLACE;
+    }
     let nz = std::num::NonZeroUsize::new(len).expect("mapping of zero length");
-    // SAFETY: a fresh mapping chosen by the kernel; nothing truncates the file.
-    let p = unsafe { nix::sys::mman::mmap(None, nz, prot, flags, f, 0) }.or_else(|e| {
+    let addr = at.and_then(std::num::NonZeroUsize::new);
+    // SAFETY: a fresh mapping, at an address no mapping holds; nothing truncates the file.
+    let p = unsafe { nix::sys::mman::mmap(addr, nz, prot, flags, f, 0) }.or_else(|e| {
         if len > env().page_size {
             skip(format!("need more free huge pages: mmap() failed: {e}"))
         } else {
@@ -830,18 +841,15 @@ fn file_target(
             fail(format!("fallocate() failed: {e}"))
         };
     }
-    let target = map_file(&ro, len, !shared, false)?;
     let pattern = Pattern::with_unit(unit);
-    // Stamp the file through a writable shared mapping (hugetlbfs has no write()).
-    let filler = map_file(&rw, len, false, true)?;
-    for off in (0..len).step_by(CHUNK) {
-        let n = CHUNK.min(len - off);
-        let image = pattern.image(target.sub(off, n), ORIGINAL);
-        // SAFETY: the filler mapping is writable and `len` bytes long.
-        unsafe { std::ptr::copy_nonoverlapping(image.as_ptr(), filler.ptr().add(off), n) };
-    }
+    // Stamp the file through a writable shared mapping (hugetlbfs has no
+    // write()), then map the target at the same address, so the stamps name
+    // the target's pages.
+    let filler = map_file(&rw, len, false, true, None)?;
+    pattern.fill(filler, Writer::Setup);
     filler.munmap()?;
-    let view = map_file(&ro, len, false, false)?;
+    let target = map_file(&ro, len, !shared, false, Some(filler.addr))?;
+    let view = map_file(&ro, len, false, false, None)?;
     target.touch_read(unit);
     view.touch_read(unit);
     Ok(Prepared {
