@@ -306,7 +306,9 @@ fn judge(
                 "the forced writer",
             )?;
             // The written page must be a new one, not the one the other
-            // views map (which must keep the original).
+            // views map (which must keep the original); a contradiction
+            // is reported with whatever else changed.
+            let mut agreement = Ok(());
             if let Some((label, view)) = p.views.first() {
                 let off = p.written.addr - p.target.addr;
                 let other = view.sub(off, p.written.len);
@@ -321,14 +323,19 @@ fn judge(
                     label,
                     &theirs,
                 );
-                evidence::agree(
+                agreement = evidence::agree(
                     &sharing,
                     &data,
                     true,
                     "the forced write went into the page the other view maps",
-                )?;
+                );
             }
-            untouched(&p, who)
+            let data = untouched(&p, who)?;
+            Ok(match (agreement, data) {
+                (Ok(()), d) => d,
+                (Err(a), Outcome::Pass) => a,
+                (Err(a), d) => Outcome::Fail(format!("{}; {}", a.reason(), d.reason())),
+            })
         }
         Expect::Refused => {
             let refused = match (res.written, res.errno.map(Errno::from_raw)) {
