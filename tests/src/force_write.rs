@@ -281,6 +281,11 @@ fn judge(
     match expect {
         Expect::PrivateCopy => {
             if res.written != attempted {
+                if forcer == Forcer::ProcMem {
+                    if let Some(why) = proc_mem_without_force() {
+                        return Ok(Outcome::Skip(why));
+                    }
+                }
                 let why = res
                     .errno
                     .map_or("a short write".into(), |e| Errno::from_raw(e).to_string());
@@ -520,6 +525,33 @@ fn proc_mem() -> Step<std::fs::File> {
         .write(true)
         .open("/proc/self/mem")
         .or_else(|e| fail(format!("opening /proc/self/mem failed: {e}")))
+}
+
+/// `proc_mem.force_override=` on a kernel command line, if given.
+pub fn force_override(cmdline: &str) -> Option<&str> {
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("proc_mem.force_override="))
+}
+
+/// When /proc/self/mem refused a write that a COW mapping must take: is it
+/// this kernel's /proc/<pid>/mem policy (6.12+: CONFIG_PROC_MEM_NO_FORCE,
+/// CONFIG_PROC_MEM_FORCE_PTRACE or `proc_mem.force_override=`) rather
+/// than GUP? Measured by a forced write into a fresh PROT_READ private
+/// anonymous page, the simplest COW there is.
+fn proc_mem_without_force() -> Option<String> {
+    let page = env().page_size;
+    let r = mem::map_anon(page, ProtFlags::PROT_READ, MapFlags::MAP_PRIVATE).ok()?;
+    r.touch_read(page);
+    let mem = proc_mem().ok()?;
+    let e = nix::sys::uio::pwrite(&mem, &1u64.to_ne_bytes(), r.addr as i64).err()?;
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    Some(format!(
+        "/proc/self/mem writes without FOLL_FORCE on this kernel: a write into a fresh PROT_READ private \
+         anonymous page also failed with {e} (proc_mem.force_override on the command line: {}; else \
+         CONFIG_PROC_MEM_NO_FORCE or CONFIG_PROC_MEM_FORCE_PTRACE)",
+        force_override(&cmdline).unwrap_or("not given")
+    ))
 }
 
 fn proc_mem_write(words: &[(usize, u64)]) -> Step<WriteResult> {
@@ -1223,6 +1255,15 @@ mod tests {
         assert_eq!(s.expect(Some((6, 18))), Expect::Refused);
         assert_eq!(Target::SharedMemfd.expect(None), Expect::Refused);
         assert_eq!(Target::PrivateFile.expect(None), Expect::PrivateCopy);
+    }
+
+    #[test]
+    fn force_override_is_read_from_the_command_line() {
+        assert_eq!(
+            force_override("quiet proc_mem.force_override=never panic=1"),
+            Some("never")
+        );
+        assert_eq!(force_override("quiet panic=1"), None);
     }
 
     #[test]
