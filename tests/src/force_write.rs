@@ -1205,6 +1205,11 @@ pub fn race(forcer: Forcer) -> Outcome {
             )));
         }
         if let Some(e) = res.errno {
+            if forcer == Forcer::ProcMem {
+                if let Some(why) = proc_mem_without_force() {
+                    return Ok(Outcome::Skip(why));
+                }
+            }
             return Ok(Outcome::Fail(format!(
                 "forced write #{} via {} failed with {} while racing MADV_DONTNEED",
                 res.iterations + 1,
