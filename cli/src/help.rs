@@ -5,13 +5,15 @@
 use cowgup_tests::Family;
 
 /// Every family, in catalogue order.
-pub const FAMILIES: [Family; 7] = [
+pub const FAMILIES: [Family; 9] = [
     Family::CowAnon,
     Family::CowAnonThp,
     Family::CowNonAnon,
     Family::GupLongterm,
     Family::GupTest,
     Family::BeyondUpstream,
+    Family::RemoteAccess,
+    Family::LargeFolioPins,
     Family::ForceWrite,
 ];
 
@@ -38,6 +40,17 @@ fn covers(f: Family) -> &'static str {
         Family::BeyondUpstream => {
             "MAP_SHARED anonymous memory, KSM-merged pages, memfd_secret, O_DIRECT, through \
              every pin source"
+        }
+        Family::RemoteAccess => {
+            "process_vm_writev() into a child's COW-shared pages changes only the child; \
+             process_vm_readv() returns the child's data, never the parent's; a remote R/O read \
+             unshares (FOLL_REMOTE pins), on every anonymous backing"
+        }
+        Family::LargeFolioPins => {
+            "io_uring fixed buffers on parts of one THP/hugetlb folio (unregister one, fork), 64 \
+             rings on one folio released in random order, fork with a live pin and a writer \
+             thread (no torn snapshot), buffers over several folios and one page mapped twice \
+             (CVE-2023-2598 shape): WRITE_FIXED equals the mapping byte for byte"
         }
         Family::ForceWrite => {
             "FOLL_FORCE writes (/proc/self/mem, PTRACE_POKEDATA) into PROT_READ mappings: a \

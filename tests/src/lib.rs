@@ -18,6 +18,8 @@ pub mod expectations;
 pub mod force_write;
 pub mod gup_longterm;
 pub mod gup_test;
+pub mod large_folio_pins;
+pub mod remote_access;
 pub mod session;
 
 use std::sync::Arc;
@@ -38,6 +40,8 @@ pub enum Family {
     GupLongterm,
     GupTest,
     BeyondUpstream,
+    RemoteAccess,
+    LargeFolioPins,
     ForceWrite,
 }
 
@@ -51,8 +55,20 @@ impl Family {
             Family::GupLongterm => "gup_longterm",
             Family::GupTest => "gup_test",
             Family::BeyondUpstream => "beyond_upstream",
+            Family::RemoteAccess => "remote_access",
+            Family::LargeFolioPins => "large_folio_pins",
             Family::ForceWrite => "force_write",
         }
+    }
+
+    /// Whether its trials may run side by side with others (`--jobs`): they
+    /// act only on memory of their own processes. Other families (gup_test's
+    /// benchmarks, KSM, reclaim, what reads system-wide state) run alone.
+    pub fn concurrent(self) -> bool {
+        matches!(
+            self,
+            Family::CowAnon | Family::CowAnonThp | Family::CowNonAnon | Family::GupLongterm
+        )
     }
 
     pub fn name(self) -> &'static str {
@@ -63,6 +79,10 @@ impl Family {
             Family::GupLongterm => "gup_longterm: long-term pins of files",
             Family::GupTest => "gup_test: get/pin_user_pages() via CONFIG_GUP_TEST",
             Family::BeyondUpstream => "beyond upstream: shared anon, KSM, memfd_secret, O_DIRECT",
+            Family::RemoteAccess => "remote access: process_vm_readv/writev into COW-shared pages",
+            Family::LargeFolioPins => {
+                "large folio pins: partial, repeated and torn pins of THP/hugetlb"
+            }
             Family::ForceWrite => "force_write: FOLL_FORCE writes (Dirty COW family)",
         }
     }
@@ -384,6 +404,8 @@ pub fn catalogue(caps: &Capabilities) -> Vec<Scenario> {
     v.extend(gup_longterm_catalogue(caps, true));
     v.extend(gup_test_catalogue(caps));
     v.extend(beyond_upstream_catalogue());
+    v.extend(remote_access::remote_access_catalogue(caps));
+    v.extend(large_folio_pins::large_folio_pins_catalogue(caps));
     v.extend(force_write::force_write_catalogue(caps));
     v
 }
