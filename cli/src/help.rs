@@ -5,7 +5,7 @@
 use cowgup_tests::Family;
 
 /// Every family, in catalogue order.
-pub const FAMILIES: [Family; 8] = [
+pub const FAMILIES: [Family; 9] = [
     Family::CowAnon,
     Family::CowAnonThp,
     Family::CowNonAnon,
@@ -14,6 +14,7 @@ pub const FAMILIES: [Family; 8] = [
     Family::BeyondUpstream,
     Family::RemoteAccess,
     Family::LargeFolioPins,
+    Family::ForceWrite,
 ];
 
 /// What a family runs, in a line. Exhaustive on purpose: a new family does
@@ -50,6 +51,12 @@ fn covers(f: Family) -> &'static str {
              rings on one folio released in random order, fork with a live pin and a writer \
              thread (no torn snapshot), buffers over several folios and one page mapped twice \
              (CVE-2023-2598 shape): WRITE_FIXED equals the mapping byte for byte"
+        }
+        Family::ForceWrite => {
+            "FOLL_FORCE writes (/proc/self/mem, PTRACE_POKEDATA) into PROT_READ mappings: a \
+             private copy in COW mappings (file, memfd, uffd-minor memfd, zeropages, THP, pages \
+             shared with a child), EIO in MAP_SHARED and hugetlb (before 6.14); a Dirty COW race \
+             against MADV_DONTNEED"
         }
     }
 }

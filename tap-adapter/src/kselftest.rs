@@ -36,6 +36,7 @@ pub fn cow_section(f: Family) -> Option<&'static str> {
         | Family::BeyondUpstream
         | Family::RemoteAccess
         | Family::LargeFolioPins => None,
+        Family::ForceWrite => None,
     }
 }
 

@@ -15,6 +15,7 @@ pub mod cow_anon;
 pub mod cow_anon_thp;
 pub mod cow_non_anon;
 pub mod expectations;
+pub mod force_write;
 pub mod gup_longterm;
 pub mod gup_test;
 pub mod large_folio_pins;
@@ -41,6 +42,7 @@ pub enum Family {
     BeyondUpstream,
     RemoteAccess,
     LargeFolioPins,
+    ForceWrite,
 }
 
 impl Family {
@@ -55,6 +57,7 @@ impl Family {
             Family::BeyondUpstream => "beyond_upstream",
             Family::RemoteAccess => "remote_access",
             Family::LargeFolioPins => "large_folio_pins",
+            Family::ForceWrite => "force_write",
         }
     }
 
@@ -80,6 +83,7 @@ impl Family {
             Family::LargeFolioPins => {
                 "large folio pins: partial, repeated and torn pins of THP/hugetlb"
             }
+            Family::ForceWrite => "force_write: FOLL_FORCE writes (Dirty COW family)",
         }
     }
 }
@@ -402,6 +406,7 @@ pub fn catalogue(caps: &Capabilities) -> Vec<Scenario> {
     v.extend(beyond_upstream_catalogue());
     v.extend(remote_access::remote_access_catalogue(caps));
     v.extend(large_folio_pins::large_folio_pins_catalogue(caps));
+    v.extend(force_write::force_write_catalogue(caps));
     v
 }
 
