@@ -5,7 +5,7 @@
 use cowgup_tests::Family;
 
 /// Every family, in catalogue order.
-pub const FAMILIES: [Family; 9] = [
+pub const FAMILIES: [Family; 10] = [
     Family::CowAnon,
     Family::CowAnonThp,
     Family::CowNonAnon,
@@ -15,6 +15,7 @@ pub const FAMILIES: [Family; 9] = [
     Family::RemoteAccess,
     Family::LargeFolioPins,
     Family::ForceWrite,
+    Family::PinsUnderReclaim,
 ];
 
 /// What a family runs, in a line. Exhaustive on purpose: a new family does
@@ -57,6 +58,11 @@ fn covers(f: Family) -> &'static str {
              private copy in COW mappings (file, memfd, uffd-minor memfd, zeropages, THP, pages \
              shared with a child), EIO in MAP_SHARED and hugetlb (before 6.14); a Dirty COW race \
              against MADV_DONTNEED"
+        }
+        Family::PinsUnderReclaim => {
+            "pinned anonymous pages (io_uring fixed buffer; gup_test R/O pin where available) under \
+             MADV_PAGEOUT, MADV_COLD, move_pages(), mbind(), MADV_COLLAPSE, KSM and compaction: \
+             the PFN must stay and the pin must still see the process's writes, both ways"
         }
     }
 }

@@ -35,7 +35,8 @@ pub fn cow_section(f: Family) -> Option<&'static str> {
         | Family::GupTest
         | Family::BeyondUpstream
         | Family::RemoteAccess
-        | Family::LargeFolioPins => None,
+        | Family::LargeFolioPins
+        | Family::PinsUnderReclaim => None,
         Family::ForceWrite => None,
     }
 }

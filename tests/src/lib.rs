@@ -19,6 +19,7 @@ pub mod force_write;
 pub mod gup_longterm;
 pub mod gup_test;
 pub mod large_folio_pins;
+pub mod pins_under_reclaim;
 pub mod remote_access;
 pub mod session;
 
@@ -43,6 +44,7 @@ pub enum Family {
     RemoteAccess,
     LargeFolioPins,
     ForceWrite,
+    PinsUnderReclaim,
 }
 
 impl Family {
@@ -58,6 +60,7 @@ impl Family {
             Family::RemoteAccess => "remote_access",
             Family::LargeFolioPins => "large_folio_pins",
             Family::ForceWrite => "force_write",
+            Family::PinsUnderReclaim => "pins_under_reclaim",
         }
     }
 
@@ -84,6 +87,7 @@ impl Family {
                 "large folio pins: partial, repeated and torn pins of THP/hugetlb"
             }
             Family::ForceWrite => "force_write: FOLL_FORCE writes (Dirty COW family)",
+            Family::PinsUnderReclaim => "pins under reclaim, migration, collapse, KSM, compaction",
         }
     }
 }
@@ -407,6 +411,7 @@ pub fn catalogue(caps: &Capabilities) -> Vec<Scenario> {
     v.extend(remote_access::remote_access_catalogue(caps));
     v.extend(large_folio_pins::large_folio_pins_catalogue(caps));
     v.extend(force_write::force_write_catalogue(caps));
+    v.extend(pins_under_reclaim::pins_under_reclaim_catalogue(caps));
     v
 }
 

@@ -1,0 +1,943 @@
+//! Pins under reclaim and migration: while a long-term pin (an io_uring
+//! fixed buffer, or a gup_test PIN_LONGTERM pin) holds the pages of an
+//! anonymous backing, the kernel is asked to reclaim, age, migrate, collapse,
+//! merge or compact them. Afterwards the pinned pages must still be the ones
+//! mapped (same PFN), and whatever the kernel did, the pin and the process
+//! must still see each other's writes: the process writes, the pin is read
+//! (WRITE_FIXED / PIN_LONGTERM_TEST_READ); the pin writes (READ_FIXED), the
+//! process reads.
+//!
+//! What each pressure may legitimately do to a pinned page is data in
+//! `PRESSURES` (`Pressure::pinned`), argued from the kernel source above
+//! each entry; the syscall results it may return are data too.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cowgup_fixtures::anon::{AnonBacking, AnonMemory};
+use cowgup_fixtures::evidence::View;
+use cowgup_fixtures::mem::{self, Region, RW};
+use cowgup_fixtures::needs::Need;
+use cowgup_fixtures::pagemap::{self, Pte};
+use cowgup_fixtures::pin_source::{Held, PinSource};
+use cowgup_fixtures::stamp::{Mismatch, Writer};
+use cowgup_fixtures::{env, fail, kb, skip, Step};
+use cowgup_harness::probe::Capabilities;
+use cowgup_harness::{diag, Knob, Outcome};
+use nix::errno::Errno;
+use nix::sys::mman::{MapFlags, MmapAdvise};
+
+use crate::common::{write_and_check_own, ORIGINAL};
+use crate::{Family, Scenario};
+
+/// What the kernel may do to the mapping of a pinned page under a pressure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Pinned {
+    /// The pinned page stays mapped where it is: a changed PFN fails.
+    Stays,
+    /// The kernel may move or replace the mapping; the pin and the process
+    /// must then still see each other's writes.
+    MayReplace,
+}
+
+/// The syscall results a pressure may return, by backing.
+#[derive(Clone, Copy, Debug)]
+pub struct Results {
+    /// errno values (0: success) accepted on THP and base pages.
+    pub anon: &'static [i32],
+    /// ... and on hugetlb.
+    pub hugetlb: &'static [i32],
+}
+
+impl Results {
+    fn accepted(&self, backing: AnonBacking) -> &'static [i32] {
+        if backing.is_hugetlb() {
+            self.hugetlb
+        } else {
+            self.anon
+        }
+    }
+}
+
+/// One way of putting pressure on pinned pages.
+pub struct Pressure {
+    /// The first part of the trial name.
+    pub desc: &'static str,
+    pub pinned: Pinned,
+    pub results: Results,
+    /// Needs beyond the backing's and the pin source's.
+    pub needs: &'static [Need],
+    pub knobs: fn() -> Vec<Knob>,
+    pub apply: fn(&AnonMemory, AnonBacking) -> Step<Applied>,
+}
+
+/// What applying a pressure did, as the kernel reported it.
+pub struct Applied {
+    /// The syscall's result: 0 or the errno.
+    pub errno: i32,
+    /// One line for the diagnostics.
+    pub summary: String,
+    pub detail: serde_json::Value,
+}
+
+const OK: i32 = 0;
+
+/// linux/mempolicy.h: fail (EIO) when pages that should move do not.
+const MPOL_MF_STRICT: libc::c_int = 1 << 0;
+/// linux/mempolicy.h: move the pages mapped only by this process.
+const MPOL_MF_MOVE: libc::c_int = 1 << 1;
+
+pub const PRESSURES: [Pressure; 7] = [
+    // mm/vmscan.c shrink_folio_list(): an anonymous folio not yet in the
+    // swap cache is kept (`goto keep_locked`) when folio_maybe_dma_pinned(),
+    // before add_to_swap() and try_to_unmap(); a folio that is already in the
+    // swap cache is unmapped but then hits the second
+    // folio_maybe_dma_pinned() check (`goto activate_locked`) and is not
+    // freed. mm/rmap.c try_to_unmap_one() also refuses to unmap a pinned
+    // PageAnonExclusive page (folio_try_share_anon_rmap_pte() fails). So the
+    // pinned page stays mapped. hugetlb: mm/madvise.c can_madv_lru_vma()
+    // rejects VM_HUGETLB, madvise() returns EINVAL.
+    Pressure {
+        desc: "MADV_PAGEOUT",
+        pinned: Pinned::Stays,
+        results: Results {
+            anon: &[OK],
+            hugetlb: &[libc::EINVAL],
+        },
+        needs: &[Need::Swap],
+        knobs: Vec::new,
+        apply: |m, b| madvise_lru(m, b, libc::MADV_PAGEOUT, "MADV_PAGEOUT"),
+    },
+    // mm/madvise.c madvise_cold_or_pageout_pte_range() with pageout=false
+    // only clears the young bits and deactivates the folio
+    // (folio_deactivate()): nothing is unmapped. hugetlb: EINVAL as above.
+    Pressure {
+        desc: "MADV_COLD",
+        pinned: Pinned::Stays,
+        results: Results {
+            anon: &[OK],
+            hugetlb: &[libc::EINVAL],
+        },
+        needs: &[],
+        knobs: Vec::new,
+        apply: |m, b| madvise_lru(m, b, libc::MADV_COLD, "MADV_COLD"),
+    },
+    // mm/migrate.c add_folio_for_migration(): a folio already on the target
+    // node is not queued (`if (folio_nid(folio) == node) return 0`), and
+    // do_pages_move() stores that node as the page's status. Were it queued,
+    // folio_migrate_mapping() refuses a folio whose refcount is above the
+    // expected one (-EAGAIN, the page stays; status -EBUSY/-EAGAIN), and
+    // try_to_migrate_one() refuses to unmap a pinned exclusive anon page.
+    // Either way the pinned page stays.
+    Pressure {
+        desc: "move_pages() to the same node",
+        pinned: Pinned::Stays,
+        results: Results {
+            anon: &[OK],
+            hugetlb: &[OK],
+        },
+        needs: &[],
+        knobs: Vec::new,
+        apply: move_pages_same_node,
+    },
+    // mm/mempolicy.c queue_folio_required(): with MPOL_MF_MOVE only folios
+    // on a node outside the new policy's nodemask are queued for migration;
+    // on the same node nothing is queued and mbind() returns 0. Were they
+    // queued, the migration refcount check above keeps the pinned page
+    // (MPOL_MF_STRICT then makes mbind() fail with EIO).
+    Pressure {
+        desc: "mbind(MPOL_MF_MOVE) to the same node",
+        pinned: Pinned::Stays,
+        results: Results {
+            anon: &[OK, libc::EIO],
+            hugetlb: &[OK, libc::EIO],
+        },
+        needs: &[],
+        knobs: Vec::new,
+        apply: mbind_same_node,
+    },
+    // mm/khugepaged.c hpage_collapse_scan_pmd() and
+    // __collapse_huge_page_isolate(): a folio whose refcount is above
+    // is_refcount_suitable() (mapcount + swap cache) is not collapsed
+    // (SCAN_PAGE_COUNT, which madvise_collapse_errno() turns into EAGAIN);
+    // a range already PMD-mapped is SCAN_PMD_MAPPED (success, nothing
+    // done). hugetlb: madvise_collapse()'s thp_vma_allowable_order() fails,
+    // EINVAL.
+    Pressure {
+        desc: "MADV_COLLAPSE",
+        pinned: Pinned::Stays,
+        results: Results {
+            anon: &[OK, libc::EAGAIN],
+            hugetlb: &[libc::EINVAL],
+        },
+        needs: &[],
+        knobs: Vec::new,
+        apply: collapse,
+    },
+    // mm/ksm.c write_protect_page(): the merge candidate is write-protected
+    // only if folio_mapcount() + 1 + swapped == folio_ref_count() (no
+    // O_DIRECT-like I/O, no pin) and folio_try_share_anon_rmap_pte()
+    // succeeds, which it does not for a maybe-DMA-pinned page; a large folio
+    // must first be split (try_to_merge_one_page(): split_folio()), which
+    // can_split_folio() refuses while pinned. So the pinned page is never
+    // replaced by the KSM page. hugetlb: vma_ksm_compatible() rejects
+    // VM_HUGETLB, ksmd never sees the pages (the trial skips).
+    Pressure {
+        desc: "KSM merging of an identical page",
+        pinned: Pinned::Stays,
+        results: Results {
+            anon: &[OK],
+            hugetlb: &[OK],
+        },
+        needs: &[],
+        knobs: crate::beyond_upstream::ksm_knobs,
+        apply: ksm_merge,
+    },
+    // mm/compaction.c isolate_migratepages_block(): an anonymous folio with
+    // more references than mappings ("Migration will fail if an anonymous
+    // page is pinned in memory") is not isolated; migration would fail on
+    // folio_migrate_mapping()'s refcount check anyway. hugetlb pages are only
+    // isolated for alloc_contig, not by /proc/sys/vm/compact_memory.
+    Pressure {
+        desc: "compaction",
+        pinned: Pinned::Stays,
+        results: Results {
+            anon: &[OK],
+            hugetlb: &[OK],
+        },
+        needs: &[],
+        knobs: Vec::new,
+        apply: compact,
+    },
+];
+
+/// The pin sources: an io_uring fixed buffer everywhere, and where gup_test
+/// exists a read-only long-term GUP-fast pin (cow.c's R/O pin, the other
+/// GUP path).
+pub const SOURCES: [PinSource; 2] = [
+    PinSource::IoUringFixed,
+    PinSource::GupTest {
+        write: false,
+        fast: true,
+    },
+];
+
+fn source_label(source: PinSource) -> &'static str {
+    match source {
+        PinSource::IoUringFixed => "io_uring fixed buffer",
+        PinSource::GupTest { .. } => "gup_test R/O longterm GUP-fast pin",
+        _ => source.name(),
+    }
+}
+
+/// The family's trials: pressure x pin source x anonymous backing.
+pub fn pins_under_reclaim_catalogue(caps: &Capabilities) -> Vec<Scenario> {
+    let hugetlb: Vec<usize> = caps.hugetlb.iter().map(|p| p.size).collect();
+    let anon = AnonBacking::all(&caps.thp_sizes, caps.pmd_size, &hugetlb);
+    let pmd = caps.pmd_size;
+    let mut out = Vec::new();
+    for (i, pressure) in PRESSURES.iter().enumerate() {
+        for source in SOURCES {
+            for &backing in &anon {
+                let mut knobs = backing.knobs(pmd);
+                knobs.extend((pressure.knobs)());
+                out.push(Scenario {
+                    name: format!(
+                        "{} while pinned by {} ... with {}",
+                        pressure.desc,
+                        source_label(source),
+                        backing.suffix()
+                    ),
+                    family: Family::PinsUnderReclaim,
+                    group: backing.group(),
+                    needs: backing
+                        .needs()
+                        .into_iter()
+                        .chain(source.needs())
+                        .chain(pressure.needs.iter().copied())
+                        .collect(),
+                    knobs,
+                    pins: true,
+                    body: Arc::new(move || {
+                        run(&PRESSURES[i], source, backing).unwrap_or_else(|o| o)
+                    }),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Pin, apply the pressure, and check the pin against the process both ways.
+fn run(pressure: &Pressure, source: PinSource, backing: AnonBacking) -> Step<Outcome> {
+    let m = backing.setup()?;
+    let (region, pattern) = (m.region, m.pattern);
+    let mut held = match source.take(region)? {
+        Ok(h) => h,
+        Err(Errno::EINVAL) if matches!(source, PinSource::GupTest { .. }) => {
+            return skip("PIN_LONGTERM_TEST_START failed: EINVAL")
+        }
+        Err(e) => return fail(format!("{} failed: {e}", source.name())),
+    };
+    let pinned = View::capture(region, pattern.unit)?;
+    let applied = (pressure.apply)(&m, backing)?;
+    let after = View::capture(region, pattern.unit)?;
+    cowgup_harness::evidence(
+        "pressure",
+        serde_json::json!({
+            "pressure": pressure.desc,
+            "pinned_may": pressure.pinned,
+            "errno": applied.errno,
+            "summary": applied.summary,
+            "detail": applied.detail,
+        }),
+    );
+    let accepted = pressure.results.accepted(backing);
+    if !accepted.contains(&applied.errno) {
+        return fail(format!(
+            "{} returned {} on {}, expected one of {} ({})",
+            pressure.desc,
+            errno_name(applied.errno),
+            backing.suffix(),
+            accepted
+                .iter()
+                .map(|e| errno_name(*e))
+                .collect::<Vec<_>>()
+                .join(", "),
+            applied.summary
+        ));
+    }
+
+    // The process writes; the pin must see it.
+    let written = ORIGINAL.written_by(Writer::Parent);
+    write_and_check_own(region, pattern, ORIGINAL, Writer::Parent, "the process")?;
+    let after_write = View::capture(region, pattern.unit)?;
+    let pin_sees = held.check(region, pattern, written)?;
+    // The pin writes (io_uring only: the others cannot write); the process must see it.
+    let process_sees = match &mut held {
+        Held::Ring(buf) => Some(write_through_ring(buf, region, pattern)?),
+        _ => None,
+    };
+
+    let moved_by_pressure = moved(&pinned, &after);
+    let moved_by_write = moved(&pinned, &after_write);
+    cowgup_harness::evidence(
+        "pfns",
+        serde_json::json!({
+            "pinned": pfns(&pinned),
+            "after_pressure": pfns(&after),
+            "after_process_write": pfns(&after_write),
+            "moved_by_pressure": moved_by_pressure.len(),
+            "moved_by_write": moved_by_write.len(),
+        }),
+    );
+    let through_pin = match &pin_sees {
+        Ok(()) => format!(
+            "the pin saw {} on all {} page(s)",
+            written.describe(),
+            pattern.pages(region.len)
+        ),
+        Err(mm) => format!("the pin saw: {mm}"),
+    };
+    let into_process = match &process_sees {
+        None => String::new(),
+        Some(Ok(n)) => format!("; the process saw the pin's READ_FIXED on all {n} page(s)"),
+        Some(Err(mm)) => format!("; the process saw: {mm}"),
+    };
+    let pfn_line = pfn_story(&pinned, &after, &after_write);
+    diag(format!(
+        "evidence: {} -> {}; {pfn_line}; {through_pin}{into_process}",
+        pressure.desc, applied.summary
+    ));
+
+    if let Err(mm) = pin_sees {
+        cowgup_harness::evidence("mismatch", &mm);
+        return Ok(Outcome::Fail(format!(
+            "stale pin after {}: the {} does not see the process's write: {mm} ({pfn_line})",
+            pressure.desc,
+            source_label(source)
+        )));
+    }
+    if let Some(Err(mm)) = process_sees {
+        cowgup_harness::evidence("mismatch", &mm);
+        return Ok(Outcome::Fail(format!(
+            "stale pin after {}: the process does not see what the io_uring fixed buffer wrote \
+             (READ_FIXED): {mm} ({pfn_line})",
+            pressure.desc
+        )));
+    }
+    if pressure.pinned == Pinned::Stays {
+        if let Some(&(unit, was, now)) = moved_by_pressure.first().or(moved_by_write.first()) {
+            let when = if moved_by_pressure.is_empty() {
+                "by the process's write after it"
+            } else {
+                "by it"
+            };
+            return Ok(Outcome::Fail(format!(
+                "pinned page moved under {} ({when}): unit {unit} was {was:?}, is {now:?} ({} of {} \
+                 units moved); a pinned page must stay where it is",
+                pressure.desc,
+                moved_by_pressure.len().max(moved_by_write.len()),
+                pinned.ptes.len()
+            )));
+        }
+    }
+    Ok(Outcome::Pass)
+}
+
+/// READ_FIXED the child's stamps into the first base page of every unit of
+/// the buffer (at most 512 pages), then read them as the process.
+/// `Ok(pages)` when the process saw every one.
+fn write_through_ring(
+    buf: &mut cowgup_fixtures::pin::FixedBuffer,
+    region: Region,
+    pattern: cowgup_fixtures::stamp::Pattern,
+) -> Step<Result<usize, Mismatch>> {
+    let page = pattern.page;
+    let units = region.len / pattern.unit;
+    let step = units.div_ceil(512).max(1) * pattern.unit;
+    let offsets: Vec<usize> = (0..region.len).step_by(step).collect();
+    let src =
+        nix::sys::memfd::memfd_create("cowgup-into-pin", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .or_else(|e| fail(format!("memfd_create() failed: {e}")))?;
+    let src = std::fs::File::from(src);
+    for &off in &offsets {
+        let image = pattern.image(region.sub(off, page), Writer::Child);
+        std::os::unix::fs::FileExt::write_all_at(&src, &image, off as u64)
+            .or_else(|e| fail(format!("writing the memfd at +0x{off:x} failed: {e}")))?;
+    }
+    let ranges: Vec<(usize, usize)> = offsets.iter().map(|&o| (o, page)).collect();
+    buf.write_through_pin(&src, &ranges)?;
+    for &off in &offsets {
+        if let Err(mut mm) = pattern.check(region.sub(off, page), Writer::Child) {
+            mm.offset += off;
+            mm.page += off / page;
+            return Ok(Err(mm));
+        }
+    }
+    Ok(Ok(offsets.len()))
+}
+
+/// Units whose page-table entry no longer maps the PFN it mapped when
+/// pinned: (unit, then, now). Units whose PFN was not visible are left out.
+fn moved(before: &View, after: &View) -> Vec<(usize, Pte, Pte)> {
+    before
+        .ptes
+        .iter()
+        .zip(&after.ptes)
+        .enumerate()
+        .filter(|(_, (b, a))| b.pfn().is_some() && b.pfn() != a.pfn())
+        .map(|(i, (b, a))| (i, *b, *a))
+        .collect()
+}
+
+fn pfns(v: &View) -> Vec<String> {
+    v.ptes.iter().take(8).map(|p| format!("{p:?}")).collect()
+}
+
+/// The first unit's PFN at each step, and how many units moved.
+fn pfn_story(pinned: &View, after: &View, after_write: &View) -> String {
+    let first = |v: &View| {
+        v.ptes
+            .first()
+            .map_or("none".to_string(), |p| format!("{p:?}"))
+    };
+    if pinned.ptes.first().and_then(|p| p.pfn()).is_none() {
+        return format!("PFNs not visible (pinned unit 0: {})", first(pinned));
+    }
+    format!(
+        "unit 0: {} pinned, {} after the pressure, {} after the process's write; {} of {} units moved",
+        first(pinned),
+        first(after),
+        first(after_write),
+        moved(pinned, after).len().max(moved(pinned, after_write).len()),
+        pinned.ptes.len()
+    )
+}
+
+fn errno_name(e: i32) -> String {
+    if e == 0 {
+        "0 (success)".into()
+    } else {
+        format!("{}", Errno::from_raw(e))
+    }
+}
+
+fn errno_of(r: Result<(), Errno>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => e as i32,
+    }
+}
+
+/// MADV_PAGEOUT / MADV_COLD on the pinned range. For MADV_PAGEOUT an
+/// unpinned control page is paged out too: if it does not go to swap,
+/// pageout cannot work here and the trial skips.
+fn madvise_lru(m: &AnonMemory, backing: AnonBacking, advice: i32, what: &str) -> Step<Applied> {
+    let control = if advice == libc::MADV_PAGEOUT && !backing.is_hugetlb() {
+        let page = env().page_size;
+        let c = mem::map_anon(page, RW, MapFlags::MAP_PRIVATE)
+            .or_else(|e| fail(format!("mmap() failed: {e}")))?;
+        let _ = c.madvise_raw(libc::MADV_NOHUGEPAGE);
+        c.touch_write(page);
+        c.madvise(MmapAdvise::MADV_PAGEOUT, "MADV_PAGEOUT on the control page")?;
+        let pte = pagemap::entry(c.addr).or_else(fail)?;
+        if !pte.swapped() {
+            return skip(format!(
+                "MADV_PAGEOUT did not swap out an unpinned control page (its entry is {pte:?}; \
+                 swap: {}): pageout cannot be tried on the pinned pages",
+                swap_summary()
+            ));
+        }
+        Some(format!("{pte:?}"))
+    } else {
+        None
+    };
+    let before = vmstat();
+    let errno = errno_of(m.region.madvise_raw(advice));
+    let delta = vmstat_delta(&before, &["pswpout", "pgdeactivate", "pgactivate"]);
+    let summary = format!(
+        "madvise({what}) on {} returned {}{}; vmstat {}",
+        kb(m.region.len),
+        errno_name(errno),
+        control.as_ref().map_or(String::new(), |c| format!(
+            " (the unpinned control page went to swap: {c})"
+        )),
+        show_delta(&delta)
+    );
+    Ok(Applied {
+        errno,
+        summary,
+        detail: serde_json::json!({ "control": control, "vmstat": delta }),
+    })
+}
+
+fn swap_summary() -> String {
+    std::fs::read_to_string("/proc/swaps")
+        .map(|s| {
+            let devs: Vec<String> = s
+                .lines()
+                .skip(1)
+                .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+                .collect();
+            if devs.is_empty() {
+                "/proc/swaps lists no device".into()
+            } else {
+                devs.join("; ")
+            }
+        })
+        .unwrap_or_else(|e| format!("/proc/swaps unreadable: {e}"))
+}
+
+/// The address of the first base page of every unit of the region.
+fn unit_addrs(m: &AnonMemory) -> Vec<*mut libc::c_void> {
+    (0..m.region.len)
+        .step_by(m.pattern.unit)
+        .map(|off| (m.region.addr + off) as *mut libc::c_void)
+        .collect()
+}
+
+/// move_pages(2) on this process; `nodes` None queries.
+fn move_pages(pages: &[*mut libc::c_void], nodes: Option<&[i32]>) -> (i64, Vec<i32>) {
+    let mut status = vec![i32::MIN; pages.len()];
+    // SAFETY: arrays of `pages.len()` entries; pid 0 is this process.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_pages,
+            0,
+            pages.len() as libc::c_ulong,
+            pages.as_ptr(),
+            nodes.map_or(std::ptr::null(), |n| n.as_ptr()),
+            status.as_mut_ptr(),
+            MPOL_MF_MOVE,
+        )
+    };
+    let r = if r < 0 { -(Errno::last() as i64) } else { r };
+    (r, status)
+}
+
+/// The node every unit is on now (move_pages() with no target nodes).
+fn current_nodes(m: &AnonMemory) -> Step<Vec<i32>> {
+    let (r, status) = move_pages(&unit_addrs(m), None);
+    if r < 0 {
+        return fail(format!(
+            "move_pages() querying the pinned pages' nodes failed: {}",
+            Errno::from_raw(-r as i32)
+        ));
+    }
+    if let Some((i, s)) = status.iter().enumerate().find(|(_, s)| **s < 0) {
+        return fail(format!(
+            "move_pages() query: unit {i} has status {} (not mapped although pinned?)",
+            Errno::from_raw(-s)
+        ));
+    }
+    Ok(status)
+}
+
+/// Per-page statuses, grouped: "512 x node 0".
+fn show_status(status: &[i32]) -> String {
+    let mut count: BTreeMap<i32, usize> = BTreeMap::new();
+    for s in status {
+        *count.entry(*s).or_default() += 1;
+    }
+    count
+        .iter()
+        .map(|(s, n)| {
+            if *s >= 0 {
+                format!("{n} x node {s}")
+            } else {
+                format!("{n} x {}", Errno::from_raw(-s))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn move_pages_same_node(m: &AnonMemory, _: AnonBacking) -> Step<Applied> {
+    let nodes = current_nodes(m)?;
+    let before = vmstat();
+    let (r, status) = move_pages(&unit_addrs(m), Some(&nodes));
+    let delta = vmstat_delta(&before, &["pgmigrate_success", "pgmigrate_fail"]);
+    // Each page's status is its node (nothing to do) or a negative errno
+    // (not moved): a different node would be a page moved elsewhere.
+    let stray = status
+        .iter()
+        .zip(&nodes)
+        .position(|(s, n)| *s >= 0 && s != n);
+    if let Some(i) = stray {
+        return fail(format!(
+            "move_pages() to the same node reports unit {i} on node {} (asked for node {}): {}",
+            status[i],
+            nodes[i],
+            show_status(&status)
+        ));
+    }
+    let errno = if r < 0 { -r as i32 } else { 0 };
+    Ok(Applied {
+        errno,
+        summary: format!(
+            "move_pages() of {} unit(s) to their node returned {r}, status {}; vmstat {}",
+            nodes.len(),
+            show_status(&status),
+            show_delta(&delta)
+        ),
+        detail: serde_json::json!({
+            "returned": r,
+            "nodes": show_status(&nodes),
+            "status": show_status(&status),
+            "vmstat": delta,
+        }),
+    })
+}
+
+fn mbind_same_node(m: &AnonMemory, _: AnonBacking) -> Step<Applied> {
+    let nodes = current_nodes(m)?;
+    let node = nodes[0];
+    if nodes.iter().any(|n| *n != node) || !(0..64).contains(&node) {
+        return fail(format!(
+            "the pinned pages are on nodes {}: expected one node below 64",
+            show_status(&nodes)
+        ));
+    }
+    let mask: u64 = 1 << node;
+    let before = vmstat();
+    // SAFETY: a one-word node mask; the range is this trial's mapping.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mbind,
+            m.region.addr,
+            m.region.len,
+            libc::MPOL_BIND,
+            &mask as *const u64,
+            64 as libc::c_ulong,
+            (MPOL_MF_MOVE | MPOL_MF_STRICT) as libc::c_uint,
+        )
+    };
+    let errno = if r < 0 { Errno::last() as i32 } else { 0 };
+    let delta = vmstat_delta(&before, &["pgmigrate_success", "pgmigrate_fail"]);
+    let (_, status) = move_pages(&unit_addrs(m), None);
+    Ok(Applied {
+        errno,
+        summary: format!(
+            "mbind(MPOL_BIND to node {node}, MPOL_MF_MOVE|MPOL_MF_STRICT) returned {}; pages now on {}; vmstat {}",
+            errno_name(errno),
+            show_status(&status),
+            show_delta(&delta)
+        ),
+        detail: serde_json::json!({ "node": node, "status": show_status(&status), "vmstat": delta }),
+    })
+}
+
+/// The mapping (from /proc/self/maps) that holds `addr`: (start, end).
+fn vma_of(addr: usize) -> Step<(usize, usize)> {
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .or_else(|e| fail(format!("reading /proc/self/maps failed: {e}")))?;
+    for line in maps.lines() {
+        let range = line.split_whitespace().next().unwrap_or("");
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else {
+            continue;
+        };
+        if a <= addr && addr < b {
+            return Ok((a, b));
+        }
+    }
+    fail(format!("no mapping holds 0x{addr:x} in /proc/self/maps"))
+}
+
+/// MADV_COLLAPSE on the PMD-aligned range holding the pinned pages (what
+/// madvise_collapse() works on), when one mapping covers all of it.
+fn collapse(m: &AnonMemory, backing: AnonBacking) -> Step<Applied> {
+    let target = if backing.is_hugetlb() {
+        m.region
+    } else {
+        let Some(pmd) = env().pmd_size else {
+            return skip("no PMD-sized THP on this kernel: MADV_COLLAPSE has nothing to make");
+        };
+        let start = m.region.addr / pmd * pmd;
+        let (a, b) = vma_of(m.region.addr)?;
+        if m.region.end() > start + pmd || a > start || b < start + pmd {
+            return skip(format!(
+                "the mapping of the pinned pages (0x{a:x}-0x{b:x}, {}) holds no whole PMD-aligned {} \
+                 range around them: MADV_COLLAPSE has nothing to collapse (madvise_collapse() works \
+                 on whole PMD ranges only)",
+                kb(b - a),
+                kb(pmd)
+            ));
+        }
+        Region::new(start, pmd)
+    };
+    let before = vmstat();
+    let errno = errno_of(target.madvise_raw(libc::MADV_COLLAPSE));
+    let delta = vmstat_delta(
+        &before,
+        &["thp_collapse_alloc", "thp_collapse_alloc_failed"],
+    );
+    if errno == libc::ENOMEM {
+        return skip(format!(
+            "MADV_COLLAPSE could not allocate a {} page (ENOMEM): collapse was not tried",
+            kb(target.len)
+        ));
+    }
+    Ok(Applied {
+        errno,
+        summary: format!(
+            "madvise(MADV_COLLAPSE) on 0x{:x}+{} returned {}; vmstat {}",
+            target.addr,
+            kb(target.len),
+            errno_name(errno),
+            show_delta(&delta)
+        ),
+        detail: serde_json::json!({ "addr": target.addr, "len": target.len, "vmstat": delta }),
+    })
+}
+
+fn ksm_read(file: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/sys/kernel/mm/ksm/{file}"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Two unpinned twins of the pinned region's first page, all three
+/// MADV_MERGEABLE: ksmd must merge the twins (proof that it ran and found
+/// the content), then scan at least twice more (so the pinned page met the
+/// KSM page); the pinned page must not be merged.
+fn ksm_merge(m: &AnonMemory, backing: AnonBacking) -> Step<Applied> {
+    if backing.is_hugetlb() {
+        return skip(
+            "KSM never scans hugetlb mappings (mm/ksm.c vma_ksm_compatible() rejects VM_HUGETLB): \
+             no KSM pressure can reach these pinned pages",
+        );
+    }
+    let page = env().page_size;
+    let twins = mem::map_anon(2 * page, RW, MapFlags::MAP_PRIVATE)
+        .or_else(|e| fail(format!("mmap() failed: {e}")))?;
+    let _ = twins.madvise_raw(libc::MADV_NOHUGEPAGE);
+    for t in 0..2 {
+        // SAFETY: both are mapped pages of this trial.
+        unsafe { std::ptr::copy_nonoverlapping(m.region.ptr(), twins.ptr().add(t * page), page) };
+    }
+    let errno = errno_of(m.region.madvise_raw(libc::MADV_MERGEABLE));
+    if errno != 0 {
+        return Ok(Applied {
+            errno,
+            summary: format!(
+                "MADV_MERGEABLE on the pinned pages returned {}",
+                errno_name(errno)
+            ),
+            detail: serde_json::Value::Null,
+        });
+    }
+    twins.madvise(MmapAdvise::MADV_MERGEABLE, "MADV_MERGEABLE on the twins")?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(15);
+    let scans_at_start = ksm_read("full_scans");
+    let mut scans_at_merge = None;
+    let twin_pfns = || -> Step<(Pte, Pte)> {
+        let p = pagemap::read(twins, page).or_else(fail)?;
+        Ok((p[0], p[1]))
+    };
+    loop {
+        let (a, b) = twin_pfns()?;
+        let scans = ksm_read("full_scans");
+        match scans_at_merge {
+            None if a.pfn().is_some() && a.pfn() == b.pfn() => scans_at_merge = scans,
+            Some(at) if scans.is_some_and(|now| now >= at + 2) => break,
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            return skip(format!(
+                "ksmd did not merge two identical unpinned pages and scan twice more within {:.1} s \
+                 (KSM run {:?}, full_scans {:?} -> {:?}, twins {a:?} / {b:?}, merged at scan {:?})",
+                started.elapsed().as_secs_f64(),
+                ksm_read("run"),
+                scans_at_start,
+                scans,
+                scans_at_merge
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (a, _) = twin_pfns()?;
+    let pinned = pagemap::entry(m.region.addr).or_else(fail)?;
+    let merging = std::fs::read_to_string("/proc/self/ksm_merging_pages")
+        .map_or("unreadable".into(), |s| s.trim().to_string());
+    if pinned.pfn().is_some() && pinned.pfn() == a.pfn() {
+        diag(format!(
+            "evidence: the pinned page now maps the KSM page the twins share ({a:?})"
+        ));
+    }
+    Ok(Applied {
+        errno,
+        summary: format!(
+            "ksmd merged the unpinned twins into {a:?} and scanned {} more time(s); the pinned \
+             page's first unit maps {pinned:?}; ksm_merging_pages {merging}; {:.1} s",
+            ksm_read("full_scans")
+                .zip(scans_at_merge)
+                .map_or("?".into(), |(n, at)| (n - at).to_string()),
+            started.elapsed().as_secs_f64()
+        ),
+        detail: serde_json::json!({
+            "twins": format!("{a:?}"),
+            "pinned_first": format!("{pinned:?}"),
+            "ksm_merging_pages": merging,
+        }),
+    })
+}
+
+/// /proc/sys/vm/compact_memory: compact every zone of every node, now.
+fn compact(_: &AnonMemory, _: AnonBacking) -> Step<Applied> {
+    let before = vmstat();
+    let started = Instant::now();
+    let r = std::fs::write("/proc/sys/vm/compact_memory", "1");
+    let delta = vmstat_delta(
+        &before,
+        &[
+            "compact_migrate_scanned",
+            "compact_isolated",
+            "pgmigrate_success",
+            "pgmigrate_fail",
+        ],
+    );
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => skip(format!(
+            "writing /proc/sys/vm/compact_memory needs root: {e}"
+        )),
+        Err(e) => fail(format!("writing /proc/sys/vm/compact_memory failed: {e}")),
+        Ok(()) => Ok(Applied {
+            errno: 0,
+            summary: format!(
+                "compact_memory took {:.2} s; vmstat {}",
+                started.elapsed().as_secs_f64(),
+                show_delta(&delta)
+            ),
+            detail: serde_json::json!({ "vmstat": delta }),
+        }),
+    }
+}
+
+fn vmstat() -> BTreeMap<String, u64> {
+    std::fs::read_to_string("/proc/vmstat")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// How these counters changed since `before` (system-wide: other activity counts too).
+fn vmstat_delta(before: &BTreeMap<String, u64>, keys: &[&str]) -> BTreeMap<String, i64> {
+    let now = vmstat();
+    keys.iter()
+        .filter_map(|k| {
+            let (a, b) = (before.get(*k)?, now.get(*k)?);
+            Some((k.to_string(), *b as i64 - *a as i64))
+        })
+        .collect()
+}
+
+fn show_delta(d: &BTreeMap<String, i64>) -> String {
+    if d.is_empty() {
+        return "(counters unreadable)".into();
+    }
+    d.iter()
+        .map(|(k, v)| format!("{k} +{v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cowgup_fixtures::stamp::Content;
+
+    #[test]
+    fn names_are_derived_and_unique() {
+        let caps = crate::tests::reference_host();
+        let all = pins_under_reclaim_catalogue(&caps);
+        let backings = AnonBacking::all(&caps.thp_sizes, caps.pmd_size, &[2 << 20, 1 << 30]).len();
+        assert_eq!(all.len(), PRESSURES.len() * SOURCES.len() * backings);
+        let names: std::collections::BTreeSet<&str> = all.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names.len(), all.len());
+        assert!(
+            names.contains("MADV_PAGEOUT while pinned by io_uring fixed buffer ... with base page")
+        );
+        assert!(all.iter().all(|s| s.pins));
+        let pageout = &all[0];
+        assert!(pageout.needs.contains(&Need::Swap) && pageout.needs.contains(&Need::IoUring));
+    }
+
+    #[test]
+    fn accepted_results_follow_the_backing() {
+        let pageout = &PRESSURES[0];
+        assert_eq!(pageout.results.accepted(AnonBacking::BasePage), &[OK]);
+        assert_eq!(
+            pageout
+                .results
+                .accepted(AnonBacking::Hugetlb { size: 2 << 20 }),
+            &[libc::EINVAL]
+        );
+    }
+
+    #[test]
+    fn moved_units_compare_visible_pfns_only() {
+        let v = |p: &[u64]| View {
+            ptes: p.iter().map(|&x| Pte(x)).collect(),
+            first: Default::default(),
+        };
+        let present = |pfn: u64| (1u64 << 63) | pfn;
+        let before = v(&[present(1), present(2), 1 << 63]);
+        let after = v(&[present(1), 1 << 62, present(9)]);
+        let m = moved(&before, &after);
+        assert_eq!(m.len(), 1, "unit 1 went to swap; unit 2 had no visible PFN");
+        assert_eq!(m[0].0, 1);
+        assert!(!Content::all(Writer::Child).describe().is_empty());
+    }
+}
