@@ -743,10 +743,13 @@ fn ksm_read(file: &str) -> Option<u64> {
         .ok()
 }
 
-/// Two unpinned twins of the pinned region's first page, all three
-/// MADV_MERGEABLE: ksmd must merge the twins (proof that it ran and found
-/// the content), then scan at least twice more (so the pinned page met the
-/// KSM page); the pinned page must not be merged.
+/// Two unpinned twins of the pinned region's first page are made
+/// MADV_MERGEABLE first, and ksmd must merge them into a KSM page (proof that
+/// it runs and that the content merges). Only then is the pinned range made
+/// MADV_MERGEABLE (had it been first, the pinned page would sit in the
+/// unstable tree and block the twins: try_to_merge_two_pages() fails on it),
+/// and ksmd must complete two more full scans, so that the pinned page met
+/// the KSM page in stable_tree_search() and try_to_merge_with_ksm_page().
 fn ksm_merge(m: &AnonMemory, backing: AnonBacking) -> Step<Applied> {
     if backing.is_hugetlb() {
         return skip(
@@ -762,6 +765,32 @@ fn ksm_merge(m: &AnonMemory, backing: AnonBacking) -> Step<Applied> {
         // SAFETY: both are mapped pages of this trial.
         unsafe { std::ptr::copy_nonoverlapping(m.region.ptr(), twins.ptr().add(t * page), page) };
     }
+    twins.madvise(MmapAdvise::MADV_MERGEABLE, "MADV_MERGEABLE on the twins")?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(15);
+    let scans_at_start = ksm_read("full_scans");
+    let twin_ptes = || -> Step<(Pte, Pte)> {
+        let p = pagemap::read(twins, page).or_else(fail)?;
+        Ok((p[0], p[1]))
+    };
+    loop {
+        let (a, b) = twin_ptes()?;
+        if a.pfn().is_some() && a.pfn() == b.pfn() {
+            break;
+        }
+        if Instant::now() > deadline {
+            return skip(format!(
+                "ksmd did not merge two identical unpinned pages within {:.1} s (KSM run {:?}, \
+                 full_scans {:?} -> {:?}, twins {a:?} / {b:?})",
+                started.elapsed().as_secs_f64(),
+                ksm_read("run"),
+                scans_at_start,
+                ksm_read("full_scans"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let merged_after = started.elapsed().as_secs_f64();
     let errno = errno_of(m.region.madvise_raw(libc::MADV_MERGEABLE));
     if errno != 0 {
         return Ok(Applied {
@@ -773,58 +802,41 @@ fn ksm_merge(m: &AnonMemory, backing: AnonBacking) -> Step<Applied> {
             detail: serde_json::Value::Null,
         });
     }
-    twins.madvise(MmapAdvise::MADV_MERGEABLE, "MADV_MERGEABLE on the twins")?;
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(15);
-    let scans_at_start = ksm_read("full_scans");
-    let mut scans_at_merge = None;
-    let twin_pfns = || -> Step<(Pte, Pte)> {
-        let p = pagemap::read(twins, page).or_else(fail)?;
-        Ok((p[0], p[1]))
+    let Some(scans_at_mergeable) = ksm_read("full_scans") else {
+        return skip(
+            "/sys/kernel/mm/ksm/full_scans unreadable: cannot tell when ksmd saw the pinned pages",
+        );
     };
     loop {
-        let (a, b) = twin_pfns()?;
-        let scans = ksm_read("full_scans");
-        match scans_at_merge {
-            None if a.pfn().is_some() && a.pfn() == b.pfn() => scans_at_merge = scans,
-            Some(at) if scans.is_some_and(|now| now >= at + 2) => break,
-            _ => {}
+        let scans = ksm_read("full_scans").unwrap_or(0);
+        if scans >= scans_at_mergeable + 2 {
+            break;
         }
         if Instant::now() > deadline {
             return skip(format!(
-                "ksmd did not merge two identical unpinned pages and scan twice more within {:.1} s \
-                 (KSM run {:?}, full_scans {:?} -> {:?}, twins {a:?} / {b:?}, merged at scan {:?})",
-                started.elapsed().as_secs_f64(),
-                ksm_read("run"),
-                scans_at_start,
-                scans,
-                scans_at_merge
+                "ksmd did not complete two full scans after the pinned pages became MADV_MERGEABLE \
+                 within {:.1} s (full_scans {scans_at_mergeable} -> {scans})",
+                started.elapsed().as_secs_f64()
             ));
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(5));
     }
-    let (a, _) = twin_pfns()?;
+    let (a, _) = twin_ptes()?;
     let pinned = pagemap::entry(m.region.addr).or_else(fail)?;
     let merging = std::fs::read_to_string("/proc/self/ksm_merging_pages")
         .map_or("unreadable".into(), |s| s.trim().to_string());
-    if pinned.pfn().is_some() && pinned.pfn() == a.pfn() {
-        diag(format!(
-            "evidence: the pinned page now maps the KSM page the twins share ({a:?})"
-        ));
-    }
+    let scans = ksm_read("full_scans").unwrap_or(0) - scans_at_mergeable;
     Ok(Applied {
         errno,
         summary: format!(
-            "ksmd merged the unpinned twins into {a:?} and scanned {} more time(s); the pinned \
-             page's first unit maps {pinned:?}; ksm_merging_pages {merging}; {:.1} s",
-            ksm_read("full_scans")
-                .zip(scans_at_merge)
-                .map_or("?".into(), |(n, at)| (n - at).to_string()),
-            started.elapsed().as_secs_f64()
+            "ksmd merged the unpinned twins into KSM page {a:?} ({merged_after:.2} s), then scanned \
+             {scans} time(s) with the pinned pages MADV_MERGEABLE; the pinned first page maps \
+             {pinned:?}; ksm_merging_pages {merging}"
         ),
         detail: serde_json::json!({
-            "twins": format!("{a:?}"),
+            "ksm_page": format!("{a:?}"),
             "pinned_first": format!("{pinned:?}"),
+            "full_scans_after_mergeable": scans,
             "ksm_merging_pages": merging,
         }),
     })
