@@ -6,6 +6,7 @@
 //! | `cow_anon`      | `cow_anon::CASES` (14)      | `fixtures::anon::AnonBacking::all` |
 //! | `cow_anon_thp`  | `cow_anon_thp::CASES` (4)   | one PMD THP                       |
 //! | `cow_non_anon`  | `cow_non_anon::CASES` (3)   | `fixtures::non_anon::NonAnonBacking::all` |
+//! | `pins_under_reclaim` | `pins_under_reclaim::PRESSURES` (7) x `SOURCES` (2) | `fixtures::anon::AnonBacking::all` |
 //!
 //! A trial's name is derived, never typed: `<case> ... with <backing>`.
 

@@ -413,6 +413,7 @@ fn write_through_ring(
         if let Err(mut mm) = pattern.check(region.sub(off, page), Writer::Child) {
             mm.offset += off;
             mm.page += off / page;
+            mm.pages = pattern.pages(region.len);
             return Ok(Err(mm));
         }
     }
@@ -700,10 +701,15 @@ fn collapse(m: &AnonMemory, backing: AnonBacking) -> Step<Applied> {
         let start = m.region.addr / pmd * pmd;
         let (a, b) = vma_of(m.region.addr)?;
         if m.region.end() > start + pmd || a > start || b < start + pmd {
+            diag(format!(
+                "evidence: pinned pages 0x{:x}+{} in the mapping 0x{a:x}-0x{b:x}",
+                m.region.addr,
+                kb(m.region.len)
+            ));
             return skip(format!(
-                "the mapping of the pinned pages (0x{a:x}-0x{b:x}, {}) holds no whole PMD-aligned {} \
-                 range around them: MADV_COLLAPSE has nothing to collapse (madvise_collapse() works \
-                 on whole PMD ranges only)",
+                "the mapping of the pinned pages ({}) holds no whole PMD-aligned {} range around \
+                 them: MADV_COLLAPSE has nothing to collapse (madvise_collapse() works on whole PMD \
+                 ranges only)",
                 kb(b - a),
                 kb(pmd)
             ));
