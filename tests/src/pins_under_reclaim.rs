@@ -741,6 +741,20 @@ fn collapse(m: &AnonMemory, backing: AnonBacking) -> Step<Applied> {
     })
 }
 
+/// How much ksmd walks per full scan, system-wide (why a scan can be slow).
+fn ksm_load() -> String {
+    let show = |f: &str| ksm_read(f).map_or("unreadable".into(), |v| v.to_string());
+    format!(
+        "ksmd walks pages_shared {}, pages_sharing {}, pages_unshared {}, pages_volatile {} \
+         system-wide at pages_to_scan {}",
+        show("pages_shared"),
+        show("pages_sharing"),
+        show("pages_unshared"),
+        show("pages_volatile"),
+        show("pages_to_scan")
+    )
+}
+
 fn ksm_read(file: &str) -> Option<u64> {
     std::fs::read_to_string(format!("/sys/kernel/mm/ksm/{file}"))
         .ok()?
@@ -787,11 +801,12 @@ fn ksm_merge(m: &AnonMemory, backing: AnonBacking) -> Step<Applied> {
         if Instant::now() > deadline {
             return skip(format!(
                 "ksmd did not merge two identical unpinned pages within {:.1} s (KSM run {:?}, \
-                 full_scans {:?} -> {:?}, twins {a:?} / {b:?})",
+                 full_scans {:?} -> {:?}, twins {a:?} / {b:?}; {})",
                 started.elapsed().as_secs_f64(),
                 ksm_read("run"),
                 scans_at_start,
                 ksm_read("full_scans"),
+                ksm_load()
             ));
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -821,8 +836,9 @@ fn ksm_merge(m: &AnonMemory, backing: AnonBacking) -> Step<Applied> {
         if Instant::now() > deadline {
             return skip(format!(
                 "ksmd did not complete two full scans after the pinned pages became MADV_MERGEABLE \
-                 within {:.1} s (full_scans {scans_at_mergeable} -> {scans})",
-                started.elapsed().as_secs_f64()
+                 within {:.1} s (full_scans {scans_at_mergeable} -> {scans}; {})",
+                started.elapsed().as_secs_f64(),
+                ksm_load()
             ));
         }
         std::thread::sleep(Duration::from_millis(5));
