@@ -5,13 +5,14 @@
 use cowgup_tests::Family;
 
 /// Every family, in catalogue order.
-pub const FAMILIES: [Family; 6] = [
+pub const FAMILIES: [Family; 7] = [
     Family::CowAnon,
     Family::CowAnonThp,
     Family::CowNonAnon,
     Family::GupLongterm,
     Family::GupTest,
     Family::BeyondUpstream,
+    Family::FileLargeFolios,
 ];
 
 /// What a family runs, in a line. Exhaustive on purpose: a new family does
@@ -37,6 +38,11 @@ fn covers(f: Family) -> &'static str {
         Family::BeyondUpstream => {
             "MAP_SHARED anonymous memory, KSM-merged pages, memfd_secret, O_DIRECT, through \
              every pin source"
+        }
+        Family::FileLargeFolios => {
+            "a MAP_PRIVATE PROT_READ mapping of a PMD-sized file folio (huge=always tmpfs, memfd, \
+             shmem per-size knob): R/O longterm GUP pins (the 2025 livelock), COW by mprotect and \
+             forced write, io_uring, vmsplice, O_DIRECT; the page cache must stay unchanged"
         }
     }
 }

@@ -32,6 +32,7 @@ pub fn cow_section(f: Family) -> Option<&'static str> {
         Family::CowAnonThp => Some("[INFO] Anonymous THP tests"),
         Family::CowNonAnon => Some("[RUN] Non-anonymous memory tests in private mappings"),
         Family::GupLongterm | Family::GupTest | Family::BeyondUpstream => None,
+        Family::FileLargeFolios => None,
     }
 }
 

@@ -15,6 +15,7 @@ pub mod cow_anon;
 pub mod cow_anon_thp;
 pub mod cow_non_anon;
 pub mod expectations;
+pub mod file_large_folios;
 pub mod gup_longterm;
 pub mod gup_test;
 pub mod session;
@@ -37,6 +38,7 @@ pub enum Family {
     GupLongterm,
     GupTest,
     BeyondUpstream,
+    FileLargeFolios,
 }
 
 impl Family {
@@ -49,6 +51,7 @@ impl Family {
             Family::GupLongterm => "gup_longterm",
             Family::GupTest => "gup_test",
             Family::BeyondUpstream => "beyond_upstream",
+            Family::FileLargeFolios => "file_large_folios",
         }
     }
 
@@ -60,6 +63,7 @@ impl Family {
             Family::GupLongterm => "gup_longterm: long-term pins of files",
             Family::GupTest => "gup_test: get/pin_user_pages() via CONFIG_GUP_TEST",
             Family::BeyondUpstream => "beyond upstream: shared anon, KSM, memfd_secret, O_DIRECT",
+            Family::FileLargeFolios => "file large folios: pins and COW on a PMD-mapped file folio",
         }
     }
 }
@@ -380,6 +384,7 @@ pub fn catalogue(caps: &Capabilities) -> Vec<Scenario> {
     v.extend(gup_longterm_catalogue(caps, true));
     v.extend(gup_test_catalogue(caps));
     v.extend(beyond_upstream_catalogue());
+    v.extend(file_large_folios::catalogue(caps.pmd_size));
     v
 }
 

@@ -1,0 +1,686 @@
+//! COW and pins on a PMD-mapped large folio of a file in a private mapping.
+//!
+//! A 2 MiB-aligned `MAP_PRIVATE`, `PROT_READ` mapping of a file whose page
+//! cache holds one PMD-sized folio (proved: the mapping's first page is a
+//! THP head, its last page the 511th tail of the same folio, and smaps counts
+//! the whole VMA as PMD-mapped; otherwise the trial skips with what it
+//! measured). Every base page of the file carries its own stamp, written
+//! through write(2) before the mapping exists.
+//!
+//! Each case takes a reference (or writes) and then checks three things:
+//! the call returned, what it sees is the right page's stamp, and the file's
+//! page cache still holds the original stamps after any COW.
+//!
+//! The R/O long-term pins here are what livelocked in 2025 ("mm: do not
+//! install PMD mappings when handling a COW fault"): GUP needs an anonymous
+//! page for a R/O FOLL_LONGTERM pin in a COW mapping, so `follow_huge_pmd()`
+//! returns -EMLINK and GUP faults with FAULT_FLAG_UNSHARE; `wp_huge_pmd()`
+//! zaps the PMD, `do_fault()` treats the unshare as a read fault, and
+//! `finish_fault()` -> `do_set_pmd()` maps the same folio with a PMD again.
+//! GUP retries forever (it only stops for a fatal signal). A trial never runs
+//! longer than the runner's time limit (`--timeout`, 60 s by default): it is
+//! then killed and reported as an error naming the trial, and its last
+//! diagnostic names the pin it was taking.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+
+use cowgup_fixtures::evidence::{self, View};
+use cowgup_fixtures::gup_bench::{self, GupCmd};
+use cowgup_fixtures::mem::{self, Region, RW};
+use cowgup_fixtures::needs::{scratch_dir, Need, ScratchFs};
+use cowgup_fixtures::pagemap;
+use cowgup_fixtures::pin::{FixedBuffer, GupTest};
+use cowgup_fixtures::pin_source::PinSource;
+use cowgup_fixtures::stamp::{Pattern, Writer};
+use cowgup_fixtures::{env, fail, kb, skip, Step};
+use cowgup_harness::probe::THP_DIR;
+use cowgup_harness::{diag, Knob, Outcome};
+use nix::sys::mman::{MapFlags, ProtFlags};
+use procfs::PhysicalPageFlags;
+
+use crate::common::{check_own_write, write_and_check_own, ORIGINAL};
+
+/// Where the PMD-sized folio comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FolioBacking {
+    /// A file on a tmpfs the run mounts with `huge=always`.
+    HugeTmpfs,
+    /// A memfd, with the top-level `shmem_enabled` set to `always` (it
+    /// governs the kernel's internal shmem mount, where memfds live).
+    Memfd,
+    /// The shmem file behind `MAP_SHARED|MAP_ANONYMOUS` memory (opened
+    /// through /proc/self/map_files), filled through that mapping with only
+    /// the per-size `hugepages-<PMD>kB/shmem_enabled` set to `always` (the
+    /// per-size shmem knobs govern anonymous shmem only).
+    SharedAnonFile,
+}
+
+impl FolioBacking {
+    /// The backings this kernel can be asked for: the per-size one only where
+    /// the kernel has per-size shmem knobs (6.11+).
+    pub fn all(pmd: usize) -> Vec<FolioBacking> {
+        let mut v = vec![FolioBacking::HugeTmpfs, FolioBacking::Memfd];
+        if size_shmem_knob(pmd).exists() {
+            v.push(FolioBacking::SharedAnonFile);
+        }
+        v
+    }
+
+    pub fn suffix(&self, pmd: usize) -> String {
+        let folio = format!("{} folio", kb(pmd));
+        match self {
+            FolioBacking::HugeTmpfs => format!("{folio} of a file on a huge=always tmpfs"),
+            FolioBacking::Memfd => format!("{folio} of a memfd (shmem_enabled=always)"),
+            FolioBacking::SharedAnonFile => format!(
+                "{folio} of a MAP_SHARED|MAP_ANONYMOUS shmem file (hugepages-{}kB/shmem_enabled=always)",
+                pmd / 1024
+            ),
+        }
+    }
+
+    pub fn needs(&self) -> Vec<Need> {
+        match self {
+            FolioBacking::HugeTmpfs => vec![Need::Scratch(ScratchFs::HugeTmpfs)],
+            _ => vec![],
+        }
+    }
+
+    /// The shmem policy the backing needs while its trial runs (the harness
+    /// journals and restores every knob).
+    pub fn knobs(&self, pmd: usize) -> Vec<Knob> {
+        let top = std::path::Path::new(THP_DIR).join("shmem_enabled");
+        let sized = size_shmem_knob(pmd);
+        match self {
+            FolioBacking::HugeTmpfs => vec![],
+            FolioBacking::Memfd => {
+                let mut v = vec![Knob::new(top, "always")];
+                if sized.exists() {
+                    v.push(Knob::new(sized, "inherit"));
+                }
+                v
+            }
+            FolioBacking::SharedAnonFile => {
+                vec![Knob::new(top, "never"), Knob::new(sized, "always")]
+            }
+        }
+    }
+
+    /// Fill the file with per-page stamps (for the address the private
+    /// mapping will get), map it `MAP_PRIVATE`, `PROT_READ` at a PMD-aligned
+    /// address, read it in, and prove the PMD-mapped folio.
+    pub fn setup(&self) -> Step<FolioMemory> {
+        let Some(pmd) = env().pmd_size else {
+            return skip("this kernel has no PMD-sized THP");
+        };
+        let page = env().page_size;
+        // The private mapping's place, reserved first: stamps name addresses.
+        let region = mem::map_aligned(pmd, ProtFlags::PROT_NONE)?;
+        let pattern = Pattern::with_unit(page);
+        let image = pattern.image(region, ORIGINAL);
+        let file = match self {
+            FolioBacking::HugeTmpfs => {
+                let Some(dir) = scratch_dir(ScratchFs::HugeTmpfs) else {
+                    return fail(
+                        "no huge=always tmpfs scratch mount although the trial's need was met",
+                    );
+                };
+                let f = tempfile::tempfile_in(&dir)
+                    .or_else(|e| fail(format!("creating a file in {}: {e}", dir.display())))?;
+                write_image(&f, &image)?;
+                f
+            }
+            FolioBacking::Memfd => {
+                let fd = nix::sys::memfd::memfd_create(
+                    "cowgup-folio",
+                    nix::sys::memfd::MFdFlags::empty(),
+                )
+                .or_else(|e| fail(format!("memfd_create() failed: {e}")))?;
+                let f = File::from(fd);
+                write_image(&f, &image)?;
+                f
+            }
+            FolioBacking::SharedAnonFile => {
+                let shared = mem::map_aligned(pmd, ProtFlags::PROT_NONE)?;
+                map_fixed(
+                    shared,
+                    RW,
+                    MapFlags::MAP_SHARED | MapFlags::MAP_ANONYMOUS,
+                    None,
+                )?;
+                // SAFETY: our fresh shared mapping, `image` is as long.
+                unsafe { std::ptr::copy_nonoverlapping(image.as_ptr(), shared.ptr(), shared.len) };
+                let path = format!("/proc/self/map_files/{:x}-{:x}", shared.addr, shared.end());
+                File::open(&path).or_else(|e| {
+                    skip(format!(
+                        "cannot open {path} (the shared anonymous memory's shmem file): {e}"
+                    ))
+                })?
+            }
+        };
+        map_fixed(
+            region,
+            ProtFlags::PROT_READ,
+            MapFlags::MAP_PRIVATE,
+            Some(file.as_raw_fd()),
+        )?;
+        region.touch_read(page);
+        let folio = prove_pmd_folio(region, pmd)?;
+        cowgup_harness::evidence("folio", &folio);
+        Ok(FolioMemory {
+            region,
+            pattern,
+            file,
+            folio,
+        })
+    }
+}
+
+fn size_shmem_knob(pmd: usize) -> std::path::PathBuf {
+    std::path::Path::new(THP_DIR)
+        .join(format!("hugepages-{}kB", pmd / 1024))
+        .join("shmem_enabled")
+}
+
+fn write_image(f: &File, image: &[u8]) -> Step<()> {
+    f.write_all_at(image, 0)
+        .or_else(|e| fail(format!("writing the stamped file failed: {e}")))
+}
+
+/// mmap(MAP_FIXED) over a range this trial reserved.
+fn map_fixed(at: Region, prot: ProtFlags, flags: MapFlags, fd: Option<i32>) -> Step<()> {
+    // SAFETY: replaces only our own reservation.
+    let p = unsafe {
+        libc::mmap(
+            at.ptr().cast(),
+            at.len,
+            prot.bits(),
+            (flags | MapFlags::MAP_FIXED).bits(),
+            fd.unwrap_or(-1),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return fail(format!(
+            "mmap() failed: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// What proved the PMD-mapped folio.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FolioProof {
+    pub head_pfn: u64,
+    pub head_flags: String,
+    pub last_pfn: u64,
+    pub last_flags: String,
+    /// smaps FilePmdMapped + ShmemPmdMapped of the private mapping.
+    pub pmd_mapped_kb: u64,
+}
+
+impl std::fmt::Display for FolioProof {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "first page pfn 0x{:x} ({}), last page pfn 0x{:x} ({}), {} kB PMD-mapped",
+            self.head_pfn, self.head_flags, self.last_pfn, self.last_flags, self.pmd_mapped_kb
+        )
+    }
+}
+
+/// The mapping's first page is the head of a THP whose last tail is the
+/// mapping's last page, PFN-aligned to the PMD size, and smaps counts the
+/// whole mapping as PMD-mapped.
+fn prove_pmd_folio(region: Region, pmd: usize) -> Step<FolioProof> {
+    let page = env().page_size;
+    let nr = (pmd / page) as u64;
+    let first = pagemap::entry(region.addr).or_else(fail)?;
+    let last = pagemap::entry(region.end() - page).or_else(fail)?;
+    let (Some(head_pfn), Some(last_pfn)) = (first.pfn(), last.pfn()) else {
+        return skip(format!(
+            "cannot prove a PMD folio: the file pages' PFNs are not visible (pagemap says {first:?} and {last:?}; needs CAP_SYS_ADMIN)"
+        ));
+    };
+    let flags = |pfn| pagemap::kflags(pfn);
+    let (Some(hf), Some(lf)) = (flags(head_pfn), flags(last_pfn)) else {
+        return skip("cannot prove a PMD folio: /proc/kpageflags is not readable");
+    };
+    let proof = FolioProof {
+        head_pfn,
+        head_flags: pagemap::describe_flags(hf),
+        last_pfn,
+        last_flags: pagemap::describe_flags(lf),
+        pmd_mapped_kb: smaps_pmd_mapped_kb(region.addr)?,
+    };
+    let folio = hf.contains(PhysicalPageFlags::THP | PhysicalPageFlags::COMPOUND_HEAD)
+        && lf.contains(PhysicalPageFlags::THP | PhysicalPageFlags::COMPOUND_TAIL)
+        && head_pfn % nr == 0
+        && last_pfn == head_pfn + nr - 1;
+    if !folio {
+        return skip(format!(
+            "the kernel did not give the file a {} folio: {proof}",
+            kb(pmd)
+        ));
+    }
+    if proof.pmd_mapped_kb < (pmd / 1024) as u64 {
+        return skip(format!(
+            "the page cache holds a {} folio but the private mapping maps it with PTEs: {proof}",
+            kb(pmd)
+        ));
+    }
+    Ok(proof)
+}
+
+/// FilePmdMapped + ShmemPmdMapped of the VMA starting at `addr`.
+fn smaps_pmd_mapped_kb(addr: usize) -> Step<u64> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps")
+        .or_else(|e| fail(format!("reading /proc/self/smaps failed: {e}")))?;
+    let header = format!("{addr:x}-");
+    let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&header));
+    if lines.next().is_none() {
+        return fail(format!("no VMA at 0x{addr:x} in /proc/self/smaps"));
+    }
+    Ok(lines
+        .take_while(|l| !l.contains('-') || l.contains(':'))
+        .filter_map(|l| {
+            let (key, rest) = l.split_once(':')?;
+            matches!(key, "FilePmdMapped" | "ShmemPmdMapped").then(|| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })?
+        })
+        .sum())
+}
+
+pub struct FolioMemory {
+    pub region: Region,
+    pub pattern: Pattern,
+    pub file: File,
+    pub folio: FolioProof,
+}
+
+impl FolioMemory {
+    /// The file's page cache, read with pread(2), must still hold the
+    /// original stamps.
+    fn page_cache_unchanged(&self, after: &str) -> Step<()> {
+        let mut bytes = vec![0u8; self.region.len];
+        self.file
+            .read_exact_at(&mut bytes, 0)
+            .or_else(|e| fail(format!("pread() of the file failed: {e}")))?;
+        match self.pattern.check_bytes(&bytes, self.region.addr, ORIGINAL) {
+            Ok(()) => Ok(()),
+            Err(m) => {
+                cowgup_harness::evidence("mismatch", &m);
+                fail(format!("{after}, the file's page cache changed: {m}"))
+            }
+        }
+    }
+
+    /// The process's write (the head of every page, after mprotect(RW)):
+    /// its own copy must hold its write and the old bodies; the written
+    /// pages must no longer be the page cache's.
+    fn cow_write(&self) -> Step<()> {
+        let before = View::capture(self.region, self.pattern.page)?;
+        self.region.mprotect(RW)?;
+        write_and_check_own(
+            self.region,
+            self.pattern,
+            ORIGINAL,
+            Writer::Parent,
+            "the process",
+        )?;
+        self.after_cow(&before)
+    }
+
+    fn after_cow(&self, before: &View) -> Step<()> {
+        let after = View::capture(self.region, self.pattern.page)?;
+        let sharing = evidence::compare(
+            "the private mapping before vs after the COW write",
+            "page cache",
+            before,
+            "after",
+            &after,
+        );
+        cowgup_harness::evidence("sharing", &sharing);
+        if sharing.same > 0 {
+            return fail(format!(
+                "{} of {} written pages still map the page-cache page: {}",
+                sharing.same, sharing.compared, sharing.summary
+            ));
+        }
+        self.page_cache_unchanged("after the COW write")
+    }
+
+    /// Tell the log which call is about to be made on which folio: if the
+    /// call never returns, this is the trial's last word before its time limit.
+    fn announce(&self, what: &str) {
+        diag(format!(
+            "{what} on the PMD-mapped folio ({}); a kernel that livelocks here is killed at the trial's time limit",
+            self.folio
+        ));
+    }
+}
+
+/// What a case does on the mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Case {
+    /// gup_test PIN_LONGTERM_TEST_START, R/O: must unshare into anonymous
+    /// pages, return, see the stamps, and see the process's later write.
+    RoPin { fast: bool },
+    /// gup_test PIN_LONGTERM_BENCHMARK, R/O, all pages in one call.
+    RoPinBenchmark,
+    /// A write after mprotect(PROT_WRITE).
+    CowAfterMprotect,
+    /// A FOLL_FORCE write through /proc/self/mem into the PROT_READ mapping.
+    CowForcedWrite,
+    /// io_uring's registration takes FOLL_WRITE | FOLL_LONGTERM: on a
+    /// PROT_READ mapping without FOLL_FORCE it must be refused (EFAULT).
+    IoUringRefused,
+    /// The same registration after mprotect(PROT_WRITE): a write fault per
+    /// page COWs it, the pin returns and follows the process's writes.
+    IoUringAfterMprotect,
+    /// vmsplice(): FOLL_GET on the page-cache pages, which the process's
+    /// COW write must not reach.
+    Vmsplice,
+    /// pwrite(O_DIRECT) from the mapping: a short-term R/O FOLL_PIN.
+    ODirect,
+}
+
+impl Case {
+    pub const ALL: [Case; 9] = [
+        Case::RoPin { fast: false },
+        Case::RoPin { fast: true },
+        Case::RoPinBenchmark,
+        Case::CowAfterMprotect,
+        Case::CowForcedWrite,
+        Case::IoUringRefused,
+        Case::IoUringAfterMprotect,
+        Case::Vmsplice,
+        Case::ODirect,
+    ];
+
+    pub fn desc(&self) -> String {
+        match self {
+            Case::RoPin { fast } => ro_pin(*fast).name().to_string(),
+            Case::RoPinBenchmark => {
+                "R/O PIN_LONGTERM_BENCHMARK (pin_user_pages(FOLL_LONGTERM))".into()
+            }
+            Case::CowAfterMprotect => "COW on write after mprotect(PROT_WRITE)".into(),
+            Case::CowForcedWrite => "COW on a forced write through /proc/self/mem".into(),
+            Case::IoUringRefused => {
+                format!(
+                    "{} is refused on the PROT_READ mapping",
+                    PinSource::IoUringFixed.name()
+                )
+            }
+            Case::IoUringAfterMprotect => {
+                format!(
+                    "{} after mprotect(PROT_WRITE)",
+                    PinSource::IoUringFixed.name()
+                )
+            }
+            Case::Vmsplice => format!("{} then COW", PinSource::Vmsplice.name()),
+            Case::ODirect => PinSource::ODirect.name().to_string(),
+        }
+    }
+
+    pub fn needs(&self) -> Vec<Need> {
+        match self {
+            Case::RoPin { .. } | Case::RoPinBenchmark => vec![Need::GupTest],
+            Case::IoUringRefused | Case::IoUringAfterMprotect => vec![Need::IoUring],
+            Case::ODirect => PinSource::ODirect.needs(),
+            Case::CowAfterMprotect | Case::CowForcedWrite | Case::Vmsplice => vec![],
+        }
+    }
+
+    /// Takes FOLL_PIN references (the run counts pin balance exactly).
+    pub fn pins(&self) -> bool {
+        !matches!(
+            self,
+            Case::CowAfterMprotect | Case::CowForcedWrite | Case::Vmsplice
+        )
+    }
+
+    pub fn run(&self, m: &FolioMemory) -> Step<Outcome> {
+        match *self {
+            Case::RoPin { fast } => ro_longterm_pin(m, fast),
+            Case::RoPinBenchmark => ro_benchmark(m),
+            Case::CowAfterMprotect => {
+                m.cow_write()?;
+                Ok(Outcome::Pass)
+            }
+            Case::CowForcedWrite => forced_write(m),
+            Case::IoUringRefused => io_uring_refused(m),
+            Case::IoUringAfterMprotect => io_uring_after_mprotect(m),
+            Case::Vmsplice => vmsplice_then_cow(m),
+            Case::ODirect => odirect_write(m),
+        }
+    }
+}
+
+fn ro_pin(fast: bool) -> PinSource {
+    PinSource::GupTest { write: false, fast }
+}
+
+fn ro_longterm_pin(m: &FolioMemory, fast: bool) -> Step<Outcome> {
+    let source = ro_pin(fast);
+    m.announce(&format!("taking a {}", source.name()));
+    let mut held = match source.take(m.region)? {
+        Ok(h) => h,
+        Err(e) => return fail(format!("{} was refused: {e}", source.name())),
+    };
+    if let Err(mm) = held.check(m.region, m.pattern, ORIGINAL)? {
+        return fail(format!("through the {}: {mm}", source.name()));
+    }
+    m.cow_write()?;
+    // A R/O long-term pin in a COW mapping pins the exclusive anonymous
+    // page the unshare made, which the process's write then reuses.
+    Ok(
+        match held.check(m.region, m.pattern, ORIGINAL.written_by(Writer::Parent))? {
+            Ok(()) => Outcome::Pass,
+            Err(mm) => Outcome::Fail(format!(
+                "the {} does not see the process's later write (it pins a page the process no longer maps): {mm}",
+                source.name()
+            )),
+        },
+    )
+}
+
+fn ro_benchmark(m: &FolioMemory) -> Step<Outcome> {
+    let gup = GupTest::open_file()?;
+    m.announce("PIN_LONGTERM_BENCHMARK (R/O, all pages in one call)");
+    match gup_bench::on_region(&gup, GupCmd::PinLongtermBenchmark, m.region, false) {
+        Ok(n) if n == m.region.len => {}
+        Ok(n) => {
+            return fail(format!(
+                "PIN_LONGTERM_BENCHMARK covered {n} of {} bytes",
+                m.region.len
+            ))
+        }
+        Err(e) => return fail(format!("PIN_LONGTERM_BENCHMARK failed: {e}")),
+    }
+    if let Err(mm) = m.pattern.check(m.region, ORIGINAL) {
+        return fail(format!("after the pin was dropped the process reads: {mm}"));
+    }
+    m.page_cache_unchanged("after the pins")?;
+    Ok(Outcome::Pass)
+}
+
+/// pwrite(2) into /proc/self/mem: GUP with FOLL_FORCE | FOLL_WRITE, which
+/// must COW each page it writes, never write the page cache.
+fn forced_write(m: &FolioMemory) -> Step<Outcome> {
+    let before = View::capture(m.region, m.pattern.page)?;
+    let mem = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/proc/self/mem")
+        .or_else(|e| fail(format!("opening /proc/self/mem failed: {e}")))?;
+    m.announce("forced writes through /proc/self/mem");
+    let first = m.region.addr / m.pattern.page;
+    for i in 0..m.pattern.pages(m.region.len) {
+        let addr = m.region.addr + i * m.pattern.page;
+        let word = Writer::Parent.word(first + i, 0).to_ne_bytes();
+        match mem.write_at(&word, addr as u64) {
+            Ok(8) => {}
+            Ok(n) => return fail(format!("/proc/self/mem wrote {n} of 8 bytes at 0x{addr:x}")),
+            Err(e) => return fail(format!("write to /proc/self/mem at 0x{addr:x} failed: {e}")),
+        }
+    }
+    check_own_write(
+        m.region,
+        m.pattern,
+        ORIGINAL.written_by(Writer::Parent),
+        "the process",
+    )?;
+    m.after_cow(&before)?;
+    Ok(Outcome::Pass)
+}
+
+fn io_uring_refused(m: &FolioMemory) -> Step<Outcome> {
+    m.announce("registering an io_uring fixed buffer");
+    let taken = FixedBuffer::try_register(m.region)?;
+    diag(format!(
+        "evidence: io_uring registration on the PROT_READ mapping: {}",
+        taken
+            .as_ref()
+            .map_or_else(|e| format!("refused with {e}"), |_| "granted".into())
+    ));
+    match taken {
+        Err(e) if e.raw_os_error() == Some(libc::EFAULT) => {}
+        Err(e) => return fail(format!("refused with {e}, expected EFAULT")),
+        Ok(_) => {
+            return fail(
+                "io_uring took a writable long-term pin on a PROT_READ private file mapping",
+            )
+        }
+    }
+    if let Err(mm) = m.pattern.check(m.region, ORIGINAL) {
+        return fail(format!(
+            "after the refused registration the process reads: {mm}"
+        ));
+    }
+    m.page_cache_unchanged("after the refused registration")?;
+    Ok(Outcome::Pass)
+}
+
+fn io_uring_after_mprotect(m: &FolioMemory) -> Step<Outcome> {
+    let source = PinSource::IoUringFixed;
+    let before = View::capture(m.region, m.pattern.page)?;
+    m.region.mprotect(RW)?;
+    m.announce(&format!("taking an {}", source.name()));
+    let mut held = match source.take(m.region)? {
+        Ok(h) => h,
+        Err(e) => {
+            return fail(format!(
+                "{} was refused after mprotect(PROT_WRITE): {e}",
+                source.name()
+            ))
+        }
+    };
+    if let Err(mm) = held.check(m.region, m.pattern, ORIGINAL)? {
+        return fail(format!("through the {}: {mm}", source.name()));
+    }
+    // The writable pin COWed every page: none may still be the page cache's.
+    m.after_cow(&before)?;
+    write_and_check_own(m.region, m.pattern, ORIGINAL, Writer::Parent, "the process")?;
+    m.page_cache_unchanged("after the process's write")?;
+    Ok(
+        match held.check(m.region, m.pattern, ORIGINAL.written_by(Writer::Parent))? {
+            Ok(()) => Outcome::Pass,
+            Err(mm) => Outcome::Fail(format!(
+                "the {} does not see the process's later write: {mm}",
+                source.name()
+            )),
+        },
+    )
+}
+
+/// vmsplice() references the page-cache pages themselves (FOLL_GET, no
+/// unshare): after the process's COW write the pipe must still hold the
+/// original stamps, as must the page cache.
+fn vmsplice_then_cow(m: &FolioMemory) -> Step<Outcome> {
+    let source = PinSource::Vmsplice;
+    m.announce("vmsplice()");
+    let mut held = match source.take(m.region)? {
+        Ok(h) => h,
+        Err(e) => return fail(format!("vmsplice() failed: {e}")),
+    };
+    let covered = held.covered();
+    if covered == 0 {
+        return fail("vmsplice() took no page");
+    }
+    m.cow_write()?;
+    let spliced = m.region.sub(0, covered);
+    Ok(match held.check(spliced, m.pattern, ORIGINAL)? {
+        Ok(()) => Outcome::Pass,
+        Err(mm) => Outcome::Fail(format!(
+            "the pipe's references to the page cache see the process's COW write: {mm}"
+        )),
+    })
+}
+
+fn odirect_write(m: &FolioMemory) -> Step<Outcome> {
+    let source = PinSource::ODirect;
+    m.announce("an O_DIRECT write from the mapping");
+    let mut held = match source.take(m.region)? {
+        Ok(h) => h,
+        Err(e) => return fail(format!("the O_DIRECT write from the mapping failed: {e}")),
+    };
+    if let Err(mm) = held.check(m.region, m.pattern, ORIGINAL)? {
+        return fail(format!("the O_DIRECT write wrote: {mm}"));
+    }
+    m.page_cache_unchanged("after the O_DIRECT write")?;
+    Ok(Outcome::Pass)
+}
+
+/// The family's trials: every case with every backing this kernel has.
+pub fn catalogue(pmd_size: Option<usize>) -> Vec<crate::Scenario> {
+    let Some(pmd) = pmd_size else {
+        return vec![];
+    };
+    let mut v = Vec::new();
+    for case in Case::ALL {
+        for backing in FolioBacking::all(pmd) {
+            v.push(crate::Scenario {
+                name: format!("{} ... with {}", case.desc(), backing.suffix(pmd)),
+                family: crate::Family::FileLargeFolios,
+                group: "file large folios".into(),
+                needs: backing.needs().into_iter().chain(case.needs()).collect(),
+                knobs: backing.knobs(pmd),
+                pins: case.pins(),
+                body: std::sync::Arc::new(move || {
+                    backing
+                        .setup()
+                        .and_then(|m| case.run(&m))
+                        .unwrap_or_else(|o| o)
+                }),
+            });
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_derived() {
+        let v = catalogue(Some(2 << 20));
+        let mut names: Vec<&str> = v.iter().map(|s| s.name.as_str()).collect();
+        assert!(names
+            .iter()
+            .all(|n| n.contains(" ... with 2048 kB folio of ")));
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n);
+        assert!(catalogue(None).is_empty());
+    }
+}
