@@ -17,10 +17,13 @@
 //! returns -EMLINK and GUP faults with FAULT_FLAG_UNSHARE; `wp_huge_pmd()`
 //! zaps the PMD, `do_fault()` treats the unshare as a read fault, and
 //! `finish_fault()` -> `do_set_pmd()` maps the same folio with a PMD again.
-//! GUP retries forever (it only stops for a fatal signal). A trial never runs
-//! longer than the runner's time limit (`--timeout`, 60 s by default): it is
-//! then killed and reported as an error naming the trial, and its last
-//! diagnostic names the pin it was taking.
+//! GUP retries forever (it only stops for a fatal signal). So every pin and
+//! forced write here runs on a thread of its own and is given `CALL_LIMIT`:
+//! a call that has not returned by then fails the trial, with what the
+//! calling thread did meanwhile (its minor faults: GUP faulting the same
+//! range in again and again) and its kernel stack. The stuck thread dies
+//! with the trial process (exit's SIGKILL makes GUP give up). Behind that,
+//! the runner's time limit (`--timeout`) still bounds the whole trial.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -361,10 +364,91 @@ impl FolioMemory {
     /// call never returns, this is the trial's last word before its time limit.
     fn announce(&self, what: &str) {
         diag(format!(
-            "{what} on the PMD-mapped folio ({}); a kernel that livelocks here is killed at the trial's time limit",
-            self.folio
+            "{what} on the PMD-mapped folio ({}), at most {} s",
+            self.folio,
+            CALL_LIMIT.as_secs()
         ));
     }
+}
+
+/// How long a pin or a forced write may take. Under qemu TCG one takes
+/// milliseconds; a livelocked one never returns.
+pub const CALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Run `call` on a thread of its own and wait at most `CALL_LIMIT` for it.
+fn bounded<T: Send + 'static>(what: &str, call: impl FnOnce() -> T + Send + 'static) -> Step<T> {
+    bounded_for(CALL_LIMIT, what, call)
+}
+
+fn bounded_for<T: Send + 'static>(
+    limit: std::time::Duration,
+    what: &str,
+    call: impl FnOnce() -> T + Send + 'static,
+) -> Step<T> {
+    use std::sync::mpsc;
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("cowgup-pin".into())
+        .spawn(move || {
+            let _ = tid_tx.send(nix::unistd::gettid().as_raw());
+            let _ = done_tx.send(call());
+        })
+        .or_else(|e| fail(format!("cannot start a thread for {what}: {e}")))?;
+    let tid = tid_rx
+        .recv()
+        .or_else(|_| fail(format!("the thread for {what} died before it started")))?;
+    let faults_before = minor_faults(tid);
+    match done_rx.recv_timeout(limit) {
+        Ok(v) => Ok(v),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            fail(format!("the thread for {what} died (panicked?)"))
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            let faults = match (faults_before, minor_faults(tid)) {
+                (Some(a), Some(b)) => format!("{} minor faults", b.saturating_sub(a)),
+                _ => "an unknown number of minor faults".into(),
+            };
+            let stack = std::fs::read_to_string(format!("/proc/self/task/{tid}/stack"))
+                .map(|s| {
+                    s.lines()
+                        .filter_map(|l| l.split_whitespace().nth(1))
+                        .take(12)
+                        .collect::<Vec<_>>()
+                        .join(" < ")
+                })
+                .unwrap_or_else(|e| format!("unreadable ({e})"));
+            cowgup_harness::evidence(
+                "livelock",
+                serde_json::json!({
+                    "call": what,
+                    "limit_s": limit.as_secs_f64(),
+                    "minor_faults": faults,
+                    "kernel_stack": stack,
+                }),
+            );
+            fail(format!(
+                "{what} did not return within {} s (livelock): meanwhile its thread took {faults}; \
+                 kernel stack: {stack}",
+                limit.as_secs_f64()
+            ))
+        }
+    }
+}
+
+/// A thread's minor-fault count (field 10 of /proc/self/task/TID/stat).
+fn minor_faults(tid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    let after_comm = stat.rsplit_once(')')?.1;
+    after_comm.split_whitespace().nth(7)?.parse().ok()
+}
+
+/// `source.take()` on its own thread, bounded by `CALL_LIMIT`.
+fn take_bounded(
+    source: PinSource,
+    region: Region,
+) -> Step<Result<cowgup_fixtures::pin_source::Held, nix::errno::Errno>> {
+    bounded(source.name(), move || source.take(region))?
 }
 
 /// What a case does on the mapping.
@@ -471,7 +555,7 @@ fn ro_pin(fast: bool) -> PinSource {
 fn ro_longterm_pin(m: &FolioMemory, fast: bool) -> Step<Outcome> {
     let source = ro_pin(fast);
     m.announce(&format!("taking a {}", source.name()));
-    let mut held = match source.take(m.region)? {
+    let mut held = match take_bounded(source, m.region)? {
         Ok(h) => h,
         Err(e) => return fail(format!("{} was refused: {e}", source.name())),
     };
@@ -495,7 +579,11 @@ fn ro_longterm_pin(m: &FolioMemory, fast: bool) -> Step<Outcome> {
 fn ro_benchmark(m: &FolioMemory) -> Step<Outcome> {
     let gup = GupTest::open_file()?;
     m.announce("PIN_LONGTERM_BENCHMARK (R/O, all pages in one call)");
-    match gup_bench::on_region(&gup, GupCmd::PinLongtermBenchmark, m.region, false) {
+    let region = m.region;
+    let done = bounded("PIN_LONGTERM_BENCHMARK (R/O)", move || {
+        gup_bench::on_region(&gup, GupCmd::PinLongtermBenchmark, region, false)
+    })?;
+    match done {
         Ok(n) if n == m.region.len => {}
         Ok(n) => {
             return fail(format!(
@@ -522,16 +610,22 @@ fn forced_write(m: &FolioMemory) -> Step<Outcome> {
         .open("/proc/self/mem")
         .or_else(|e| fail(format!("opening /proc/self/mem failed: {e}")))?;
     m.announce("forced writes through /proc/self/mem");
-    let first = m.region.addr / m.pattern.page;
-    for i in 0..m.pattern.pages(m.region.len) {
-        let addr = m.region.addr + i * m.pattern.page;
-        let word = Writer::Parent.word(first + i, 0).to_ne_bytes();
-        match mem.write_at(&word, addr as u64) {
-            Ok(8) => {}
-            Ok(n) => return fail(format!("/proc/self/mem wrote {n} of 8 bytes at 0x{addr:x}")),
-            Err(e) => return fail(format!("write to /proc/self/mem at 0x{addr:x} failed: {e}")),
+    let (region, pattern) = (m.region, m.pattern);
+    bounded("a forced write through /proc/self/mem", move || {
+        let first = region.addr / pattern.page;
+        for i in 0..pattern.pages(region.len) {
+            let addr = region.addr + i * pattern.page;
+            let word = Writer::Parent.word(first + i, 0).to_ne_bytes();
+            match mem.write_at(&word, addr as u64) {
+                Ok(8) => {}
+                Ok(n) => return fail(format!("/proc/self/mem wrote {n} of 8 bytes at 0x{addr:x}")),
+                Err(e) => {
+                    return fail(format!("write to /proc/self/mem at 0x{addr:x} failed: {e}"))
+                }
+            }
         }
-    }
+        Ok(())
+    })??;
     check_own_write(
         m.region,
         m.pattern,
@@ -544,7 +638,10 @@ fn forced_write(m: &FolioMemory) -> Step<Outcome> {
 
 fn io_uring_refused(m: &FolioMemory) -> Step<Outcome> {
     m.announce("registering an io_uring fixed buffer");
-    let taken = FixedBuffer::try_register(m.region)?;
+    let region = m.region;
+    let taken = bounded("io_uring buffer registration", move || {
+        FixedBuffer::try_register(region)
+    })??;
     diag(format!(
         "evidence: io_uring registration on the PROT_READ mapping: {}",
         taken
@@ -574,7 +671,7 @@ fn io_uring_after_mprotect(m: &FolioMemory) -> Step<Outcome> {
     let before = View::capture(m.region, m.pattern.page)?;
     m.region.mprotect(RW)?;
     m.announce(&format!("taking an {}", source.name()));
-    let mut held = match source.take(m.region)? {
+    let mut held = match take_bounded(source, m.region)? {
         Ok(h) => h,
         Err(e) => {
             return fail(format!(
@@ -607,7 +704,7 @@ fn io_uring_after_mprotect(m: &FolioMemory) -> Step<Outcome> {
 fn vmsplice_then_cow(m: &FolioMemory) -> Step<Outcome> {
     let source = PinSource::Vmsplice;
     m.announce("vmsplice()");
-    let mut held = match source.take(m.region)? {
+    let mut held = match take_bounded(source, m.region)? {
         Ok(h) => h,
         Err(e) => return fail(format!("vmsplice() failed: {e}")),
     };
@@ -628,7 +725,7 @@ fn vmsplice_then_cow(m: &FolioMemory) -> Step<Outcome> {
 fn odirect_write(m: &FolioMemory) -> Step<Outcome> {
     let source = PinSource::ODirect;
     m.announce("an O_DIRECT write from the mapping");
-    let mut held = match source.take(m.region)? {
+    let mut held = match take_bounded(source, m.region)? {
         Ok(h) => h,
         Err(e) => return fail(format!("the O_DIRECT write from the mapping failed: {e}")),
     };
@@ -669,6 +766,31 @@ pub fn catalogue(pmd_size: Option<usize>) -> Vec<crate::Scenario> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_that_does_not_return_fails_with_its_faults_and_stack() {
+        let quick = bounded_for(std::time::Duration::from_secs(5), "a quick call", || 7);
+        assert!(matches!(quick, Ok(7)));
+        let stuck = bounded_for(
+            std::time::Duration::from_millis(200),
+            "a stuck call",
+            || std::thread::sleep(std::time::Duration::from_secs(3)),
+        );
+        match stuck {
+            Err(Outcome::Fail(r)) => {
+                assert!(
+                    r.starts_with("a stuck call did not return within 0.2 s"),
+                    "{r}"
+                );
+                assert!(
+                    r.contains("minor faults") && r.contains("kernel stack"),
+                    "{r}"
+                );
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
+        assert!(minor_faults(nix::unistd::gettid().as_raw()).is_some());
+    }
 
     #[test]
     fn names_are_unique_and_derived() {
