@@ -384,7 +384,10 @@ pub fn catalogue(caps: &Capabilities) -> Vec<Scenario> {
     v.extend(gup_longterm_catalogue(caps, true));
     v.extend(gup_test_catalogue(caps));
     v.extend(beyond_upstream_catalogue());
-    v.extend(file_large_folios::catalogue(caps.pmd_size));
+    v.extend(file_large_folios::catalogue(
+        caps.pmd_size,
+        expectations::parse_version(&caps.kernel_release),
+    ));
     v
 }
 
