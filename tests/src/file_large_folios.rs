@@ -838,6 +838,35 @@ mod tests {
         assert!(minor_faults(nix::unistd::gettid().as_raw()).is_some());
     }
 
+    /// Without the knob its trial holds, a memfd gets no PMD folio on a
+    /// host whose shmem_enabled is "never": the backing skips, saying what
+    /// the page-cache page was.
+    #[test]
+    fn no_pmd_folio_is_a_skip_with_what_was_measured() {
+        let top = std::path::Path::new(THP_DIR).join("shmem_enabled");
+        let policy = cowgup_harness::guard::read_knob(&top).unwrap_or_default();
+        if policy != "never" || !cowgup_harness::probe::cap_sys_admin() || env().pmd_size.is_none()
+        {
+            eprintln!("needs root, THP and shmem_enabled=never (it is {policy:?})");
+            return;
+        }
+        match FolioBacking::Memfd.setup().map(|m| m.folio) {
+            Err(Outcome::Skip(r)) => {
+                eprintln!("skipped: {r}");
+                assert!(
+                    r.starts_with(
+                        "the kernel did not give the file a 2048 kB folio: first page pfn 0x"
+                    ),
+                    "{r}"
+                )
+            }
+            Ok(f) if cowgup_harness::guard::read_knob(&top).ok().as_deref() != Some("never") => {
+                eprintln!("another run changed shmem_enabled meanwhile: {f}")
+            }
+            other => panic!("expected a skip, got {:?}", other.map(|f| f.to_string())),
+        }
+    }
+
     #[test]
     fn names_are_unique_and_derived() {
         let v = catalogue(Some(2 << 20), Some((6, 18)));
