@@ -40,9 +40,10 @@ fn covers(f: Family) -> &'static str {
              every pin source"
         }
         Family::FileLargeFolios => {
-            "a MAP_PRIVATE PROT_READ mapping of a PMD-sized file folio (huge=always tmpfs, memfd, \
-             shmem per-size knob): R/O longterm GUP pins (the 2025 livelock), COW by mprotect and \
-             forced write, io_uring, vmsplice, O_DIRECT; the page cache must stay unchanged"
+            "a MAP_PRIVATE PROT_READ mapping of a large file folio (PMD-sized on a huge=always \
+             tmpfs and in a memfd; every per-size shmem knob's size): R/O longterm GUP pins (the \
+             2025 livelock), COW by mprotect and forced write, io_uring, vmsplice, O_DIRECT; the \
+             page cache must stay unchanged"
         }
     }
 }

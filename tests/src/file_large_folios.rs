@@ -1,10 +1,12 @@
-//! COW and pins on a PMD-mapped large folio of a file in a private mapping.
+//! COW and pins on a large folio of a file in a private mapping.
 //!
-//! A 2 MiB-aligned `MAP_PRIVATE`, `PROT_READ` mapping of a file whose page
-//! cache holds one PMD-sized folio (proved: the mapping's first page is a
-//! THP head, its last page the 511th tail of the same folio, and smaps counts
-//! the whole VMA as PMD-mapped; otherwise the trial skips with what it
-//! measured). Every base page of the file carries its own stamp, written
+//! A `MAP_PRIVATE`, `PROT_READ` mapping of a file whose page cache holds one
+//! large folio as big as the mapping and aligned like it: PMD-sized (2 MiB on
+//! x86) on a huge=always tmpfs, in a memfd and in the shmem file of shared
+//! anonymous memory, and every smaller size a per-size shmem knob gives the
+//! latter. Proved: the mapping's first page is a THP head, its last page the
+//! last tail of the same folio, and (PMD size) smaps counts the whole VMA as
+//! PMD-mapped; otherwise the trial skips with what it measured. Every base page of the file carries its own stamp, written
 //! through write(2) before the mapping exists.
 //!
 //! Each case takes a reference (or writes) and then checks three things:
@@ -56,30 +58,47 @@ pub enum FolioBacking {
     Memfd,
     /// The shmem file behind `MAP_SHARED|MAP_ANONYMOUS` memory (opened
     /// through /proc/self/map_files), filled through that mapping with only
-    /// the per-size `hugepages-<PMD>kB/shmem_enabled` set to `always` (the
-    /// per-size shmem knobs govern anonymous shmem only).
-    SharedAnonFile,
+    /// the per-size `hugepages-<size>kB/shmem_enabled` set to `always` (the
+    /// per-size shmem knobs govern anonymous shmem only): a folio of every
+    /// size the kernel has a knob for, the PMD size and the smaller,
+    /// PTE-mapped ones.
+    SharedAnonFile { size: usize },
 }
 
 impl FolioBacking {
-    /// The backings this kernel can be asked for: the per-size one only where
-    /// the kernel has per-size shmem knobs (6.11+).
-    pub fn all(pmd: usize) -> Vec<FolioBacking> {
+    /// The backings this kernel can be asked for: the per-size ones only
+    /// for the sizes the kernel has per-size shmem knobs for (6.11+),
+    /// largest first.
+    pub fn all(pmd: usize, thp_sizes: &[usize]) -> Vec<FolioBacking> {
         let mut v = vec![FolioBacking::HugeTmpfs, FolioBacking::Memfd];
-        if size_shmem_knob(pmd).exists() {
-            v.push(FolioBacking::SharedAnonFile);
-        }
+        let mut sizes: Vec<usize> = thp_sizes.iter().copied().chain([pmd]).collect();
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        sizes.dedup();
+        v.extend(
+            sizes
+                .into_iter()
+                .filter(|&size| size <= pmd && size_shmem_knob(size).exists())
+                .map(|size| FolioBacking::SharedAnonFile { size }),
+        );
         v
     }
 
+    /// The folio's size (and the mapping's).
+    pub fn size(&self, pmd: usize) -> usize {
+        match *self {
+            FolioBacking::SharedAnonFile { size } => size,
+            _ => pmd,
+        }
+    }
+
     pub fn suffix(&self, pmd: usize) -> String {
-        let folio = format!("{} folio", kb(pmd));
+        let folio = format!("{} folio", kb(self.size(pmd)));
         match self {
             FolioBacking::HugeTmpfs => format!("{folio} of a file on a huge=always tmpfs"),
             FolioBacking::Memfd => format!("{folio} of a memfd (shmem_enabled=always)"),
-            FolioBacking::SharedAnonFile => format!(
+            FolioBacking::SharedAnonFile { size } => format!(
                 "{folio} of a MAP_SHARED|MAP_ANONYMOUS shmem file (hugepages-{}kB/shmem_enabled=always)",
-                pmd / 1024
+                size / 1024
             ),
         }
     }
@@ -95,7 +114,7 @@ impl FolioBacking {
     /// journals and restores every knob).
     pub fn knobs(&self, pmd: usize) -> Vec<Knob> {
         let top = std::path::Path::new(THP_DIR).join("shmem_enabled");
-        let sized = size_shmem_knob(pmd);
+        let sized = size_shmem_knob(self.size(pmd));
         match self {
             FolioBacking::HugeTmpfs => vec![],
             FolioBacking::Memfd => {
@@ -105,22 +124,24 @@ impl FolioBacking {
                 }
                 v
             }
-            FolioBacking::SharedAnonFile => {
+            FolioBacking::SharedAnonFile { .. } => {
                 vec![Knob::new(top, "never"), Knob::new(sized, "always")]
             }
         }
     }
 
     /// Fill the file with per-page stamps (for the address the private
-    /// mapping will get), map it `MAP_PRIVATE`, `PROT_READ` at a PMD-aligned
-    /// address, read it in, and prove the PMD-mapped folio.
+    /// mapping will get), map it `MAP_PRIVATE`, `PROT_READ` at an address
+    /// aligned to the folio size, read it in, and prove the folio (and, of
+    /// the PMD size, its PMD mapping).
     pub fn setup(&self) -> Step<FolioMemory> {
         let Some(pmd) = env().pmd_size else {
             return skip("this kernel has no PMD-sized THP");
         };
         let page = env().page_size;
+        let size = self.size(pmd);
         // The private mapping's place, reserved first: stamps name addresses.
-        let region = mem::map_aligned(pmd, ProtFlags::PROT_NONE)?;
+        let region = mem::map_aligned(size, ProtFlags::PROT_NONE)?;
         let pattern = Pattern::with_unit(page);
         let image = pattern.image(region, ORIGINAL);
         let file = match self {
@@ -145,8 +166,8 @@ impl FolioBacking {
                 write_image(&f, &image)?;
                 f
             }
-            FolioBacking::SharedAnonFile => {
-                let shared = mem::map_aligned(pmd, ProtFlags::PROT_NONE)?;
+            FolioBacking::SharedAnonFile { .. } => {
+                let shared = mem::map_aligned(size, ProtFlags::PROT_NONE)?;
                 map_fixed(
                     shared,
                     RW,
@@ -170,7 +191,7 @@ impl FolioBacking {
             Some(file.as_raw_fd()),
         )?;
         region.touch_read(page);
-        let folio = prove_pmd_folio(region, pmd)?;
+        let folio = prove_folio(region, pmd)?;
         cowgup_harness::evidence("folio", &folio);
         Ok(FolioMemory {
             region,
@@ -214,7 +235,7 @@ fn map_fixed(at: Region, prot: ProtFlags, flags: MapFlags, fd: Option<i32>) -> S
     Ok(())
 }
 
-/// What proved the PMD-mapped folio.
+/// What proved the folio.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct FolioProof {
     pub head_pfn: u64,
@@ -236,21 +257,22 @@ impl std::fmt::Display for FolioProof {
 }
 
 /// The mapping's first page is the head of a THP whose last tail is the
-/// mapping's last page, PFN-aligned to the PMD size, and smaps counts the
-/// whole mapping as PMD-mapped.
-fn prove_pmd_folio(region: Region, pmd: usize) -> Step<FolioProof> {
+/// mapping's last page, PFN-aligned to the mapping's size; and a mapping of
+/// the PMD size is all PMD-mapped, says smaps.
+fn prove_folio(region: Region, pmd: usize) -> Step<FolioProof> {
     let page = env().page_size;
-    let nr = (pmd / page) as u64;
+    let size = region.len;
+    let nr = (size / page) as u64;
     let first = pagemap::entry(region.addr).or_else(fail)?;
     let last = pagemap::entry(region.end() - page).or_else(fail)?;
     let (Some(head_pfn), Some(last_pfn)) = (first.pfn(), last.pfn()) else {
         return skip(format!(
-            "cannot prove a PMD folio: the file pages' PFNs are not visible (pagemap says {first:?} and {last:?}; needs CAP_SYS_ADMIN)"
+            "cannot prove a large folio: the file pages' PFNs are not visible (pagemap says {first:?} and {last:?}; needs CAP_SYS_ADMIN)"
         ));
     };
     let flags = |pfn| pagemap::kflags(pfn);
     let (Some(hf), Some(lf)) = (flags(head_pfn), flags(last_pfn)) else {
-        return skip("cannot prove a PMD folio: /proc/kpageflags is not readable");
+        return skip("cannot prove a large folio: /proc/kpageflags is not readable");
     };
     let proof = FolioProof {
         head_pfn,
@@ -266,13 +288,13 @@ fn prove_pmd_folio(region: Region, pmd: usize) -> Step<FolioProof> {
     if !folio {
         return skip(format!(
             "the kernel did not give the file a {} folio: {proof}",
-            kb(pmd)
+            kb(size)
         ));
     }
-    if proof.pmd_mapped_kb < (pmd / 1024) as u64 {
+    if size == pmd && proof.pmd_mapped_kb < (pmd / 1024) as u64 {
         return skip(format!(
             "the page cache holds a {} folio but the private mapping maps it with PTEs: {proof}",
-            kb(pmd)
+            kb(size)
         ));
     }
     Ok(proof)
@@ -365,7 +387,8 @@ impl FolioMemory {
     /// call never returns, this is the trial's last word before its time limit.
     fn announce(&self, what: &str) {
         diag(format!(
-            "{what} on the PMD-mapped folio ({}), at most {} s",
+            "{what} on the {} kB folio ({}), at most {} s",
+            self.region.len / 1024,
             self.folio,
             CALL_LIMIT.as_secs()
         ));
@@ -783,13 +806,17 @@ fn odirect_write(m: &FolioMemory) -> Step<Outcome> {
 }
 
 /// The family's trials: every case with every backing this kernel has.
-pub fn catalogue(pmd_size: Option<usize>, kernel: Option<Version>) -> Vec<crate::Scenario> {
+pub fn catalogue(
+    pmd_size: Option<usize>,
+    thp_sizes: &[usize],
+    kernel: Option<Version>,
+) -> Vec<crate::Scenario> {
     let Some(pmd) = pmd_size else {
         return vec![];
     };
     let mut v = Vec::new();
     for case in Case::ALL {
-        for backing in FolioBacking::all(pmd) {
+        for backing in FolioBacking::all(pmd, thp_sizes) {
             v.push(crate::Scenario {
                 name: format!("{} ... with {}", case.desc(), backing.suffix(pmd)),
                 family: crate::Family::FileLargeFolios,
@@ -869,15 +896,13 @@ mod tests {
 
     #[test]
     fn names_are_unique_and_derived() {
-        let v = catalogue(Some(2 << 20), Some((6, 18)));
+        let v = catalogue(Some(2 << 20), &[16 << 10, 2 << 20], Some((6, 18)));
         let mut names: Vec<&str> = v.iter().map(|s| s.name.as_str()).collect();
-        assert!(names
-            .iter()
-            .all(|n| n.contains(" ... with 2048 kB folio of ")));
+        assert!(names.iter().all(|n| n.contains(" kB folio of ")));
         let n = names.len();
         names.sort();
         names.dedup();
         assert_eq!(names.len(), n);
-        assert!(catalogue(None, None).is_empty());
+        assert!(catalogue(None, &[], None).is_empty());
     }
 }

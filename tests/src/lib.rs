@@ -63,7 +63,7 @@ impl Family {
             Family::GupLongterm => "gup_longterm: long-term pins of files",
             Family::GupTest => "gup_test: get/pin_user_pages() via CONFIG_GUP_TEST",
             Family::BeyondUpstream => "beyond upstream: shared anon, KSM, memfd_secret, O_DIRECT",
-            Family::FileLargeFolios => "file large folios: pins and COW on a PMD-mapped file folio",
+            Family::FileLargeFolios => "file large folios: pins and COW on a large file folio",
         }
     }
 }
@@ -386,6 +386,7 @@ pub fn catalogue(caps: &Capabilities) -> Vec<Scenario> {
     v.extend(beyond_upstream_catalogue());
     v.extend(file_large_folios::catalogue(
         caps.pmd_size,
+        &caps.thp_sizes,
         expectations::parse_version(&caps.kernel_release),
     ));
     v
