@@ -193,11 +193,13 @@ impl FolioBacking {
         region.touch_read(page);
         let folio = prove_folio(region, pmd)?;
         cowgup_harness::evidence("folio", &folio);
+        let cache_view = View::capture(region, page)?;
         Ok(FolioMemory {
             region,
             pattern,
             file,
             folio,
+            cache_view,
         })
     }
 }
@@ -329,6 +331,8 @@ pub struct FolioMemory {
     pub pattern: Pattern,
     pub file: File,
     pub folio: FolioProof,
+    /// The mapping's page-table entries at setup: the page cache's pages.
+    pub cache_view: View,
 }
 
 impl FolioMemory {
@@ -352,7 +356,6 @@ impl FolioMemory {
     /// its own copy must hold its write and the old bodies; the written
     /// pages must no longer be the page cache's.
     fn cow_write(&self) -> Step<()> {
-        let before = View::capture(self.region, self.pattern.page)?;
         self.region.mprotect(RW)?;
         write_and_check_own(
             self.region,
@@ -361,15 +364,18 @@ impl FolioMemory {
             Writer::Parent,
             "the process",
         )?;
-        self.after_cow(&before)
+        self.after_cow()
     }
 
-    fn after_cow(&self, before: &View) -> Step<()> {
+    /// After the COW: no page of the mapping is a page-cache page any more
+    /// (compared with the PFNs the mapping had at setup, before any pin
+    /// could unshare), and the page cache holds what it held.
+    fn after_cow(&self) -> Step<()> {
         let after = View::capture(self.region, self.pattern.page)?;
         let sharing = evidence::compare(
-            "the private mapping before vs after the COW write",
+            "the private mapping at setup vs after the COW write",
             "page cache",
-            before,
+            &self.cache_view,
             "after",
             &after,
         );
@@ -667,7 +673,6 @@ fn ro_benchmark(m: &FolioMemory, subject: &Subject) -> Step<Outcome> {
 /// pwrite(2) into /proc/self/mem: GUP with FOLL_FORCE | FOLL_WRITE, which
 /// must COW each page it writes, never write the page cache.
 fn forced_write(m: &FolioMemory) -> Step<Outcome> {
-    let before = View::capture(m.region, m.pattern.page)?;
     let mem = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -701,7 +706,7 @@ fn forced_write(m: &FolioMemory) -> Step<Outcome> {
         ORIGINAL.written_by(Writer::Parent),
         "the process",
     )?;
-    m.after_cow(&before)?;
+    m.after_cow()?;
     Ok(Outcome::Pass)
 }
 
@@ -737,7 +742,6 @@ fn io_uring_refused(m: &FolioMemory) -> Step<Outcome> {
 
 fn io_uring_after_mprotect(m: &FolioMemory) -> Step<Outcome> {
     let source = PinSource::IoUringFixed;
-    let before = View::capture(m.region, m.pattern.page)?;
     m.region.mprotect(RW)?;
     m.announce(&format!("taking an {}", source.name()));
     let mut held = match returned(take_bounded(source, m.region)?)? {
@@ -753,7 +757,7 @@ fn io_uring_after_mprotect(m: &FolioMemory) -> Step<Outcome> {
         return fail(format!("through the {}: {mm}", source.name()));
     }
     // The writable pin COWed every page: none may still be the page cache's.
-    m.after_cow(&before)?;
+    m.after_cow()?;
     write_and_check_own(m.region, m.pattern, ORIGINAL, Writer::Parent, "the process")?;
     m.page_cache_unchanged("after the process's write")?;
     Ok(
