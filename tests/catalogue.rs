@@ -1,14 +1,19 @@
 //! `cargo test` runs the whole catalogue here, through libtest-mimic: the
 //! usual filters (`cargo test -- vmsplice`, `--exact`, `--skip`, `--list`)
 //! work, and so does `cargo nextest run`. Every trial still runs in its own
-//! process; libtest runs them one at a time on the main thread because they
-//! share global host settings and because the runner forks.
+//! process. The selected trials run first, through the session, up to
+//! `COWGUP_JOBS` (default: the CPU count) side by side where their families
+//! allow it (see tests/jobs.rs for the proof that results do not change);
+//! libtest then reports each stored result (it runs its closures on the main
+//! thread, one at a time, because the runner forks).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cowgup_harness::probe::Capabilities;
 use cowgup_harness::Outcome;
-use cowgup_tests::session::{Options, Session};
+use cowgup_harness::TrialReport;
+use cowgup_tests::session::{Options, Progress, Session};
 use cowgup_tests::{catalogue, Selection};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
@@ -33,6 +38,10 @@ fn main() {
         // once: they take turns holding the host.
         let opts = Options {
             lock_wait: std::time::Duration::from_secs(600),
+            jobs: std::env::var("COWGUP_JOBS")
+                .ok()
+                .and_then(|j| j.parse().ok())
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             ..Options::default()
         };
         match Session::start_with(&opts, caps, &selected) {
@@ -43,23 +52,39 @@ fn main() {
             }
         }
     };
+    let mut results: HashMap<String, TrialReport> = HashMap::new();
     if let Some(s) = &session {
-        for line in &s.lock().unwrap().log {
+        let mut s = s.lock().unwrap();
+        for line in &s.log {
             println!("cowgup: {line}");
         }
+        println!(
+            "cowgup: running {} trial(s), up to {} side by side; results follow",
+            selected.len(),
+            s.jobs
+        );
+        let ran = s.run_all(&selected, |p| {
+            if let Progress::Finished(_, r) = p {
+                results.insert(r.name.clone(), r);
+            }
+            Ok::<(), std::convert::Infallible>(())
+        });
+        if let Err((stop, _)) = ran {
+            s.abort(stop)
+        }
     }
+    let results = Arc::new(Mutex::new(results));
     let trials = scenarios
         .iter()
         .map(|scenario| {
-            let session = session.clone();
-            let scenario = scenario.clone();
+            let results = results.clone();
+            let name = scenario.name.clone();
             Trial::ignorable_test(scenario.name.clone(), move || {
-                let session = session.expect("trials only run when not listing");
-                let mut s = session.lock().unwrap();
-                let report = match s.run(&scenario) {
-                    Ok(r) => r,
-                    Err(stop) => s.abort(stop),
-                };
+                let report = results
+                    .lock()
+                    .unwrap()
+                    .remove(&name)
+                    .expect("every selected trial ran before libtest reports it");
                 let detail = || report.diagnostics.join("\n");
                 match &report.outcome {
                     Outcome::Pass => Ok(Completion::Completed),

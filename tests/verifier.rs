@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use cowgup_fixtures::damage::VAR;
 use cowgup_harness::probe::Capabilities;
 use cowgup_harness::OutcomeKind;
-use cowgup_tests::session::{Options, Session};
+use cowgup_tests::session::{Options, Progress, Session};
 use cowgup_tests::{catalogue, Family, Scenario};
 
 const STRUCTURAL: &[&str] = &[
@@ -70,24 +70,37 @@ fn rounds(thorough: bool, damages: &[&str]) -> (BTreeMap<String, String>, Vec<Se
         eprintln!("verifier: {e}");
         std::process::exit(1)
     });
-    let mut run = |s: &Scenario| match session.run(s) {
-        Ok(r) => r,
-        Err(stop) => session.abort(stop),
+    // Side by side where the families allow it (the verdicts do not change,
+    // see tests/jobs.rs): a dozen rounds of the whole cow catalogue.
+    session.jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut run = |list: &[&Scenario]| {
+        let mut reports = Vec::with_capacity(list.len());
+        let ran = session.run_all(list, |p| {
+            if let Progress::Finished(_, r) = p {
+                reports.push(r);
+            }
+            Ok::<(), std::convert::Infallible>(())
+        });
+        match ran {
+            Ok(_) => reports,
+            Err((stop, _)) => session.abort(stop),
+        }
     };
     // SAFETY (set_var/remove_var): this test is single-threaded.
     std::env::remove_var(VAR);
     let baseline: BTreeMap<String, String> = scenarios
         .iter()
-        .map(|s| (s.name.clone(), run(s).outcome.kind().as_str().to_string()))
+        .zip(run(&selected))
+        .map(|(s, r)| (s.name.clone(), r.outcome.kind().as_str().to_string()))
+        .collect();
+    let executed: Vec<&Scenario> = scenarios
+        .iter()
+        .filter(|s| baseline[&s.name] != "skip")
         .collect();
     let mut seen = Vec::new();
     for &damage in damages {
         std::env::set_var(VAR, damage);
-        for s in &scenarios {
-            if baseline[&s.name] == "skip" {
-                continue;
-            }
-            let r = run(s);
+        for (s, r) in executed.iter().zip(run(&executed)) {
             let damaged_pages = r
                 .evidence
                 .iter()

@@ -1,4 +1,5 @@
-//! `cowgup bench`: wall time per backing group and in total, over repeated
+//! `cowgup bench`: wall time per family and in total (per backing group: the
+//! sum of its trials' durations, which overlap with `--jobs`), over repeated
 //! runs of the same selection, optionally next to upstream's C `cow` run on
 //! the same provisioned host. Figures are printed, never asserted.
 
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use cowgup_harness::OutcomeKind;
-use cowgup_tests::session::Session;
+use cowgup_tests::session::{Progress, Session};
 use cowgup_tests::Scenario;
 
 use crate::{fatal, select, SelectArgs, SessionArgs};
@@ -55,18 +56,25 @@ pub fn bench(args: &BenchArgs) -> ExitCode {
         let mut sums: BTreeMap<String, Duration> = BTreeMap::new();
         let mut fam: BTreeMap<&'static str, Duration> = BTreeMap::new();
         let t0 = Instant::now();
-        for s in &chosen {
-            let group = &s.group;
+        // Family by family (the catalogue keeps each together), so that each
+        // family's wall time is its own even when trials run side by side.
+        for part in chosen.chunk_by(|a, b| a.family == b.family) {
+            let refs: Vec<&Scenario> = part.iter().collect();
             let t = Instant::now();
-            let r = match session.run(s) {
-                Ok(r) => r,
-                Err(stop) => session.abort(stop),
-            };
-            *fam.entry(s.family.id()).or_default() += t.elapsed();
-            *sums.entry(group.clone()).or_default() += r.duration;
-            if round == 0 && r.outcome.kind() != OutcomeKind::Skip {
-                *executed.entry(group.clone()).or_default() += 1;
+            let ran = session.run_all(&refs, |p| {
+                if let Progress::Finished(i, r) = p {
+                    let group = &part[i].group;
+                    *sums.entry(group.clone()).or_default() += r.duration;
+                    if round == 0 && r.outcome.kind() != OutcomeKind::Skip {
+                        *executed.entry(group.clone()).or_default() += 1;
+                    }
+                }
+                Ok::<(), std::convert::Infallible>(())
+            });
+            if let Err((stop, _)) = ran {
+                session.abort(stop)
             }
+            *fam.entry(part[0].family.id()).or_default() += t.elapsed();
         }
         totals.push(t0.elapsed());
         for (g, d) in sums {

@@ -5,13 +5,16 @@
 use cowgup_tests::Family;
 
 /// Every family, in catalogue order.
-pub const FAMILIES: [Family; 7] = [
+pub const FAMILIES: [Family; 10] = [
     Family::CowAnon,
     Family::CowAnonThp,
     Family::CowNonAnon,
     Family::GupLongterm,
     Family::GupTest,
     Family::BeyondUpstream,
+    Family::RemoteAccess,
+    Family::LargeFolioPins,
+    Family::ForceWrite,
     Family::FileLargeFolios,
 ];
 
@@ -38,6 +41,23 @@ fn covers(f: Family) -> &'static str {
         Family::BeyondUpstream => {
             "MAP_SHARED anonymous memory, KSM-merged pages, memfd_secret, O_DIRECT, through \
              every pin source"
+        }
+        Family::RemoteAccess => {
+            "process_vm_writev() into a child's COW-shared pages changes only the child; \
+             process_vm_readv() returns the child's data, never the parent's; a remote R/O read \
+             unshares (FOLL_REMOTE pins), on every anonymous backing"
+        }
+        Family::LargeFolioPins => {
+            "io_uring fixed buffers on parts of one THP/hugetlb folio (unregister one, fork), 64 \
+             rings on one folio released in random order, fork with a live pin and a writer \
+             thread (no torn snapshot), buffers over several folios and one page mapped twice \
+             (CVE-2023-2598 shape): WRITE_FIXED equals the mapping byte for byte"
+        }
+        Family::ForceWrite => {
+            "FOLL_FORCE writes (/proc/self/mem, PTRACE_POKEDATA) into PROT_READ mappings: a \
+             private copy in COW mappings (file, memfd, uffd-minor memfd, zeropages, THP, pages \
+             shared with a child), EIO in MAP_SHARED and hugetlb (before 6.14); a Dirty COW race \
+             against MADV_DONTNEED"
         }
         Family::FileLargeFolios => {
             "a MAP_PRIVATE PROT_READ mapping of a large file folio (PMD-sized on a huge=always \

@@ -79,6 +79,13 @@ pub struct SessionArgs {
     /// known issues of your tree, reported as XFAIL (repeatable; after those of $COWGUP_EXPECTATIONS).
     #[arg(long, value_name = "FILE")]
     pub expectations: Vec<PathBuf>,
+    /// Run up to N trials side by side (default 1: one at a time). Trials of the cow and
+    /// gup_longterm families that need the same host settings and no shared resource (a hugetlb
+    /// pool, gup_test) share a batch; pin balance and the kernel log are judged per batch, and a
+    /// batch that does not balance is run again one trial at a time. Results and their order are
+    /// those of a serial run.
+    #[arg(long, short = 'j', value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub jobs: u64,
     #[command(flatten)]
     pub state: StateArgs,
 }
@@ -95,6 +102,7 @@ impl SessionArgs {
                 .clone()
                 .unwrap_or_else(default_state_dir),
             lock_wait: Duration::from_secs(self.lock_wait),
+            jobs: self.jobs as usize,
             expectations: cowgup_tests::expectations::files_from_env()
                 .into_iter()
                 .chain(self.expectations.iter().cloned())

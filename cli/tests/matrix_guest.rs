@@ -1,5 +1,7 @@
 //! `cowgup matrix` with a real guest: one trial on a prebuilt kernel under
-//! qemu, next to a bogus "kernel" that must cost its own cell only. Skipped
+//! qemu, next to a bogus "kernel" that must cost its own cell only; the
+//! prebuilt kernel also as a cell with every topology feature, each of
+//! which must be set up (fsdax mounted `dax=always`, a Movable zone). Skipped
 //! (with the reason) without qemu, mkfs.ext4, a static busybox, or a kernel
 //! image: `$COWGUP_MATRIX_KERNEL`, else the project machine's cached
 //! `/work/shared/kernels/bzImage-6.12.117-guptest`.
@@ -57,6 +59,13 @@ fn a_guest_cell_runs_and_a_broken_one_costs_only_its_cell() {
         .arg(&kernel)
         .arg("--kernel")
         .arg(&bogus)
+        .args([
+            "--topology",
+            "base",
+            "--topology",
+            "zram+ext4+fsdax+movable",
+        ])
+        .args(["--jobs", "1", "--kvm", "off"])
         .args(["--timeout-cell", "300", "--format", "json", "--output"])
         .arg(&json)
         .args(["--exact", TRIAL])
@@ -72,7 +81,29 @@ fn a_guest_cell_runs_and_a_broken_one_costs_only_its_cell() {
     assert_eq!(ran["trials"][0]["name"], TRIAL);
     assert!(ran["release"].as_str().unwrap().starts_with("6."));
     assert!(ran["no_result"].is_null());
-    let broken = &doc["cells"][1];
+    assert_eq!(ran["topology"], "base");
+    assert_eq!(ran["setup"], serde_json::json!([]));
+    let topo = &doc["cells"][1];
+    assert_eq!(topo["topology"], "zram+ext4+fsdax+movable");
+    assert_eq!(topo["totals"]["pass"], 1, "{stdout}\n{stderr}");
+    let setup = topo["setup"].as_array().unwrap();
+    let features: Vec<&str> = setup
+        .iter()
+        .map(|s| s["feature"].as_str().unwrap())
+        .collect();
+    assert_eq!(features, ["zram", "ext4", "fsdax", "movable"], "{stdout}");
+    for s in setup {
+        assert_eq!(s["ok"], true, "{s}");
+    }
+    assert!(setup[2]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("/mnt/dax ext4 rw,relatime,dax"));
+    assert!(setup[3]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("zone Movable has"));
+    let broken = &doc["cells"][2];
     assert_eq!(broken["kernel"], "not-a-kernel");
     assert!(broken["no_result"]
         .as_str()

@@ -15,6 +15,9 @@ mod initramfs;
 #[allow(dead_code)]
 #[path = "../src/matrix/report.rs"]
 mod report;
+#[allow(dead_code)]
+#[path = "../src/matrix/topology.rs"]
+mod topology;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -273,6 +273,18 @@ impl HostGuard {
                     waited = true;
                     std::thread::sleep(Duration::from_millis(20));
                 }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Asked once, when giving up: every connect() queues on
+                    // the holder's listener, which never accepts, so asking
+                    // on each retry would fill its backlog and block us.
+                    return Err(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        format!(
+                            "another cowgup (pid {}) is changing this host's settings",
+                            lock_holder()
+                        ),
+                    ));
+                }
                 other => break other?,
             }
         };
@@ -459,21 +471,23 @@ fn lock_host() -> io::Result<UnixListener> {
             LOCK_FD.store(l.as_raw_fd(), std::sync::atomic::Ordering::SeqCst);
             Ok(l)
         }
-        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-            let holder = UnixStream::connect_addr(&addr)
-                .ok()
-                .and_then(|s| {
-                    nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials)
-                        .ok()
-                })
-                .map_or("?".to_string(), |c| c.pid().to_string());
-            Err(io::Error::new(
-                io::ErrorKind::WouldBlock,
-                format!("another cowgup (pid {holder}) is changing this host's settings"),
-            ))
-        }
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            "another cowgup is changing this host's settings",
+        )),
         Err(e) => Err(e),
     }
+}
+
+/// The pid holding the host lock, as the kernel tells a peer, or "?".
+fn lock_holder() -> String {
+    SocketAddr::from_abstract_name(HOST_LOCK)
+        .and_then(|addr| UnixStream::connect_addr(&addr))
+        .ok()
+        .and_then(|s| {
+            nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials).ok()
+        })
+        .map_or("?".to_string(), |c| c.pid().to_string())
 }
 
 fn lock_state_dir(dir: &Path) -> io::Result<UnixListener> {

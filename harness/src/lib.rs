@@ -17,5 +17,5 @@ pub mod verdict;
 pub use guard::{HostGuard, Knob};
 pub use kmsg::KernelLog;
 pub use outcome::{CheckResult, CheckStatus, Evidence, Outcome, OutcomeKind, Totals, TrialReport};
-pub use runner::{diag, evidence, run_trial, Record, RunOptions, Stop, Watch};
+pub use runner::{diag, evidence, run_batch, run_trial, Record, RunOptions, Stop, Watch};
 pub use trial::Trial;

@@ -279,6 +279,11 @@ enum Waited {
 }
 
 fn fork_and_wait(trial: &Trial, opts: &RunOptions) -> std::io::Result<Waited> {
+    spawn(trial, opts)?.wait()
+}
+
+/// Fork the trial process; the returned waiter collects what it reports.
+fn spawn(trial: &Trial, opts: &RunOptions) -> std::io::Result<ChildWaiter> {
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -299,8 +304,195 @@ fn fork_and_wait(trial: &Trial, opts: &RunOptions) -> std::io::Result<Waited> {
             // Also done by the child; doing it here too closes the race in
             // which we would signal a group that does not exist yet.
             let _ = setpgid(child, child);
-            let mut waiter = ChildWaiter::new(child, ours, opts.timeout);
-            waiter.wait()
+            Ok(ChildWaiter::new(child, ours, opts.timeout))
+        }
+    }
+}
+
+/// Run trials side by side as one batch: the watches are sampled once,
+/// before the first process is forked and after the last one's group is
+/// gone, so system-wide counters (pin balance) stay exact. A batch whose
+/// watches do not all hold (or cannot tell) is run again one trial at a
+/// time, so that a failure names its trial; each such result says so.
+///
+/// The caller forms batches of trials that may share the host: none is
+/// skipped, all need the same host settings (`knobs`), and none competes
+/// with another for a resource (a hugetlb pool, a debugfs interface).
+pub fn run_batch(
+    trials: &[&Trial],
+    mut guard: Option<&mut HostGuard>,
+    opts: &RunOptions,
+    watches: &mut [&mut dyn Watch],
+) -> Result<Vec<TrialReport>, Stop> {
+    if trials.len() <= 1 {
+        return trials
+            .iter()
+            .map(|t| run_trial(t, guard.as_deref_mut(), opts, watches))
+            .collect();
+    }
+    assert!(
+        trials
+            .iter()
+            .all(|t| t.skip.is_none() && t.knobs == trials[0].knobs),
+        "a batch holds runnable trials with the same host settings"
+    );
+    if let Some(sig) = signals::pending() {
+        return Err(Stop::Interrupted(sig));
+    }
+    let unrun = |t: &Trial, outcome: Outcome, start: Instant| TrialReport {
+        name: t.name.clone(),
+        outcome,
+        diagnostics: Vec::new(),
+        evidence: Vec::new(),
+        checks: Vec::new(),
+        duration: start.elapsed(),
+    };
+    let start = Instant::now();
+    if let Some(outcome) = establish_knobs(trials[0], guard.as_deref_mut()) {
+        return Ok(trials
+            .iter()
+            .map(|t| unrun(t, outcome.clone(), start))
+            .collect());
+    }
+    for w in watches.iter_mut() {
+        w.before();
+    }
+    let mut running: Vec<Option<(ChildWaiter, Instant)>> = Vec::with_capacity(trials.len());
+    let mut done: Vec<Option<(Ran, Duration)>> = Vec::with_capacity(trials.len());
+    for t in trials {
+        let at = Instant::now();
+        match spawn(t, opts) {
+            Ok(w) => {
+                running.push(Some((w, at)));
+                done.push(None);
+            }
+            Err(e) => {
+                running.push(None);
+                done.push(Some((
+                    Ran {
+                        reported: None,
+                        ended: Ended::Other(format!("runner could not run the trial: {e}")),
+                        diagnostics: Vec::new(),
+                        evidence: Vec::new(),
+                        leftovers: None,
+                    },
+                    at.elapsed(),
+                )));
+            }
+        }
+    }
+    wait_all(&mut running, &mut done)?;
+    let checks: Vec<CheckResult> = watches.iter_mut().map(|w| w.after()).collect();
+    let doubtful: Vec<String> = checks
+        .iter()
+        .filter(|c| matches!(c.status, CheckStatus::Violated | CheckStatus::Unreliable))
+        .map(|c| format!("{}: {}", c.check, c.detail))
+        .collect();
+    if !doubtful.is_empty() {
+        let why = format!(
+            "run again alone: in a batch of {} trials run side by side, {}",
+            trials.len(),
+            doubtful.join("; ")
+        );
+        let mut out = Vec::with_capacity(trials.len());
+        for t in trials {
+            let mut r = run_trial(t, guard.as_deref_mut(), opts, watches)?;
+            r.diagnostics.insert(0, why.clone());
+            out.push(r);
+        }
+        return Ok(out);
+    }
+    let n = trials.len();
+    Ok(trials
+        .iter()
+        .zip(done)
+        .map(|(t, d)| {
+            let (mut ran, duration) = d.expect("every trial of the batch ended");
+            let mut own: Vec<CheckResult> = ran.leftovers.take().into_iter().collect();
+            own.extend(checks.iter().map(|c| CheckResult {
+                detail: format!("{} (over a batch of {n} trials run side by side)", c.detail),
+                ..c.clone()
+            }));
+            let observations = Observations {
+                reported: ran.reported,
+                ended: ran.ended,
+                checks: own,
+            };
+            let verdict = verdict::decide(&observations);
+            ran.diagnostics.extend(verdict.notes);
+            TrialReport {
+                name: t.name.clone(),
+                outcome: verdict.outcome,
+                diagnostics: ran.diagnostics,
+                evidence: ran.evidence,
+                checks: observations.checks,
+                duration,
+            }
+        })
+        .collect())
+}
+
+/// Wait for every running trial of a batch, each under its own time limit.
+/// A terminating signal kills every trial's group before it is returned.
+fn wait_all(
+    running: &mut [Option<(ChildWaiter, Instant)>],
+    done: &mut [Option<(Ran, Duration)>],
+) -> Result<(), Stop> {
+    let fail = |e: std::io::Error| Ran {
+        reported: None,
+        ended: Ended::Other(format!("runner lost the trial: {e}")),
+        diagnostics: Vec::new(),
+        evidence: Vec::new(),
+        leftovers: None,
+    };
+    loop {
+        for i in 0..running.len() {
+            let Some((w, at)) = &mut running[i] else {
+                continue;
+            };
+            let result = match w.step() {
+                Ok(None) => continue,
+                Ok(Some(Waited::Done(ran))) => (*ran, at.elapsed()),
+                Ok(Some(Waited::Interrupted(sig))) => {
+                    for (other, _) in running.iter_mut().flatten() {
+                        group::kill(other.child);
+                        other.reap_blocking();
+                    }
+                    return Err(Stop::Interrupted(sig));
+                }
+                Err(e) => {
+                    group::kill(w.child);
+                    w.reap_blocking();
+                    (fail(e), at.elapsed())
+                }
+            };
+            done[i] = Some(result);
+            running[i] = None;
+        }
+        let live: Vec<&ChildWaiter> = running.iter().flatten().map(|(w, _)| w).collect();
+        if live.is_empty() {
+            return Ok(());
+        }
+        let slice = live.iter().map(|w| w.slice()).min().unwrap_or_default();
+        let mut fds = Vec::new();
+        let mut spans = Vec::with_capacity(live.len());
+        for w in &live {
+            let own = w.poll_fds();
+            spans.push((fds.len(), own.len()));
+            fds.extend(own);
+        }
+        if poll_slice(&mut fds, slice).is_err() {
+            // Nothing to wait on that poll() accepts: step() again shortly.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let readable: Vec<bool> = live
+            .iter()
+            .zip(&spans)
+            .map(|(w, &(at, len))| w.socket_readable(&fds[at..at + len]))
+            .collect();
+        drop(fds);
+        for ((w, _), r) in running.iter_mut().flatten().zip(readable) {
+            w.after_poll(r);
         }
     }
 }
@@ -342,6 +534,7 @@ struct ChildWaiter {
     diagnostics: Vec<String>,
     evidence: Vec<Evidence>,
     reported: Option<Outcome>,
+    socket_open: bool,
 }
 
 fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
@@ -364,67 +557,91 @@ impl ChildWaiter {
             diagnostics: Vec::new(),
             evidence: Vec::new(),
             reported: None,
+            socket_open: true,
         }
     }
 
     fn wait(&mut self) -> std::io::Result<Waited> {
-        let mut socket_open = true;
         loop {
-            if let Some(sig) = signals::pending() {
-                group::kill(self.child);
-                self.reap_blocking();
-                return Ok(Waited::Interrupted(sig));
+            if let Some(done) = self.step()? {
+                return Ok(done);
             }
-            if let Some(status) = self.try_reap()? {
-                // The trial process is gone: all it sent is queued.
-                self.drain();
-                let leftovers = self.leftovers();
-                self.wait_gone();
-                return Ok(Waited::Done(Box::new(self.ran(ended(status), leftovers))));
+            let mut fds = self.poll_fds();
+            poll_slice(&mut fds, self.slice())?;
+            let readable = self.socket_readable(&fds);
+            self.after_poll(readable);
+        }
+    }
+
+    /// Everything that can be decided without blocking: a pending signal
+    /// (the group is killed), the trial process gone, the time limit.
+    fn step(&mut self) -> std::io::Result<Option<Waited>> {
+        if let Some(sig) = signals::pending() {
+            group::kill(self.child);
+            self.reap_blocking();
+            return Ok(Some(Waited::Interrupted(sig)));
+        }
+        if let Some(status) = self.try_reap()? {
+            // The trial process is gone: all it sent is queued.
+            self.drain();
+            let leftovers = self.leftovers();
+            self.wait_gone();
+            return Ok(Some(Waited::Done(Box::new(
+                self.ran(ended(status), leftovers),
+            ))));
+        }
+        if Instant::now() >= self.deadline {
+            let survivors = group::kill(self.child);
+            self.reap_blocking();
+            self.drain();
+            if !survivors.is_empty() {
+                self.diagnostics.push(format!(
+                    "still in the process group after SIGKILL: {}",
+                    list(&survivors)
+                ));
             }
-            let left = self.deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                let survivors = group::kill(self.child);
-                self.reap_blocking();
-                self.drain();
-                if !survivors.is_empty() {
-                    self.diagnostics.push(format!(
-                        "still in the process group after SIGKILL: {}",
-                        list(&survivors)
-                    ));
-                }
-                self.wait_gone();
-                return Ok(Waited::Done(Box::new(
-                    self.ran(Ended::TimedOut(self.timeout), None),
-                )));
-            }
-            // Without a pidfd nothing wakes us when the child exits while a
-            // grandchild holds the socket open, so poll in short slices.
-            let slice = if self.pidfd.is_some() {
-                left.min(Duration::from_millis(500))
-            } else {
-                left.min(Duration::from_millis(5))
-            };
-            let mut fds = Vec::with_capacity(2);
-            if socket_open {
-                fds.push(PollFd::new(self.socket.as_fd(), PollFlags::POLLIN));
-            }
-            if let Some(p) = &self.pidfd {
-                fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
-            }
-            let ms =
-                PollTimeout::try_from(slice.as_millis().max(1) as i32).unwrap_or(PollTimeout::MAX);
-            match poll(&mut fds, ms) {
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-            let readable = socket_open
-                && fds[0]
-                    .revents()
-                    .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP));
-            if readable && !self.drain() {
-                socket_open = false;
-            }
+            self.wait_gone();
+            return Ok(Some(Waited::Done(Box::new(
+                self.ran(Ended::TimedOut(self.timeout), None),
+            ))));
+        }
+        Ok(None)
+    }
+
+    /// How long to sleep in poll(): without a pidfd nothing wakes us when
+    /// the child exits while a grandchild holds the socket open, so poll in
+    /// short slices.
+    fn slice(&self) -> Duration {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if self.pidfd.is_some() {
+            left.min(Duration::from_millis(500))
+        } else {
+            left.min(Duration::from_millis(5))
+        }
+    }
+
+    /// The socket (while any sender holds it open) and the pidfd.
+    fn poll_fds(&self) -> Vec<PollFd<'_>> {
+        let mut fds = Vec::with_capacity(2);
+        if self.socket_open {
+            fds.push(PollFd::new(self.socket.as_fd(), PollFlags::POLLIN));
+        }
+        if let Some(p) = &self.pidfd {
+            fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+        }
+        fds
+    }
+
+    fn socket_readable(&self, fds: &[PollFd<'_>]) -> bool {
+        self.socket_open
+            && fds[0]
+                .revents()
+                .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP))
+    }
+
+    fn after_poll(&mut self, readable: bool) {
+        if readable && !self.drain() {
+            self.socket_open = false;
         }
     }
 
@@ -580,6 +797,14 @@ impl ChildWaiter {
                 "survivors": stopped.survivors,
             }),
         })
+    }
+}
+
+fn poll_slice(fds: &mut [PollFd<'_>], slice: Duration) -> std::io::Result<()> {
+    let ms = PollTimeout::try_from(slice.as_millis().max(1) as i32).unwrap_or(PollTimeout::MAX);
+    match poll(fds, ms) {
+        Ok(_) | Err(Errno::EINTR) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

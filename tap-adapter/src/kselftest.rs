@@ -31,7 +31,12 @@ pub fn cow_section(f: Family) -> Option<&'static str> {
         Family::CowAnon => Some("[INFO] Anonymous memory tests in private mappings"),
         Family::CowAnonThp => Some("[INFO] Anonymous THP tests"),
         Family::CowNonAnon => Some("[RUN] Non-anonymous memory tests in private mappings"),
-        Family::GupLongterm | Family::GupTest | Family::BeyondUpstream => None,
+        Family::GupLongterm
+        | Family::GupTest
+        | Family::BeyondUpstream
+        | Family::RemoteAccess
+        | Family::LargeFolioPins => None,
+        Family::ForceWrite => None,
         Family::FileLargeFolios => None,
     }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use cowgup_harness::guard::RestoreReport;
 use cowgup_harness::probe::Capabilities;
 use cowgup_harness::{CheckResult, CheckStatus, Evidence, Stop, Totals, TrialReport};
-use cowgup_tests::session::Session;
+use cowgup_tests::session::{Progress, Session};
 use cowgup_tests::{Family, Scenario};
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -112,30 +112,39 @@ pub fn drive(
             }),
         )?;
         let mut totals = Totals::default();
-        for (i, s) in scenarios.iter().enumerate() {
-            let trial = TrialInfo {
+        let refs: Vec<&Scenario> = scenarios.iter().collect();
+        // Results come in run order; with --jobs a batch's trials start
+        // together, so each is announced when its result is handed over.
+        let info = |i: usize| {
+            let s = &scenarios[i];
+            TrialInfo {
                 number: i + 1,
                 name: s.name.clone(),
                 family: s.family,
                 group: s.group.clone(),
-            };
-            emit(reporters, &Event::TrialStarted(trial.clone()))?;
-            let report = match session.run(s) {
-                Ok(r) => r,
-                Err(stop @ Stop::Interrupted(signal)) => {
-                    let _ = emit(
-                        reporters,
-                        &Event::Interrupted {
-                            signal,
-                            done: i,
-                            planned: scenarios.len(),
-                        },
-                    );
-                    session.abort(stop)
-                }
-            };
-            totals.add(report.outcome.kind());
-            emit(reporters, &Event::TrialFinished(TrialEnd { trial, report }))?;
+            }
+        };
+        let ran = session.run_all(&refs, |p| match p {
+            Progress::Started(i) => emit(reporters, &Event::TrialStarted(info(i))),
+            Progress::Finished(i, report) => {
+                totals.add(report.outcome.kind());
+                let trial = info(i);
+                emit(reporters, &Event::TrialFinished(TrialEnd { trial, report }))
+            }
+        });
+        match ran {
+            Ok(result) => result?,
+            Err((stop @ Stop::Interrupted(signal), done)) => {
+                let _ = emit(
+                    reporters,
+                    &Event::Interrupted {
+                        signal,
+                        done,
+                        planned: scenarios.len(),
+                    },
+                );
+                session.abort(stop)
+            }
         }
         Ok(totals)
     })();

@@ -18,7 +18,7 @@
 //! | key | value | absent |
 //! |---|---|---|
 //! | `id` | unique name | required |
-//! | `mechanisms` | `["fork", "vmsplice", "io-uring-pin", "ro-pin", "rw-pin", "collapse"]` | any |
+//! | `mechanisms` | `["fork", "vmsplice", "io-uring-pin", "ro-pin", "rw-pin", "collapse", "threaded-fork"]` | any |
 //! | `memory` | `anon`, `anon-hugetlb`, `non-anon`, `shmem-file`, `hugetlbfs-file`, `other-file`, `unknown-file` | required |
 //! | `size` | huge page size: `"2M"`, `"1G"`, `"64K"` or bytes | any (base pages included) |
 //! | `mapping` | `private`, `shared` | either |
@@ -64,6 +64,9 @@ pub enum Mechanism {
     /// gup_test PIN_LONGTERM_TEST_START with PIN_LONGTERM_TEST_FLAG_USE_WRITE.
     RwPin,
     Collapse,
+    /// fork() of pinned (so immediately copied) pages while another thread
+    /// of the parent keeps writing them (large_folio_pins.rs).
+    ThreadedFork,
 }
 
 impl Mechanism {
@@ -71,7 +74,7 @@ impl Mechanism {
     pub fn pins(self) -> bool {
         matches!(
             self,
-            Mechanism::IoUringPin | Mechanism::RoPin | Mechanism::RwPin
+            Mechanism::IoUringPin | Mechanism::RoPin | Mechanism::RwPin | Mechanism::ThreadedFork
         )
     }
 }
@@ -267,6 +270,7 @@ impl Named for Mechanism {
         ("ro-pin", Mechanism::RoPin),
         ("rw-pin", Mechanism::RwPin),
         ("collapse", Mechanism::Collapse),
+        ("threaded-fork", Mechanism::ThreadedFork),
     ];
 }
 
@@ -735,6 +739,8 @@ mod tests {
     const LOST: &str = "hugetlb-1g-lost-at-fork";
     const LIVELOCK: &str = "ro-longterm-pin-pmd-file-folio-livelock";
     const IO_URING: &str = "io-uring-file-buffers-before-6.5";
+    const TEAR_ANON: &str = "fork-tearing-pinned-anon";
+    const TEAR_HUGETLB: &str = "fork-tearing-pinned-hugetlb";
 
     fn builtin_row(id: &str) -> &'static Expectation {
         table().rows().iter().find(|r| r.id == id).unwrap()
@@ -1026,7 +1032,10 @@ mod tests {
     #[test]
     fn the_builtin_rows_keep_their_keys() {
         let ids: Vec<_> = table().rows().iter().map(|r| r.id.as_str()).collect();
-        assert_eq!(ids, [VMSPLICE, LOST, IO_URING, LIVELOCK]);
+        assert_eq!(
+            ids,
+            [VMSPLICE, LOST, IO_URING, TEAR_ANON, TEAR_HUGETLB, LIVELOCK]
+        );
         let v = builtin_row(VMSPLICE);
         assert_eq!(v.mechanisms, [Mechanism::Vmsplice]);
         assert_eq!(
@@ -1074,6 +1083,17 @@ mod tests {
             before: Some((6, 5)),
         };
         assert_eq!(io.kernel, before_6_5);
+        for (id, memory) in [
+            (TEAR_ANON, MemoryClass::Anon),
+            (TEAR_HUGETLB, MemoryClass::AnonHugetlb),
+        ] {
+            let t = builtin_row(id);
+            assert_eq!(t.mechanisms, [Mechanism::ThreadedFork]);
+            assert_eq!(
+                (t.memory, t.size, t.mapping, t.symptom, t.may_pass),
+                (memory, None, None, Symptom::Leak, true)
+            );
+        }
         let ll = builtin_row(LIVELOCK);
         assert_eq!(ll.mechanisms, [Mechanism::RoPin]);
         assert_eq!(
@@ -1092,6 +1112,25 @@ mod tests {
         };
         assert_eq!(ll.kernel, before_6_18);
         assert!(table().rows().iter().all(|r| r.file.is_none()));
+    }
+
+    #[test]
+    fn a_torn_fork_is_excused_only_for_a_threaded_fork() {
+        for c in [MemoryClass::Anon, MemoryClass::AnonHugetlb] {
+            for size in [None, M2, G] {
+                let torn = subject(Mechanism::ThreadedFork, c, size);
+                assert!(matches!(
+                    judge(&torn, Observed::Leak("Torn fork: x".into())),
+                    Outcome::Xfail(_)
+                ));
+                assert_eq!(judge(&torn, Observed::Clean), Outcome::Pass);
+                let plain = subject(Mechanism::Fork, c, size);
+                assert!(matches!(
+                    judge(&plain, Observed::Leak("x".into())),
+                    Outcome::Fail(_)
+                ));
+            }
+        }
     }
 
     #[test]

@@ -16,8 +16,11 @@ pub mod cow_anon_thp;
 pub mod cow_non_anon;
 pub mod expectations;
 pub mod file_large_folios;
+pub mod force_write;
 pub mod gup_longterm;
 pub mod gup_test;
+pub mod large_folio_pins;
+pub mod remote_access;
 pub mod session;
 
 use std::sync::Arc;
@@ -38,6 +41,9 @@ pub enum Family {
     GupLongterm,
     GupTest,
     BeyondUpstream,
+    RemoteAccess,
+    LargeFolioPins,
+    ForceWrite,
     FileLargeFolios,
 }
 
@@ -51,8 +57,21 @@ impl Family {
             Family::GupLongterm => "gup_longterm",
             Family::GupTest => "gup_test",
             Family::BeyondUpstream => "beyond_upstream",
+            Family::RemoteAccess => "remote_access",
+            Family::LargeFolioPins => "large_folio_pins",
+            Family::ForceWrite => "force_write",
             Family::FileLargeFolios => "file_large_folios",
         }
+    }
+
+    /// Whether its trials may run side by side with others (`--jobs`): they
+    /// act only on memory of their own processes. Other families (gup_test's
+    /// benchmarks, KSM, reclaim, what reads system-wide state) run alone.
+    pub fn concurrent(self) -> bool {
+        matches!(
+            self,
+            Family::CowAnon | Family::CowAnonThp | Family::CowNonAnon | Family::GupLongterm
+        )
     }
 
     pub fn name(self) -> &'static str {
@@ -63,6 +82,11 @@ impl Family {
             Family::GupLongterm => "gup_longterm: long-term pins of files",
             Family::GupTest => "gup_test: get/pin_user_pages() via CONFIG_GUP_TEST",
             Family::BeyondUpstream => "beyond upstream: shared anon, KSM, memfd_secret, O_DIRECT",
+            Family::RemoteAccess => "remote access: process_vm_readv/writev into COW-shared pages",
+            Family::LargeFolioPins => {
+                "large folio pins: partial, repeated and torn pins of THP/hugetlb"
+            }
+            Family::ForceWrite => "force_write: FOLL_FORCE writes (Dirty COW family)",
             Family::FileLargeFolios => "file large folios: pins and COW on a large file folio",
         }
     }
@@ -384,6 +408,9 @@ pub fn catalogue(caps: &Capabilities) -> Vec<Scenario> {
     v.extend(gup_longterm_catalogue(caps, true));
     v.extend(gup_test_catalogue(caps));
     v.extend(beyond_upstream_catalogue());
+    v.extend(remote_access::remote_access_catalogue(caps));
+    v.extend(large_folio_pins::large_folio_pins_catalogue(caps));
+    v.extend(force_write::force_write_catalogue(caps));
     v.extend(file_large_folios::catalogue(
         caps.pmd_size,
         &caps.thp_sizes,

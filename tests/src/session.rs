@@ -11,7 +11,7 @@ use cowgup_fixtures::Env;
 use cowgup_harness::guard::RestoreReport;
 use cowgup_harness::probe::Capabilities;
 use cowgup_harness::{
-    run_trial, signals, HostGuard, KernelLog, RunOptions, Stop, Trial, TrialReport,
+    run_batch, run_trial, signals, HostGuard, KernelLog, Knob, RunOptions, Stop, Trial, TrialReport,
 };
 
 use crate::Scenario;
@@ -30,6 +30,8 @@ pub struct Options {
     /// The user's expectation files, added to the built-in rows
     /// (`$COWGUP_EXPECTATIONS` by default).
     pub expectations: Vec<PathBuf>,
+    /// How many trials may run side by side (`run_all`; 1: one at a time).
+    pub jobs: usize,
 }
 
 impl Default for Options {
@@ -41,6 +43,7 @@ impl Default for Options {
             state_dir: default_state_dir(),
             lock_wait: Duration::ZERO,
             expectations: crate::expectations::files_from_env(),
+            jobs: 1,
         }
     }
 }
@@ -62,6 +65,8 @@ pub struct Session {
     run_opts: RunOptions,
     pin_balance: PinBalance,
     kernel_log: KernelLog,
+    /// Trials run side by side by `run_all`.
+    pub jobs: usize,
 }
 
 impl Session {
@@ -150,6 +155,13 @@ impl Session {
             thorough: opts.thorough,
             pfns_visible: caps.cap_sys_admin,
         });
+        if opts.jobs > 1 {
+            log.push(format!(
+                "up to {} trials side by side (--jobs): cow and gup_longterm trials in \
+                 batches, the other families one at a time",
+                opts.jobs
+            ));
+        }
         Ok(Session {
             caps,
             guard,
@@ -159,6 +171,7 @@ impl Session {
             },
             pin_balance: PinBalance::new(),
             kernel_log: KernelLog::new(),
+            jobs: opts.jobs.max(1),
         })
     }
 
@@ -180,6 +193,60 @@ impl Session {
             &self.run_opts,
             &mut [&mut self.pin_balance, &mut self.kernel_log],
         )
+    }
+
+    /// Run scenarios, up to `self.jobs` side by side (see `plan_batches`), and
+    /// tell `each` about every one in the order given, whatever order they
+    /// ran in: `Progress::Started` then `Progress::Finished`. A trial that
+    /// runs alone and is next in order is announced before it runs (so a
+    /// hang shows where); one of a batch, when its result is handed over.
+    /// `each` may stop the run with an error (a reporter's write). With
+    /// `jobs` 1 this is `run` in a loop. A terminating signal returns the
+    /// stop and how many results were handed over.
+    pub fn run_all<E>(
+        &mut self,
+        scenarios: &[&Scenario],
+        mut each: impl FnMut(Progress) -> Result<(), E>,
+    ) -> Result<Result<(), E>, (Stop, usize)> {
+        let trials: Vec<Trial> = scenarios.iter().map(|s| self.trial(s)).collect();
+        let sharing: Vec<Sharing> = scenarios
+            .iter()
+            .zip(&trials)
+            .map(|(s, t)| Sharing::of(s, t))
+            .collect();
+        let mut ready: Vec<Option<TrialReport>> = (0..trials.len()).map(|_| None).collect();
+        let mut next = 0;
+        let mut announced = None;
+        for batch in plan_batches(&sharing, self.jobs, BATCH_WINDOW) {
+            if batch == [next] {
+                if let Err(e) = each(Progress::Started(next)) {
+                    return Ok(Err(e));
+                }
+                announced = Some(next);
+            }
+            let members: Vec<&Trial> = batch.iter().map(|&i| &trials[i]).collect();
+            let reports = run_batch(
+                &members,
+                self.guard.as_mut(),
+                &self.run_opts,
+                &mut [&mut self.pin_balance, &mut self.kernel_log],
+            )
+            .map_err(|stop| (stop, next))?;
+            for (i, r) in batch.into_iter().zip(reports) {
+                ready[i] = Some(r);
+            }
+            while let Some(r) = ready.get_mut(next).and_then(Option::take) {
+                let started = match announced {
+                    Some(i) if i == next => Ok(()),
+                    _ => each(Progress::Started(next)),
+                };
+                if let Err(e) = started.and_then(|()| each(Progress::Finished(next, r))) {
+                    return Ok(Err(e));
+                }
+                next += 1;
+            }
+        }
+        Ok(Ok(()))
     }
 
     /// Kernel error lines (and error taint flags) logged outside any trial
@@ -204,5 +271,172 @@ impl Session {
         }
         eprintln!("cowgup: interrupted by {sig}; host settings restored");
         signals::die_of(sig)
+    }
+}
+
+/// What `Session::run_all` tells its caller, in run order.
+#[derive(Debug)]
+pub enum Progress {
+    /// The trial at this index is about to run (or, in a batch, has run).
+    Started(usize),
+    Finished(usize, TrialReport),
+}
+
+/// How far ahead of the oldest unrun trial a batch may reach: bounds how
+/// many finished results wait for an earlier one before they are reported.
+/// (cow.c's tables put the same backing one case further, 54 trials on a
+/// host with 8 THP sizes and 2 hugetlb sizes.)
+pub const BATCH_WINDOW: usize = 256;
+
+/// What decides whether trials may run side by side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sharing {
+    /// Runs in a batch of its own: skipped (nothing to run), or of a family
+    /// whose trials act on system-wide state (see `Family::concurrent`).
+    pub alone: bool,
+    /// The host settings it needs; a batch holds one set.
+    pub knobs: Vec<Knob>,
+    /// What at most one trial of a batch may use: a hugetlb pool (each
+    /// trial is provisioned the pages it needs, not more), gup_test's
+    /// single long-term pin slot.
+    pub exclusive: Vec<String>,
+    /// Its backing group: trials of one group cost alike, so they are
+    /// batched together first.
+    pub group: String,
+}
+
+impl Sharing {
+    pub fn of(s: &Scenario, t: &Trial) -> Sharing {
+        Sharing {
+            alone: t.skip.is_some() || !s.family.concurrent(),
+            knobs: t.knobs.clone(),
+            exclusive: s
+                .needs
+                .iter()
+                .filter_map(|n| match n {
+                    Need::GupTest => Some("gup_test".to_string()),
+                    Need::HugetlbPages { size, .. } => Some(format!("hugetlb {size}")),
+                    _ => None,
+                })
+                .collect(),
+            group: s.group.clone(),
+        }
+    }
+
+    fn fits(&self, batch: &[&Sharing]) -> bool {
+        !self.alone
+            && batch.iter().all(|b| {
+                !b.alone
+                    && b.knobs == self.knobs
+                    && !b.exclusive.iter().any(|r| self.exclusive.contains(r))
+            })
+    }
+}
+
+/// Split trials (in run order) into batches of at most `jobs` that may run
+/// side by side. Each batch starts with the oldest trial not yet planned and
+/// takes compatible ones from the next `window`, same backing group first.
+/// Batches come in the order of their first trial, so every trial before a
+/// batch's first has run when it starts.
+pub fn plan_batches(items: &[Sharing], jobs: usize, window: usize) -> Vec<Vec<usize>> {
+    let jobs = jobs.max(1);
+    let mut planned = vec![false; items.len()];
+    let mut batches = Vec::new();
+    for first in 0..items.len() {
+        if planned[first] {
+            continue;
+        }
+        planned[first] = true;
+        let mut batch = vec![first];
+        let end = items.len().min(first + window.max(1));
+        for same_group in [true, false] {
+            for j in first + 1..end {
+                if batch.len() >= jobs {
+                    break;
+                }
+                let members: Vec<&Sharing> = batch.iter().map(|&i| &items[i]).collect();
+                if !planned[j]
+                    && (items[j].group == items[first].group) == same_group
+                    && items[j].fits(&members)
+                {
+                    planned[j] = true;
+                    batch.push(j);
+                }
+            }
+        }
+        batches.push(batch);
+    }
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(group: &str, knob: Option<&str>, exclusive: &[&str]) -> Sharing {
+        Sharing {
+            alone: false,
+            knobs: knob
+                .map(|v| vec![Knob::new("/sys/kernel/mm/x", v)])
+                .unwrap_or_default(),
+            exclusive: exclusive.iter().map(|s| s.to_string()).collect(),
+            group: group.into(),
+        }
+    }
+
+    #[test]
+    fn jobs_one_is_the_serial_order() {
+        let items = vec![item("a", None, &[]); 5];
+        let b = plan_batches(&items, 1, 256);
+        assert_eq!(b, (0..5).map(|i| vec![i]).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn batches_keep_knobs_apart_and_prefer_the_same_group() {
+        let items = vec![
+            item("base", None, &[]),
+            item("thp", Some("always"), &[]),
+            item("hugetlb", None, &[]),
+            item("base", None, &[]),
+            item("thp", Some("always"), &[]),
+            item("base", None, &[]),
+        ];
+        let b = plan_batches(&items, 2, 256);
+        assert_eq!(b, vec![vec![0, 3], vec![1, 4], vec![2, 5]]);
+        // Every trial exactly once, batches in the order of their first trial.
+        let mut all: Vec<usize> = b.concat();
+        all.sort();
+        assert_eq!(all, (0..6).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn exclusive_resources_alone_and_window() {
+        let mut items = vec![
+            item("hugetlb 1G", None, &["hugetlb 1073741824"]),
+            item("hugetlb 1G", None, &["hugetlb 1073741824"]),
+            item("gup", None, &["gup_test", "hugetlb 2097152"]),
+            item("gup", None, &["gup_test"]),
+            item("base", None, &[]),
+        ];
+        items.push(Sharing {
+            alone: true,
+            ..item("base", None, &[])
+        });
+        items.push(item("base", None, &[]));
+        let b = plan_batches(&items, 4, 256);
+        assert_eq!(b, vec![vec![0, 2, 4, 6], vec![1, 3], vec![5]]);
+        // Nothing further ahead than the window joins a batch.
+        let far = vec![item("a", None, &[]); 10];
+        assert_eq!(plan_batches(&far, 2, 3)[0], vec![0, 1]);
+        let spaced: Vec<Sharing> = (0..6)
+            .map(|i| {
+                item(
+                    if i % 3 == 0 { "a" } else { "b" },
+                    (i % 3 != 0).then_some("x"),
+                    &[],
+                )
+            })
+            .collect();
+        assert_eq!(plan_batches(&spaced, 2, 3)[0], vec![0]);
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::initramfs::{RESULT, RESULT_END, START};
+pub use super::topology::Setup;
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct Trial {
@@ -39,6 +40,12 @@ pub struct Cell {
     pub broken: Option<String>,
     /// The console's last lines, when the cell is broken.
     pub console_tail: Vec<String>,
+    /// The cell's topology (`base`, `fsdax`, `zram+movable`, ...).
+    pub topology: String,
+    /// How each of the topology's features was set up (from `/init`).
+    pub setup: Vec<Setup>,
+    /// Kernel log lines (WARNING, BUG, ...) the suite saw outside any trial.
+    pub kernel_log: Vec<String>,
 }
 
 pub const OUTCOMES: [&str; 6] = ["pass", "fail", "xfail", "xpass", "skip", "error"];
@@ -53,6 +60,9 @@ impl Cell {
             raw_trials: r.raw_trials,
             broken: None,
             console_tail: Vec::new(),
+            topology: "base".into(),
+            setup: Vec::new(),
+            kernel_log: r.kernel_log,
         }
     }
 
@@ -65,7 +75,24 @@ impl Cell {
             raw_trials: Vec::new(),
             broken: Some(why),
             console_tail: tail,
+            topology: "base".into(),
+            setup: Vec::new(),
+            kernel_log: Vec::new(),
         }
+    }
+
+    /// The column heading: the kernel, and the topology unless `base`.
+    pub fn label(&self) -> String {
+        if self.topology == "base" {
+            self.kernel.clone()
+        } else {
+            format!("{} [{}]", self.kernel, self.topology)
+        }
+    }
+
+    /// Features of the topology `/init` could not set up.
+    pub fn setup_failures(&self) -> impl Iterator<Item = &Setup> {
+        self.setup.iter().filter(|s| !s.ok)
     }
 
     pub fn totals(&self) -> BTreeMap<&'static str, usize> {
@@ -76,7 +103,9 @@ impl Cell {
     }
 
     pub fn ok(&self) -> bool {
-        self.broken.is_none() && !self.trials.iter().any(Trial::unexpected)
+        self.broken.is_none()
+            && !self.trials.iter().any(Trial::unexpected)
+            && self.setup_failures().next().is_none()
     }
 }
 
@@ -85,6 +114,8 @@ pub struct SuiteReport {
     pub release: Option<String>,
     pub trials: Vec<Trial>,
     pub raw_trials: Vec<serde_json::Value>,
+    /// `kernel_log_outside_trials`: what the kernel logged between trials.
+    pub kernel_log: Vec<String>,
 }
 
 /// Parse `cowgup run --format json`.
@@ -103,6 +134,14 @@ pub fn parse_report(text: &str) -> Result<SuiteReport, String> {
         release: doc["kernel"].as_str().map(str::to_string),
         trials,
         raw_trials: raw,
+        kernel_log: doc["kernel_log_outside_trials"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|l| l.as_str().map_or_else(|| l.to_string(), str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
 
@@ -183,7 +222,13 @@ mod tests {
         assert_eq!(r.trials.len(), 2);
         assert_eq!(r.trials[1].reason.as_deref(), Some("no gup_test"));
         assert_eq!(r.raw_trials[0]["evidence"], serde_json::json!([]));
+        assert!(r.kernel_log.is_empty());
         assert!(parse_report("{\"kernel\": \"x\"}").is_err());
+        let r = parse_report(
+            r#"{"trials": [], "kernel_log_outside_trials": ["[3.1] WARNING: at mm/gup.c:99"]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.kernel_log, ["[3.1] WARNING: at mm/gup.c:99"]);
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub enum Content {
     /// Copied from the host.
     Host(PathBuf),
     Text(String),
+    Bytes(Vec<u8>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,8 +33,10 @@ fn quote(s: &str) -> String {
 }
 
 /// `/init`: mount the basics and the ext4 disk on `/var/tmp` (NVMe, built
-/// into Debian's cloud kernels, or virtio-blk), run `cowgup run` with
-/// `args`, its human report on the console, the JSON report framed on ttyS1.
+/// into Debian's cloud kernels, or virtio-blk), set up the cell's topology
+/// (named on the kernel command line), run `cowgup run` with `args`, its
+/// human report on the console; the topology's setup lines, then the JSON
+/// report framed, on ttyS1.
 pub fn init_script(args: &[String]) -> String {
     let args: Vec<String> = args.iter().map(|a| quote(a)).collect();
     format!(
@@ -41,18 +44,20 @@ pub fn init_script(args: &[String]) -> String {
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev; mount -t tmpfs tmpfs /tmp
-for d in /dev/nvme0n1 /dev/vda; do [ -b $d ] && mount -t ext4 $d /var/tmp && break; done
+by_serial() {{ for b in /sys/block/*; do [ "$(cat $b/serial 2>/dev/null)" = "$1" ] && echo /dev/${{b##*/}} && return 0; done; return 1; }}
+for d in /dev/nvme0n1 $(by_serial cowgup-state); do [ -b $d ] && mount -t ext4 $d /var/tmp && break; done
 cd /tmp
 echo "{START} $(uname -r)"
-set -o pipefail
+{topology}set -o pipefail
 /bin/cowgup run --format json --output /tmp/result.json {args} 2>&1 | cat
 rc=$?
 echo "{EXIT} rc=$rc"
 stty -F /dev/ttyS1 raw -echo
-{{ echo "{RESULT} rc=$rc release=$(uname -r)"; cat /tmp/result.json; echo; echo "{RESULT_END}"; }} > /dev/ttyS1
+{{ cat /tmp/topology.txt; echo "{RESULT} rc=$rc release=$(uname -r)"; cat /tmp/result.json; echo; echo "{RESULT_END}"; }} > /dev/ttyS1
 sync; reboot -f
 "#,
-        args = args.join(" ")
+        args = args.join(" "),
+        topology = super::topology::init_fragment(),
     )
 }
 
@@ -109,6 +114,7 @@ pub fn write_cpio<W: Write>(out: &mut W, entries: &[Entry]) -> io::Result<()> {
             Content::Host(p) => std::fs::read(p)
                 .map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", p.display())))?,
             Content::Text(t) => t.clone().into_bytes(),
+            Content::Bytes(b) => b.clone(),
         };
         header(out, i as u32 + 1, &e.path, e.mode, data.len())?;
         out.write_all(&data)?;
@@ -183,6 +189,15 @@ mod tests {
             "/bin/cowgup run --format json --output /tmp/result.json '--skip' '1048576 kB' 2>&1 | cat"
         ));
         assert!(init.contains("> /dev/ttyS1"));
+        assert!(init.contains(
+            "for d in /dev/nvme0n1 $(by_serial cowgup-state); do [ -b $d ] && mount -t ext4 $d /var/tmp"
+        ));
+        let (setup, run) = (
+            init.find("COWGUP_TOPOLOGY").unwrap(),
+            init.find("/bin/cowgup run").unwrap(),
+        );
+        assert!(setup < run, "the topology is set up before the suite runs");
+        assert!(init.contains("{ cat /tmp/topology.txt; echo \"=== COWGUP-RESULT rc=$rc"));
         assert!(init.contains(START) && init.contains(RESULT_END));
     }
 

@@ -1,17 +1,21 @@
-//! `cowgup matrix`: the suite on several kernels, one cell per kernel (the
-//! default topology), guests under qemu, cells in parallel, one report.
+//! `cowgup matrix`: the suite on several kernels, one cell per kernel and
+//! topology, guests under qemu, cells in parallel, one report.
 //!
 //! - `spec`: what `--kernel` names, and fetching Debian's kernels;
 //! - `initramfs`: the guest's root and `/init`;
-//! - `qemu`: the command line, and a child process under a time limit;
+//! - `topology`: what a cell sets up besides the kernel (zram, ext4, fsdax, movable);
+//! - `qemu`: the command line, the KVM probe, and a child process under a time limit;
 //! - `collect`: a cell's result (the suite's JSON from ttyS1) or why none;
 //! - `report`: the table, the JSON document and the HTML page.
 
+pub mod build;
 pub mod collect;
 pub mod initramfs;
+pub mod modules;
 pub mod qemu;
 pub mod report;
 pub mod spec;
+pub mod topology;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -23,12 +27,16 @@ use clap::Args;
 
 use collect::Cell;
 use spec::KernelSpec;
+use topology::Topology;
 
 #[derive(Args, Clone, Debug)]
 pub struct MatrixArgs {
-    /// A kernel to run the suite on (repeatable): `host`, a path to a bzImage/vmlinuz, `debian:6.1` or `debian:6.12`.
+    /// A kernel to run the suite on (repeatable): `host`, a path to a bzImage/vmlinuz, `debian:6.1`, `debian:6.12`, or `build:6.12` / `build:6.12+debug_vm` (built from linux-source-6.12 with cli/kernel-config/; cached; ~12 min).
     #[arg(long, value_name = "SPEC", required = true)]
     pub kernel: Vec<KernelSpec>,
+    /// What each guest cell sets up (repeatable; a cell is kernel x topology): base, zram, ext4, fsdax, movable, or several joined with + [default: base].
+    #[arg(long, value_name = "NAME")]
+    pub topology: Vec<Topology>,
     /// Cells run at once [default: half the CPUs, at least 1].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
     pub jobs: Option<u64>,
@@ -52,9 +60,12 @@ pub struct MatrixArgs {
     /// The static cowgup to put in guests [default: this program if static, else built with cargo].
     #[arg(long, value_name = "FILE")]
     pub guest_bin: Option<PathBuf>,
-    /// Use KVM instead of TCG (needs /dev/kvm; stock kernels do not boot under every KVM).
+    /// KVM or TCG: `auto` uses KVM only when a probe boot of the first guest kernel under KVM reaches /init; `--kvm` alone is `on`.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = Kvm::Auto, num_args = 0..=1, default_missing_value = "on")]
+    pub kvm: Kvm,
+    /// Print what would run (kernel builds, qemu command lines) and stop.
     #[arg(long)]
-    pub kvm: bool,
+    pub dry_run: bool,
     /// Report format.
     #[arg(long, value_enum, default_value_t = Format::Human)]
     pub format: Format,
@@ -64,6 +75,16 @@ pub struct MatrixArgs {
     /// Also write the report as a self-contained HTML page (a heat map, then each cell's details) to FILE.
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kvm {
+    /// KVM if a probe boot shows a stock kernel really runs under it
+    Auto,
+    /// always KVM (needs /dev/kvm)
+    On,
+    /// always TCG
+    Off,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -79,6 +100,41 @@ struct Shared {
     initrd: PathBuf,
     work: PathBuf,
     args: MatrixArgs,
+    /// KVM (decided once, by `--kvm` and the probe).
+    kvm: bool,
+}
+
+/// One cell to run: a kernel (its index in `--kernel`) and a topology.
+#[derive(Clone, Debug, PartialEq)]
+struct Plan {
+    kernel: usize,
+    topology: Topology,
+}
+
+/// Every kernel x topology; the host runs once (topologies are for guests).
+fn plan(args: &MatrixArgs) -> Vec<Plan> {
+    let topologies = if args.topology.is_empty() {
+        vec![Topology::base()]
+    } else {
+        args.topology.clone()
+    };
+    let mut v = Vec::new();
+    for (k, spec) in args.kernel.iter().enumerate() {
+        if *spec == KernelSpec::Host {
+            v.push(Plan {
+                kernel: k,
+                topology: Topology::base(),
+            });
+            continue;
+        }
+        for t in &topologies {
+            v.push(Plan {
+                kernel: k,
+                topology: t.clone(),
+            });
+        }
+    }
+    v
 }
 
 /// The suite's arguments inside a cell.
@@ -88,6 +144,14 @@ fn suite_args(a: &MatrixArgs, guest: bool) -> Vec<String> {
         // Under TCG a 1 GiB page takes seconds to clear or copy.
         v.extend(["--timeout".into(), "600".into()]);
     }
+    v.extend(selection(a, guest));
+    v
+}
+
+/// Which trials a cell runs: FILTERs, `--exact`, `--skip` (and, in guests,
+/// no 1 GiB trials unless `--with-1g`), as `cowgup run` and `list` take them.
+fn selection(a: &MatrixArgs, guest: bool) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
     if a.exact && !a.filters.is_empty() {
         v.push("--exact".into());
     }
@@ -99,6 +163,28 @@ fn suite_args(a: &MatrixArgs, guest: bool) -> Vec<String> {
         v.extend(["--skip".into(), "1048576 kB".into()]);
     }
     v
+}
+
+/// A selection that picks no trial fails here, before anything boots (the
+/// guests run this same catalogue): `cowgup list` says why.
+fn check_selection(a: &MatrixArgs) -> Result<(), String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut kinds: Vec<bool> = a.kernel.iter().map(|k| *k != KernelSpec::Host).collect();
+    kinds.dedup();
+    for guest in kinds {
+        let out = Command::new(&me)
+            .arg("list")
+            .args(selection(a, guest))
+            .output()
+            .map_err(|e| format!("cannot run {} list: {e}", me.display()))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .trim_start_matches("cowgup: ")
+                .to_string());
+        }
+    }
+    Ok(())
 }
 
 fn source_dir() -> Option<PathBuf> {
@@ -160,18 +246,22 @@ fn tool(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+fn static_busybox() -> Result<PathBuf, String> {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| std::fs::read(p).is_ok_and(|b| initramfs::is_static_elf(&b)))
+        .ok_or_else(|| "no static busybox (apt-get install busybox-static)".to_string())
+}
+
 fn prepare(args: &MatrixArgs, work: &Path) -> Result<Shared, String> {
     for t in ["qemu-system-x86_64", "mkfs.ext4"] {
         tool(t).ok_or(format!(
             "{t} not found (apt-get install qemu-system-x86 e2fsprogs busybox-static)"
         ))?;
     }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| std::fs::read(p).is_ok_and(|b| initramfs::is_static_elf(&b)))
-        .ok_or("no static busybox (apt-get install busybox-static)")?;
-    if args.kvm {
+    let busybox = static_busybox()?;
+    if args.kvm == Kvm::On {
         qemu::kvm_usable()?;
     }
     let cowgup = guest_binary(args.guest_bin.as_deref())?;
@@ -187,49 +277,141 @@ fn prepare(args: &MatrixArgs, work: &Path) -> Result<Shared, String> {
         initrd,
         work: work.into(),
         args: args.clone(),
+        kvm: args.kvm == Kvm::On,
     })
+}
+
+/// `--kvm auto`: KVM only when a probe boot of `kernel` under it reaches
+/// `/init` (on the project's VM it does not: stock kernels hang in the
+/// decompressor under its PVM-based KVM). The result is printed.
+fn decide_kvm(mode: Kvm, kernel: Option<&Path>, work: &Path) -> bool {
+    match mode {
+        Kvm::On => true,
+        Kvm::Off => false,
+        Kvm::Auto => {
+            let Some(kernel) = kernel else {
+                eprintln!("cowgup: KVM probe: no guest kernel to probe with; using TCG");
+                return false;
+            };
+            let limit = Duration::from_secs(20);
+            let probe = static_busybox().and_then(|bb| qemu::probe_kvm(kernel, &bb, work, limit));
+            match probe {
+                Ok(()) => {
+                    eprintln!(
+                        "cowgup: KVM probe: {} reached /init under KVM; using KVM",
+                        kernel.display()
+                    );
+                    true
+                }
+                Err(why) => {
+                    eprintln!("cowgup: KVM probe: {why}; using TCG");
+                    false
+                }
+            }
+        }
+    }
 }
 
 fn read_lossy(p: &Path) -> String {
     collect::clean_console(&std::fs::read(p).unwrap_or_default())
 }
 
-/// One boot: the cell's result, or why there is none.
-fn boot(shared: &Shared, label: &str, kernel: &Path, dir: &Path) -> Cell {
-    let start = Instant::now();
-    let mut disks = Vec::new();
-    for d in ["nvme", "virtio"] {
-        let img = dir.join(format!("{d}.img"));
-        let made = std::fs::File::create(&img)
-            .and_then(|f| f.set_len(2 << 30))
-            .map_err(|e| e.to_string())
-            .and_then(|_| {
-                Command::new("mkfs.ext4")
-                    .args(["-q", "-F"])
-                    .arg(&img)
-                    .status()
-                    .map_err(|e| e.to_string())
-            });
-        if !matches!(made, Ok(s) if s.success()) {
-            return Cell::broken(
-                label,
-                start.elapsed(),
-                format!("cannot make the ext4 disk: {made:?}"),
-                vec![],
-            );
-        }
-        disks.push(img);
+fn mkfs_image(img: &Path, bytes: u64, opts: &[String]) -> Result<(), String> {
+    let made = std::fs::File::create(img)
+        .and_then(|f| f.set_len(bytes))
+        .map_err(|e| e.to_string())
+        .and_then(|_| {
+            Command::new("mkfs.ext4")
+                .args(opts)
+                .arg(img)
+                .status()
+                .map_err(|e| e.to_string())
+        });
+    match made {
+        Ok(s) if s.success() => Ok(()),
+        other => Err(format!(
+            "cannot make the ext4 image {}: {other:?}",
+            img.display()
+        )),
     }
-    let g = qemu::Guest {
+}
+
+/// The qemu guest of a cell (paths under `dir`).
+fn guest_of(shared: &Shared, kernel: &Path, topology: &Topology, dir: &Path) -> qemu::Guest {
+    let mut extra_cmdline = topology.cmdline();
+    extra_cmdline.extend(shared.args.append.iter().cloned());
+    qemu::Guest {
         kernel: kernel.into(),
         initrd: shared.initrd.clone(),
         console: dir.join("console.log"),
         result: dir.join("result.txt"),
-        disks,
-        kvm: shared.args.kvm,
+        disks: ["nvme", "virtio"]
+            .iter()
+            .map(|d| dir.join(format!("{d}.img")))
+            .collect(),
+        serial_disks: topology
+            .disks(dir)
+            .into_iter()
+            .map(|d| (d.path, d.serial))
+            .collect(),
+        kvm: shared.kvm,
         with_1g: shared.args.with_1g,
-        extra_cmdline: shared.args.append.iter().cloned().collect(),
+        extra_cmdline,
+    }
+}
+
+/// One boot: the cell's result, or why there is none.
+fn boot(shared: &Shared, label: &str, kernel: &Path, topology: &Topology, dir: &Path) -> Cell {
+    let start = Instant::now();
+    let mut g = guest_of(shared, kernel, topology, dir);
+    // Modules the topology needs from this kernel: appended as a second archive.
+    match modules::for_cell(kernel, topology) {
+        Ok(extra) if extra.is_empty() => {}
+        Ok(extra) => {
+            let initrd = dir.join("initrd.cpio");
+            let made = std::fs::copy(&shared.initrd, &initrd)
+                .and_then(|_| std::fs::OpenOptions::new().append(true).open(&initrd))
+                .and_then(|f| {
+                    let mut w = std::io::BufWriter::new(f);
+                    initramfs::write_cpio(&mut w, &extra)?;
+                    std::io::Write::flush(&mut w)
+                });
+            if let Err(e) = made {
+                return Cell::broken(
+                    label,
+                    start.elapsed(),
+                    format!("cannot add the topology's modules to the initramfs: {e}"),
+                    vec![],
+                );
+            }
+            g.initrd = initrd;
+        }
+        Err(e) => return Cell::broken(label, start.elapsed(), e, vec![]),
+    }
+    let quiet = ["-q".to_string(), "-F".to_string()];
+    let mut images: Vec<(PathBuf, u64, Vec<String>)> = g
+        .disks
+        .iter()
+        .map(|d| (d.clone(), 2u64 << 30, quiet.to_vec()))
+        .collect();
+    images.extend(
+        topology
+            .disks(dir)
+            .into_iter()
+            .map(|d| (d.path, d.bytes, d.mkfs)),
+    );
+    let made = images
+        .iter()
+        .try_for_each(|(p, bytes, opts)| mkfs_image(p, *bytes, opts));
+    let remove = || {
+        for (p, _, _) in &images {
+            let _ = std::fs::remove_file(p);
+        }
     };
+    if let Err(e) = made {
+        remove();
+        return Cell::broken(label, start.elapsed(), e, vec![]);
+    }
     let limit = Duration::from_secs(shared.args.timeout_cell);
     let ended = qemu::run_limited(
         Command::new("qemu-system-x86_64").args(qemu::argv(&g)),
@@ -237,19 +419,22 @@ fn boot(shared: &Shared, label: &str, kernel: &Path, dir: &Path) -> Cell {
         limit,
     );
     let wall = start.elapsed();
-    for d in &g.disks {
-        let _ = std::fs::remove_file(d);
-    }
+    remove();
     let console = read_lossy(&g.console);
     let mut tail = collect::tail(&console, 25);
     let qemu_log = read_lossy(&dir.join("qemu.log"));
     tail.extend(qemu_log.lines().map(|l| format!("qemu: {l}")));
     let channel =
         String::from_utf8_lossy(&std::fs::read(&g.result).unwrap_or_default()).into_owned();
+    let setup = topology::parse_setup(&channel);
     let why = match (&ended, collect::unframe(&channel)) {
         (Err(e), _) => e.clone(),
         (_, Some(json)) => match collect::parse_report(json) {
-            Ok(r) => return Cell::ran(label, wall, r),
+            Ok(r) => {
+                let mut cell = Cell::ran(label, wall, r);
+                cell.setup = setup;
+                return cell;
+            }
             Err(e) => e,
         },
         (Ok(qemu::Ended::TimedOut), None) => format!(
@@ -272,26 +457,31 @@ fn boot(shared: &Shared, label: &str, kernel: &Path, dir: &Path) -> Cell {
             }
         ),
     };
-    Cell::broken(label, wall, why, tail)
+    let mut cell = Cell::broken(label, wall, why, tail);
+    // The topology lines come on the console too when the result port has none.
+    cell.setup = if setup.is_empty() {
+        topology::parse_setup(&console)
+    } else {
+        setup
+    };
+    cell
 }
 
 /// A guest cell: boot once; a kernel that died before `/init` (a rare TCG
 /// boot flake seen here) gets one more boot.
-fn guest_cell(shared: &Shared, label: &str, spec: &KernelSpec, index: usize) -> Cell {
+fn guest_cell(
+    shared: &Shared,
+    label: &str,
+    kernel: &Path,
+    topology: &Topology,
+    index: usize,
+) -> Cell {
     let start = Instant::now();
-    let kernel = match spec {
-        KernelSpec::Debian(series) => match spec::fetch_debian(series) {
-            Ok(k) => k,
-            Err(e) => return Cell::broken(label, start.elapsed(), e, vec![]),
-        },
-        KernelSpec::Image(p) => p.clone(),
-        KernelSpec::Host => unreachable!("the host cell runs no guest"),
-    };
     let dir = shared.work.join(format!("cell-{index}"));
     if let Err(e) = std::fs::create_dir_all(&dir) {
         return Cell::broken(label, start.elapsed(), e.to_string(), vec![]);
     }
-    let first = boot(shared, label, &kernel, &dir);
+    let first = boot(shared, label, kernel, topology, &dir);
     // The kernel printed something but never reached /init (qemu refusing
     // the image prints nothing on the console: no second try for that).
     let console = read_lossy(&dir.join("console.log"));
@@ -300,7 +490,7 @@ fn guest_cell(shared: &Shared, label: &str, spec: &KernelSpec, index: usize) -> 
     let timed_out = first.wall >= Duration::from_secs(shared.args.timeout_cell);
     if died_early && !timed_out && first.wall < Duration::from_secs(60) {
         eprintln!("cowgup: {label}: the kernel died before /init; booting once more");
-        let mut second = boot(shared, label, &kernel, &dir);
+        let mut second = boot(shared, label, kernel, topology, &dir);
         second.wall += first.wall;
         if let Some(why) = &mut second.broken {
             why.push_str(" (twice)");
@@ -358,13 +548,156 @@ fn default_jobs() -> usize {
         .unwrap_or(1)
 }
 
+/// The kernel image of a guest spec: fetched (Debian), built (`build:`), or given.
+fn resolve(spec: &KernelSpec) -> Result<PathBuf, String> {
+    match spec {
+        KernelSpec::Debian(series) => spec::fetch_debian(series),
+        KernelSpec::Build(b) => {
+            build::build(b, &spec::cache_dir().join(format!("build-{}", b.series)))
+        }
+        KernelSpec::Image(p) => Ok(p.clone()),
+        KernelSpec::Host => Err("the host cell runs no guest".into()),
+    }
+}
+
+fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=,:+@%$~".contains(c))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `--dry-run`: what would run, one command a line (`#` lines say what
+/// follows). Nothing is fetched, built or booted.
+fn dry_run(args: &MatrixArgs, cells: &[Plan]) -> String {
+    let mut out = String::new();
+    let work = Path::new("$WORK");
+    let shared = Shared {
+        initrd: work.join("initrd.cpio"),
+        work: work.into(),
+        args: args.clone(),
+        kvm: args.kvm == Kvm::On,
+    };
+    for spec in &args.kernel {
+        match spec {
+            KernelSpec::Build(b) => {
+                // apt's local cache names the version (no network); else a placeholder.
+                let version = build::source_version(b).unwrap_or_else(|_| "$VERSION".into());
+                let l = build::Layout {
+                    root: spec::cache_dir().join(format!("build-{}", b.series)),
+                    version,
+                };
+                out.push_str(&format!(
+                    "# {}: {} {} (apt-cache show --no-all-versions {}); cached as {}{}\n",
+                    b.label(),
+                    b.package(),
+                    l.version,
+                    b.package(),
+                    l.image(b).display(),
+                    if l.image(b).is_file() {
+                        " (present: nothing to build)"
+                    } else {
+                        ""
+                    }
+                ));
+                for st in build::steps(b, &l, build::jobs(), false) {
+                    out.push_str(&format!("# {}\n{}\n", st.what, shell_words(&st.argv)));
+                }
+            }
+            KernelSpec::Debian(series) => out.push_str(&format!(
+                "# debian:{series}\napt-cache search --names-only '{}'\n\
+                 apt-get download -q $PACKAGE && dpkg-deb -x $PACKAGE_*.deb {}/$PACKAGE\n",
+                spec::debian_pattern(series),
+                spec::cache_dir().display()
+            )),
+            _ => {}
+        }
+    }
+    if args.kvm == Kvm::Auto
+        && cells
+            .iter()
+            .any(|c| args.kernel[c.kernel] != KernelSpec::Host)
+    {
+        out.push_str("# KVM probe: boot the first guest kernel under KVM; TCG unless /init runs within 20 s\n");
+    }
+    for (i, c) in cells.iter().enumerate() {
+        let spec = &args.kernel[c.kernel];
+        let label = cell_label(spec, &c.topology);
+        if *spec == KernelSpec::Host {
+            let mut argv = vec![
+                "cowgup".to_string(),
+                "run".into(),
+                "--format".into(),
+                "json".into(),
+            ];
+            argv.extend(suite_args(args, false));
+            out.push_str(&format!("# cell {i}: {label}\n{}\n", shell_words(&argv)));
+            continue;
+        }
+        let kernel = match spec {
+            KernelSpec::Image(p) => p.clone(),
+            _ => PathBuf::from(format!("$KERNEL_{}", c.kernel)),
+        };
+        let dir = work.join(format!("cell-{i}"));
+        let g = guest_of(&shared, &kernel, &c.topology, &dir);
+        out.push_str(&format!("# cell {i}: {label}\n"));
+        for d in &g.disks {
+            out.push_str(&format!(
+                "truncate -s 2G {0} && mkfs.ext4 -q -F {0}\n",
+                d.display()
+            ));
+        }
+        for d in c.topology.disks(&dir) {
+            out.push_str(&format!(
+                "truncate -s {} {p} && mkfs.ext4 {} {p}\n",
+                d.bytes,
+                d.mkfs.join(" "),
+                p = d.path.display()
+            ));
+        }
+        let mut argv = vec!["qemu-system-x86_64".to_string()];
+        argv.extend(qemu::argv(&g));
+        out.push_str(&shell_words(&argv));
+        out.push('\n');
+    }
+    out
+}
+
+fn cell_label(spec: &KernelSpec, t: &Topology) -> String {
+    if t.is_base() {
+        spec.label()
+    } else {
+        format!("{} [{t}]", spec.label())
+    }
+}
+
 pub fn matrix(args: &MatrixArgs) -> ExitCode {
+    let cells_planned = plan(args);
+    if args.dry_run {
+        print!("{}", dry_run(args, &cells_planned));
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = check_selection(args) {
+        return crate::fatal(&e);
+    }
     let work = match tempfile::Builder::new().prefix("cowgup-matrix-").tempdir() {
         Ok(w) => w,
         Err(e) => return crate::fatal(&format!("cannot make a work directory: {e}")),
     };
+    if args.kernel.contains(&KernelSpec::Host) && args.topology.iter().any(|t| !t.is_base()) {
+        eprintln!("cowgup: topologies apply to guests; the host cell runs as the host is");
+    }
     let needs_guest = args.kernel.iter().any(|k| *k != KernelSpec::Host);
-    let shared = if needs_guest {
+    let mut shared = if needs_guest {
         match prepare(args, work.path()) {
             Ok(s) => s,
             Err(e) => return crate::fatal(&e),
@@ -374,6 +707,7 @@ pub fn matrix(args: &MatrixArgs) -> ExitCode {
             initrd: PathBuf::new(),
             work: work.path().into(),
             args: args.clone(),
+            kvm: false,
         }
     };
     // Open the outputs before the first cell: a bad path costs nothing.
@@ -387,28 +721,47 @@ pub fn matrix(args: &MatrixArgs) -> ExitCode {
         (Ok(s), Ok(h)) => (s, h),
         (Err(e), _) | (_, Err(e)) => return crate::fatal(&e),
     };
+    // Each guest kernel once (fetched or built), whatever its topologies.
+    let kernels: Vec<Option<Result<PathBuf, String>>> = args
+        .kernel
+        .iter()
+        .map(|k| (*k != KernelSpec::Host).then(|| resolve(k)))
+        .collect();
+    if needs_guest {
+        let first = kernels.iter().flatten().find_map(|k| k.as_ref().ok());
+        shared.kvm = decide_kvm(args.kvm, first.map(PathBuf::as_path), work.path());
+    }
     let jobs = args.jobs.map(|j| j as usize).unwrap_or_else(default_jobs);
-    let labels: Vec<String> = args.kernel.iter().map(KernelSpec::label).collect();
+    let labels: Vec<String> = cells_planned
+        .iter()
+        .map(|c| cell_label(&args.kernel[c.kernel], &c.topology))
+        .collect();
     eprintln!(
-        "cowgup: matrix of {} cell(s) ({}), {} at a time, {} s per cell",
+        "cowgup: matrix of {} cell(s) ({}), {} at a time, {} s per cell, {}",
         labels.len(),
         labels.join(", "),
         jobs,
-        args.timeout_cell
+        args.timeout_cell,
+        if shared.kvm { "KVM" } else { "TCG" }
     );
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Cell>>> = Mutex::new(vec![None; args.kernel.len()]);
+    let results: Mutex<Vec<Option<Cell>>> = Mutex::new(vec![None; cells_planned.len()]);
     std::thread::scope(|s| {
-        for _ in 0..jobs.min(args.kernel.len()) {
+        for _ in 0..jobs.min(cells_planned.len()) {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(spec) = args.kernel.get(i) else {
+                let Some(p) = cells_planned.get(i) else {
                     break;
                 };
-                let cell = match spec {
-                    KernelSpec::Host => host_cell(&shared, i),
-                    _ => guest_cell(&shared, &labels[i], spec, i),
+                let spec = &args.kernel[p.kernel];
+                let klabel = spec.label();
+                let mut cell = match (spec, &kernels[p.kernel]) {
+                    (KernelSpec::Host, _) => host_cell(&shared, i),
+                    (_, Some(Ok(k))) => guest_cell(&shared, &klabel, k, &p.topology, i),
+                    (_, Some(Err(e))) => Cell::broken(&klabel, Duration::ZERO, e.clone(), vec![]),
+                    (_, None) => unreachable!("guest kernels are resolved"),
                 };
+                cell.topology = p.topology.to_string();
                 eprintln!(
                     "cowgup: cell {} done in {:.0} s: {}",
                     labels[i],
@@ -508,7 +861,94 @@ mod tests {
         ]);
         assert_eq!(t.m.output.as_deref(), Some(Path::new("m.json")));
         assert_eq!(t.m.html.as_deref(), Some(Path::new("m.html")));
-        assert!(T::try_parse_from(["x", "--kernel", "build:6.12"]).is_err());
+        assert!(T::try_parse_from(["x", "--kernel", "build:6.1x"]).is_err());
         assert!(T::try_parse_from(["x"]).is_err(), "--kernel is required");
+    }
+
+    #[test]
+    fn cells_are_kernels_times_topologies_and_the_host_runs_once() {
+        let t = T::parse_from([
+            "x",
+            "--kernel",
+            "host",
+            "--kernel",
+            "/k",
+            "--topology",
+            "base",
+            "--topology",
+            "zram+fsdax",
+        ]);
+        let p = plan(&t.m);
+        let got: Vec<(usize, String)> = p
+            .iter()
+            .map(|c| (c.kernel, c.topology.to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, "base".into()),
+                (1, "base".into()),
+                (1, "zram+fsdax".into())
+            ]
+        );
+        let t = T::parse_from(["x", "--kernel", "/k"]);
+        assert_eq!(plan(&t.m).len(), 1, "base by default");
+        assert!(T::try_parse_from(["x", "--kernel", "/k", "--topology", "numa"]).is_err());
+    }
+
+    #[test]
+    fn kvm_is_auto_by_default_and_bare_kvm_means_on() {
+        assert_eq!(T::parse_from(["x", "--kernel", "/k"]).m.kvm, Kvm::Auto);
+        assert_eq!(
+            T::parse_from(["x", "--kernel", "/k", "--kvm"]).m.kvm,
+            Kvm::On
+        );
+        assert_eq!(
+            T::parse_from(["x", "--kernel", "/k", "--kvm", "off"]).m.kvm,
+            Kvm::Off
+        );
+        assert_eq!(
+            T::parse_from(["x", "--kernel", "/k", "--kvm=auto"]).m.kvm,
+            Kvm::Auto
+        );
+    }
+
+    #[test]
+    fn dry_run_prints_builds_disks_and_qemu_lines() {
+        let t = T::parse_from([
+            "x",
+            "--kernel",
+            "build:6.12+debug_vm",
+            "--kernel",
+            "/k/bzImage",
+            "--kernel",
+            "host",
+            "--topology",
+            "fsdax+movable",
+            "--kvm",
+            "off",
+            "--dry-run",
+            "vmsplice",
+        ]);
+        let out = dry_run(&t.m, &plan(&t.m));
+        assert!(out.contains("merge_config.sh -m -O"), "{out}");
+        assert!(out.contains("cowgup-debug_vm.config"));
+        assert!(out.contains(" -j"));
+        assert!(!out.contains("KVM probe"), "--kvm off");
+        assert!(
+            out.contains("# cell 0: build:6.12+debug_vm [fsdax+movable]\n"),
+            "{out}"
+        );
+        assert!(out.contains("# cell 1: bzImage [fsdax+movable]\n"));
+        assert!(out.contains("# cell 2: host\ncowgup run --format json vmsplice\n"));
+        assert!(out.contains(
+            "truncate -s 268435456 $WORK/cell-1/fsdax.img && mkfs.ext4 -q -F -b 4096 $WORK/cell-1/fsdax.img\n"
+        ));
+        assert!(out.contains("-kernel /k/bzImage"));
+        assert!(out.contains("-kernel $KERNEL_0"));
+        assert!(out.contains(
+            "-device virtio-blk-pci,drive=topo0,serial=cowgup-dax -append \
+             'console=ttyS0 panic=-1 quiet memmap=256M!4G movablecore=2G cowgup.topology=fsdax+movable'"
+        ), "{out}");
     }
 }

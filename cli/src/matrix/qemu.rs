@@ -15,6 +15,8 @@ pub struct Guest {
     pub result: PathBuf,
     /// ext4 images for `/var/tmp`: one as NVMe, one as virtio-blk.
     pub disks: Vec<PathBuf>,
+    /// The topology's disks: virtio-blk, found in the guest by serial.
+    pub serial_disks: Vec<(PathBuf, String)>,
     pub kvm: bool,
     /// Reserve two 1 GiB hugetlb pages at boot (and give the guest the RAM).
     pub with_1g: bool,
@@ -64,11 +66,22 @@ pub fn argv(g: &Guest) -> Vec<String> {
                 "nvme,drive=nvme,serial=cowgup".into(),
             ]);
         } else {
+            // A serial: `/init` finds it among the topology's virtio disks.
             a.extend([
                 "-drive".into(),
-                format!("file={},if=virtio,format=raw", path(d)),
+                format!("file={},if=none,id=state,format=raw", path(d)),
+                "-device".into(),
+                "virtio-blk-pci,drive=state,serial=cowgup-state".into(),
             ]);
         }
+    }
+    for (i, (d, serial)) in g.serial_disks.iter().enumerate() {
+        a.extend([
+            "-drive".into(),
+            format!("file={},if=none,id=topo{i},format=raw", path(d)),
+            "-device".into(),
+            format!("virtio-blk-pci,drive=topo{i},serial={serial}"),
+        ]);
     }
     a.extend(["-append".into(), cmdline(g)]);
     a
@@ -83,6 +96,84 @@ pub fn kvm_usable() -> Result<(), String> {
         .open("/dev/kvm")
         .map(|_| ())
         .map_err(|e| format!("/dev/kvm: {e}"))
+}
+
+/// The probe's `/init`: one line on the console, then power off.
+pub const PROBE_OK: &str = "=== KVM-PROBE-OK";
+
+pub fn probe_init() -> String {
+    format!("#!/bin/busybox sh\n/bin/busybox echo \"{PROBE_OK}\"\n/bin/busybox reboot -f\n")
+}
+
+/// Whether the probe boot reached its `/init` (what was seen, either way).
+pub fn probe_verdict(console: &str, ended: &Ended, limit: Duration) -> Result<(), String> {
+    if console.lines().any(|l| l.trim() == PROBE_OK) {
+        return Ok(());
+    }
+    let last = console
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| format!("; last console line: {:?}", l.trim()))
+        .unwrap_or_else(|| "; nothing on the console".into());
+    Err(match ended {
+        Ended::TimedOut => format!(
+            "a stock kernel did not reach /init under KVM within {} s{last}",
+            limit.as_secs()
+        ),
+        Ended::Exited(st) => format!("qemu -accel kvm ended ({st}) before /init{last}"),
+    })
+}
+
+/// Boot `kernel` under KVM with an initramfs whose `/init` only prints
+/// [`PROBE_OK`]: `Ok` when it does within `limit`.
+pub fn probe_kvm(kernel: &Path, busybox: &Path, dir: &Path, limit: Duration) -> Result<(), String> {
+    kvm_usable()?;
+    let initrd = dir.join("kvm-probe.cpio");
+    let entries = vec![
+        super::initramfs::Entry {
+            path: "bin".into(),
+            mode: 0o040755,
+            content: super::initramfs::Content::Dir,
+        },
+        super::initramfs::Entry {
+            path: "bin/busybox".into(),
+            mode: 0o100755,
+            content: super::initramfs::Content::Host(busybox.into()),
+        },
+        super::initramfs::Entry {
+            path: "init".into(),
+            mode: 0o100755,
+            content: super::initramfs::Content::Text(probe_init()),
+        },
+    ];
+    let mut f = std::fs::File::create(&initrd).map_err(|e| format!("{}: {e}", initrd.display()))?;
+    super::initramfs::write_cpio(&mut f, &entries).map_err(|e| e.to_string())?;
+    let g = Guest {
+        kernel: kernel.into(),
+        initrd: initrd.clone(),
+        console: dir.join("kvm-probe-console.log"),
+        result: dir.join("kvm-probe-result.txt"),
+        disks: vec![],
+        serial_disks: vec![],
+        kvm: true,
+        with_1g: false,
+        extra_cmdline: vec![],
+    };
+    let ended = run_limited(
+        Command::new("qemu-system-x86_64").args(argv(&g)),
+        &dir.join("kvm-probe-qemu.log"),
+        limit,
+    )?;
+    let console = super::collect::clean_console(&std::fs::read(&g.console).unwrap_or_default());
+    let _ = std::fs::remove_file(&initrd);
+    probe_verdict(&console, &ended, limit).map_err(|e| {
+        let log = std::fs::read_to_string(dir.join("kvm-probe-qemu.log")).unwrap_or_default();
+        match log.lines().rev().find(|l| !l.trim().is_empty()) {
+            Some(l) => format!("{e}; qemu: {}", l.trim()),
+            None => e,
+        }
+    })
 }
 
 pub enum Ended {
@@ -125,6 +216,7 @@ mod tests {
             console: "/w/console.log".into(),
             result: "/w/result.txt".into(),
             disks: vec!["/w/nvme.img".into(), "/w/virtio.img".into()],
+            serial_disks: vec![],
             kvm: false,
             with_1g: false,
             extra_cmdline: vec![],
@@ -140,7 +232,8 @@ mod tests {
              -serial file:/w/console.log -serial file:/w/result.txt \
              -kernel /k/bzImage -initrd /w/initrd.cpio \
              -drive file=/w/nvme.img,if=none,id=nvme,format=raw -device nvme,drive=nvme,serial=cowgup \
-             -drive file=/w/virtio.img,if=virtio,format=raw \
+             -drive file=/w/virtio.img,if=none,id=state,format=raw \
+             -device virtio-blk-pci,drive=state,serial=cowgup-state \
              -append console=ttyS0 panic=-1 quiet"
         );
     }
@@ -158,6 +251,61 @@ mod tests {
         assert!(a.windows(2).any(|w| w == ["-m", "8G"]));
         g.kvm = true;
         assert!(argv(&g).starts_with(&["-accel".into(), "kvm".into()]));
+    }
+
+    #[test]
+    fn a_fsdax_cell_gets_its_region_and_its_image_disk() {
+        let t: super::super::topology::Topology = "fsdax".parse().unwrap();
+        let mut g = guest();
+        g.extra_cmdline = t.cmdline();
+        g.serial_disks = t
+            .disks(Path::new("/w"))
+            .into_iter()
+            .map(|d| (d.path, d.serial))
+            .collect();
+        let a = argv(&g).join(" ");
+        assert!(
+            a.ends_with(
+                "-device virtio-blk-pci,drive=state,serial=cowgup-state \
+             -drive file=/w/fsdax.img,if=none,id=topo0,format=raw \
+             -device virtio-blk-pci,drive=topo0,serial=cowgup-dax \
+             -append console=ttyS0 panic=-1 quiet memmap=256M!4G cowgup.topology=fsdax"
+            ),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn the_kvm_probe_needs_its_marker() {
+        let limit = Duration::from_secs(20);
+        assert!(probe_init().contains(PROBE_OK));
+        assert!(probe_verdict(
+            "Linux version 6.1\n=== KVM-PROBE-OK\n",
+            &Ended::TimedOut,
+            limit
+        )
+        .is_ok());
+        let e = probe_verdict(
+            "Probing EDD (edd=off to disable)... ok\n",
+            &Ended::TimedOut,
+            limit,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            "a stock kernel did not reach /init under KVM within 20 s; \
+             last console line: \"Probing EDD (edd=off to disable)... ok\""
+        );
+        let e = probe_verdict("", &Ended::Exited(exit_status(1)), limit).unwrap_err();
+        assert!(
+            e.contains("ended") && e.ends_with("nothing on the console"),
+            "{e}"
+        );
+    }
+
+    fn exit_status(code: i32) -> ExitStatus {
+        use std::os::unix::process::ExitStatusExt;
+        ExitStatus::from_raw(code << 8)
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub fn render(cells: &[Cell]) -> String {
     let families = families(cells);
     let _ = writeln!(out, "cells: pass / fail / xfail / skip\n");
     let mut head = vec!["family".to_string()];
-    head.extend(cells.iter().map(|c| c.kernel.clone()));
+    head.extend(cells.iter().map(Cell::label));
     row(&mut out, &head);
     row(&mut out, &vec!["---".to_string(); head.len()]);
     let mut line = vec!["release".to_string()];
@@ -89,17 +89,23 @@ pub fn render(cells: &[Cell]) -> String {
     );
     row(&mut out, &line);
 
-    let unexpected: Vec<&Cell> = cells
-        .iter()
-        .filter(|c| c.broken.is_some() || c.trials.iter().any(|t| t.unexpected()))
-        .collect();
+    let unexpected: Vec<&Cell> = cells.iter().filter(|c| !c.ok()).collect();
     if unexpected.is_empty() {
         let _ = writeln!(out, "\nUnexpected results: none");
     } else {
         let _ = writeln!(out, "\nUnexpected results:");
         for c in unexpected {
+            for f in c.setup_failures() {
+                let _ = writeln!(
+                    out,
+                    "- {}: TOPOLOGY NOT SET UP: {}: {}",
+                    c.label(),
+                    f.feature,
+                    f.detail
+                );
+            }
             if let Some(why) = &c.broken {
-                let _ = writeln!(out, "- {}: NO RESULT: {why}", c.kernel);
+                let _ = writeln!(out, "- {}: NO RESULT: {why}", c.label());
                 if !c.console_tail.is_empty() {
                     let _ = writeln!(out, "  console tail ({} lines):", c.console_tail.len());
                     for l in &c.console_tail {
@@ -111,10 +117,40 @@ pub fn render(cells: &[Cell]) -> String {
                 let _ = writeln!(
                     out,
                     "- {}: {} {} -- {}",
-                    c.kernel,
+                    c.label(),
                     t.outcome.to_uppercase(),
                     t.name,
                     t.reason.as_deref().unwrap_or("(no reason given)")
+                );
+            }
+        }
+    }
+
+    let logged: Vec<&Cell> = cells.iter().filter(|c| !c.kernel_log.is_empty()).collect();
+    if !logged.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nKernel logged outside trials (no trial failed for it):"
+        );
+        for c in logged {
+            let _ = writeln!(out, "- {}: {} line(s)", c.label(), c.kernel_log.len());
+            for l in &c.kernel_log {
+                let _ = writeln!(out, "  > {l}");
+            }
+        }
+    }
+    let set_up: Vec<&Cell> = cells.iter().filter(|c| !c.setup.is_empty()).collect();
+    if !set_up.is_empty() {
+        let _ = writeln!(out, "\nTopology set up:");
+        for c in set_up {
+            for s in &c.setup {
+                let _ = writeln!(
+                    out,
+                    "- {}: {} {}: {}",
+                    c.label(),
+                    s.feature,
+                    if s.ok { "ok" } else { "FAILED" },
+                    s.detail
                 );
             }
         }
@@ -129,11 +165,11 @@ pub fn render(cells: &[Cell]) -> String {
                 .or_default() += 1;
         }
         if c.broken.is_some() {
-            let _ = writeln!(out, "- {}: nothing (no result)", c.kernel);
+            let _ = writeln!(out, "- {}: nothing (no result)", c.label());
         } else if reasons.is_empty() {
-            let _ = writeln!(out, "- {}: everything ran", c.kernel);
+            let _ = writeln!(out, "- {}: everything ran", c.label());
         } else {
-            let _ = writeln!(out, "- {}:", c.kernel);
+            let _ = writeln!(out, "- {}:", c.label());
             let mut by_count: Vec<_> = reasons.into_iter().collect();
             by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
             for (why, n) in by_count {
@@ -144,11 +180,16 @@ pub fn render(cells: &[Cell]) -> String {
     out
 }
 
-/// `{"cells": [{"kernel", "release", "wall_s", "totals", "unexpected", "trials", ...}]}`
+/// `{"cells": [{"kernel", "topology", "release", "wall_s", "totals", "unexpected", "trials", ...}]}`
 pub fn json(cells: &[Cell]) -> serde_json::Value {
     json!({
         "cells": cells.iter().map(|c| json!({
             "kernel": c.kernel,
+            "topology": c.topology,
+            "setup": c.setup.iter().map(|s| json!({
+                "feature": s.feature, "ok": s.ok, "detail": s.detail,
+            })).collect::<Vec<_>>(),
+            "kernel_log_outside_trials": c.kernel_log,
             "release": c.release,
             "wall_s": c.wall.as_secs_f64(),
             "totals": c.totals(),
@@ -185,6 +226,10 @@ fn class(cell: &Cell, family: Option<&str>) -> &'static str {
     if cell.broken.is_some() {
         return "none";
     }
+    // The whole cell is red when its topology could not be set up.
+    if family.is_none() && cell.setup_failures().next().is_some() {
+        return "bad";
+    }
     let mut trials = cell
         .trials
         .iter()
@@ -208,6 +253,7 @@ th,td{border:1px solid #bbb;padding:.3em .6em;text-align:left;vertical-align:top
 td.ok{background:#b7e4b0}
 td.bad{background:#f2a7a0;font-weight:bold}
 td.none{background:#ddd;color:#555}
+li.bad{color:#a00}
 tr.unexpected td.outcome{color:#a00;font-weight:bold}
 pre{background:#f5f5f5;border:1px solid #ccc;padding:.5em;overflow-x:auto}
 small{color:#555;font-weight:normal}
@@ -237,7 +283,7 @@ pub fn html(cells: &[Cell]) -> String {
         let _ = writeln!(
             out,
             "<th><a href=\"#cell-{i}\">{}</a><br><small>{}</small></th>",
-            esc(&c.kernel),
+            esc(&c.label()),
             esc(c.release.as_deref().unwrap_or("?"))
         );
     }
@@ -270,7 +316,7 @@ pub fn html(cells: &[Cell]) -> String {
         let _ = writeln!(
             out,
             "<section id=\"cell-{i}\">\n<h2>{} <small>{} &middot; {:.0} s</small></h2>",
-            esc(&c.kernel),
+            esc(&c.label()),
             esc(c.release.as_deref().unwrap_or("release unknown")),
             c.wall.as_secs_f64()
         );
@@ -286,6 +332,32 @@ pub fn html(cells: &[Cell]) -> String {
                     esc(&c.console_tail.join("\n"))
                 );
             }
+        }
+        if !c.setup.is_empty() {
+            let _ = writeln!(out, "<h3>Topology</h3>\n<ul class=\"setup\">");
+            for s in &c.setup {
+                let _ = writeln!(
+                    out,
+                    "<li class=\"{}\">{} {}: {}</li>",
+                    if s.ok { "ok" } else { "bad" },
+                    esc(&s.feature),
+                    if s.ok {
+                        "ok"
+                    } else {
+                        "<strong>FAILED</strong>"
+                    },
+                    esc(&s.detail)
+                );
+            }
+            let _ = writeln!(out, "</ul>");
+        }
+        if !c.kernel_log.is_empty() {
+            let _ = writeln!(
+                out,
+                "<h3>Kernel logged outside trials ({} lines)</h3>\n<pre class=\"kernel-log\">{}</pre>",
+                c.kernel_log.len(),
+                esc(&c.kernel_log.join("\n"))
+            );
         }
         let unexpected: Vec<_> = c.trials.iter().filter(|t| t.unexpected()).collect();
         if c.broken.is_none() {
@@ -364,6 +436,9 @@ pub(crate) mod tests {
             raw_trials: vec![json!({"name": "a"})],
             broken: None,
             console_tail: vec![],
+            topology: "base".into(),
+            setup: vec![],
+            kernel_log: vec![],
         };
         let hung = Cell::broken(
             "debian:6.1",
@@ -449,6 +524,9 @@ pub(crate) mod tests {
             raw_trials: vec![],
             broken: None,
             console_tail: vec![],
+            topology: "base".into(),
+            setup: vec![],
+            kernel_log: vec![],
         });
         c[0].trials
             .push(trial("z", "only_here", "xfail", Some("known")));
@@ -484,6 +562,61 @@ pub(crate) mod tests {
             !h.contains("src=") && !h.contains("<link"),
             "self-contained"
         );
+    }
+
+    #[test]
+    fn topology_setup_and_kernel_log_outside_trials_are_reported() {
+        use super::super::collect::Setup;
+        let mut c = cells();
+        c[0].topology = "zram+fsdax".into();
+        c[0].setup = vec![
+            Setup {
+                feature: "zram".into(),
+                ok: true,
+                detail: "/dev/zram0 (1 GiB) is swap".into(),
+            },
+            Setup {
+                feature: "fsdax".into(),
+                ok: false,
+                detail: "no /dev/pmem0 <memmap>".into(),
+            },
+        ];
+        c[0].kernel_log = vec!["[5.2] WARNING: CPU: 1 PID: 9 at mm/gup.c:123".into()];
+        let r = render(&c);
+        assert!(
+            r.contains("| family | bzImage-6.12 [zram+fsdax] | debian:6.1 |"),
+            "{r}"
+        );
+        assert!(r.contains(
+            "- bzImage-6.12 [zram+fsdax]: TOPOLOGY NOT SET UP: fsdax: no /dev/pmem0 <memmap>\n"
+        ));
+        assert!(r.contains(
+            "Kernel logged outside trials (no trial failed for it):\n\
+             - bzImage-6.12 [zram+fsdax]: 1 line(s)\n  > [5.2] WARNING: CPU: 1 PID: 9 at mm/gup.c:123\n"
+        ));
+        assert!(r.contains("- bzImage-6.12 [zram+fsdax]: zram ok: /dev/zram0 (1 GiB) is swap\n"));
+        let doc = json(&c);
+        assert_eq!(doc["cells"][0]["topology"], "zram+fsdax");
+        assert_eq!(doc["cells"][0]["setup"][1]["ok"], false);
+        assert_eq!(doc["cells"][1]["topology"], "base");
+        assert_eq!(
+            doc["cells"][0]["kernel_log_outside_trials"][0],
+            "[5.2] WARNING: CPU: 1 PID: 9 at mm/gup.c:123"
+        );
+        let h = html(&c);
+        assert!(h.contains(
+            "<li class=\"bad\">fsdax <strong>FAILED</strong>: no /dev/pmem0 &lt;memmap&gt;</li>"
+        ));
+        assert!(h.contains(
+            "<pre class=\"kernel-log\">[5.2] WARNING: CPU: 1 PID: 9 at mm/gup.c:123</pre>"
+        ));
+        c[0].trials.retain(|t| !t.unexpected());
+        assert_eq!(class(&c[0], None), "bad", "the all row");
+        assert_eq!(class(&c[0], Some("cow_anon")), "ok");
+        assert!(!c[0].ok(), "a feature not set up makes the cell not ok");
+        c[0].setup.pop();
+        assert!(c[0].ok(), "kernel log lines outside trials fail nothing");
+        assert_eq!(class(&c[0], None), "ok");
     }
 
     #[test]

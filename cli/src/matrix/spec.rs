@@ -1,6 +1,7 @@
-//! `--kernel SPEC`: `host`, a path to a kernel image, or `debian:<series>`
+//! `--kernel SPEC`: `host`, a path to a kernel image, `debian:<series>`
 //! (the newest `linux-image-<series>*-cloud-amd64` apt offers, downloaded
-//! and unpacked into a cache, never installed).
+//! and unpacked into a cache, never installed), or `build:<series>[+debug_vm]`
+//! (built from Debian's `linux-source-<series>`: see `build`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,6 +15,8 @@ pub enum KernelSpec {
     Image(PathBuf),
     /// Debian's cloud kernel of this series (`6.1`, `6.12`).
     Debian(String),
+    /// Built from `linux-source-<series>` with the repo's config fragments.
+    Build(super::build::BuildSpec),
 }
 
 impl FromStr for KernelSpec {
@@ -30,10 +33,13 @@ impl FromStr for KernelSpec {
                 )),
             };
         }
+        if let Some(rest) = s.strip_prefix("build:") {
+            return super::build::BuildSpec::parse(rest).map(KernelSpec::Build);
+        }
         if let Some((scheme, _)) = s.split_once(':') {
             if !scheme.contains('/') {
                 return Err(format!(
-                    "{s}: unknown kernel source {scheme:?} (host, debian:6.1, debian:6.12 or a path to a kernel image)"
+                    "{s}: unknown kernel source {scheme:?} (host, debian:6.1, debian:6.12, build:6.12[+debug_vm] or a path to a kernel image)"
                 ));
             }
         }
@@ -54,6 +60,7 @@ impl KernelSpec {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| p.display().to_string()),
             KernelSpec::Debian(series) => format!("debian:{series}"),
+            KernelSpec::Build(b) => b.label(),
         }
     }
 }
@@ -171,8 +178,11 @@ mod tests {
             "vmlinuz"
         );
         assert!("debian:5.10".parse::<KernelSpec>().is_err());
-        let e = "build:6.12".parse::<KernelSpec>().unwrap_err();
+        let e = "ftp:6.12".parse::<KernelSpec>().unwrap_err();
         assert!(e.contains("unknown kernel source"), "{e}");
+        let b = "build:6.12+debug_vm".parse::<KernelSpec>().unwrap();
+        assert_eq!(b.label(), "build:6.12+debug_vm");
+        assert!("build:4.19".parse::<KernelSpec>().is_err());
         assert!("".parse::<KernelSpec>().is_err());
     }
 

@@ -1,0 +1,523 @@
+//! `--kernel build:6.12[+debug_vm]`: a kernel built from Debian's
+//! `linux-source-6.12` (fetched with `apt-get download`, never installed):
+//! x86_64 `make defconfig`, the repo's fragment (`cli/kernel-config/`)
+//! merged with `scripts/kconfig/merge_config.sh`, `make olddefconfig`,
+//! `make -j bzImage`. Cached by (source version, fragments' hash) under
+//! `~/.cache/cowgup/kernels/build-<series>/`. Takes about 12 minutes on two
+//! cores from a cold tree; never run in CI. `--dry-run` prints the steps.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The fragments, as kept in the repo (compiled in: the hash is of what is built).
+pub const FRAGMENTS: [(&str, &str); 2] = [
+    ("cowgup", include_str!("../../kernel-config/cowgup.config")),
+    (
+        "debug_vm",
+        include_str!("../../kernel-config/debug_vm.config"),
+    ),
+];
+
+/// Series Debian ships sources for.
+pub const SERIES: [&str; 2] = ["6.1", "6.12"];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildSpec {
+    pub series: String,
+    /// Extra fragments beyond `cowgup` (`debug_vm`).
+    pub variants: Vec<String>,
+}
+
+impl BuildSpec {
+    /// `6.12` or `6.12+debug_vm` (what follows `build:`).
+    pub fn parse(s: &str) -> Result<BuildSpec, String> {
+        let mut parts = s.split('+');
+        let series = parts.next().unwrap_or_default();
+        if !SERIES.contains(&series) {
+            return Err(format!(
+                "build:{s}: Debian ships linux-source for 6.1 and 6.12 (build:6.12, build:6.12+debug_vm)"
+            ));
+        }
+        let mut variants = Vec::new();
+        for v in parts {
+            if v == "cowgup" || !FRAGMENTS.iter().any(|(n, _)| *n == v) {
+                return Err(format!(
+                    "build:{s}: unknown config variant {v:?} (known: debug_vm)"
+                ));
+            }
+            if !variants.iter().any(|x| x == v) {
+                variants.push(v.to_string());
+            }
+        }
+        Ok(BuildSpec {
+            series: series.into(),
+            variants,
+        })
+    }
+
+    pub fn label(&self) -> String {
+        let mut s = format!("build:{}", self.series);
+        for v in &self.variants {
+            s.push('+');
+            s.push_str(v);
+        }
+        s
+    }
+
+    /// The fragments merged, in order: `cowgup`, then the variants.
+    pub fn fragments(&self) -> Vec<(&'static str, &'static str)> {
+        FRAGMENTS
+            .iter()
+            .filter(|(n, _)| *n == "cowgup" || self.variants.iter().any(|v| v == n))
+            .copied()
+            .collect()
+    }
+
+    /// FNV-1a (64 bit) of the fragments' names and text: part of the cache key.
+    pub fn fragment_hash(&self) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for (name, text) in self.fragments() {
+            for b in name.bytes().chain([0]).chain(text.bytes()).chain([0]) {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        format!("{h:016x}")
+    }
+
+    pub fn package(&self) -> String {
+        format!("linux-source-{}", self.series)
+    }
+}
+
+/// Where a build lives: `<cache>/build-<series>/`.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub root: PathBuf,
+    /// The source version (`6.12.117-1~deb12u1`), from apt.
+    pub version: String,
+}
+
+impl Layout {
+    /// The unpacked source tree (shared by every fragment set).
+    pub fn src(&self) -> PathBuf {
+        self.root.join(format!("src-{}", self.version))
+    }
+    pub fn tree(&self, b: &BuildSpec) -> PathBuf {
+        self.src().join(b.package())
+    }
+    /// Objects of one (version, fragments) build (`make O=`).
+    pub fn obj(&self, b: &BuildSpec) -> PathBuf {
+        self.root
+            .join(format!("obj-{}-{}", self.version, b.fragment_hash()))
+    }
+    /// The finished image: its presence is the cache hit.
+    pub fn image(&self, b: &BuildSpec) -> PathBuf {
+        self.root
+            .join(format!("{}-{}", self.version, b.fragment_hash()))
+            .join("bzImage")
+    }
+    pub fn fragment_file(&self, b: &BuildSpec, name: &str) -> PathBuf {
+        self.obj(b).join(format!("cowgup-{name}.config"))
+    }
+}
+
+/// One step of the recipe: what it does, and the command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub what: String,
+    pub argv: Vec<String>,
+}
+
+fn sh(what: &str, script: String) -> Step {
+    Step {
+        what: what.into(),
+        argv: vec!["sh".into(), "-c".into(), script],
+    }
+}
+
+fn q(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
+}
+
+/// The recipe, from nothing to `layout.image(b)`; steps whose result is
+/// already there (the unpacked tree) are left out when `have_tree`.
+pub fn steps(b: &BuildSpec, l: &Layout, jobs: usize, have_tree: bool) -> Vec<Step> {
+    let tree = l.tree(b);
+    let obj = l.obj(b);
+    let mut v = Vec::new();
+    if !have_tree {
+        let dl = l.root.join(".download");
+        v.push(sh(
+            &format!("download {} {}", b.package(), l.version),
+            format!(
+                "mkdir -p {dl} && cd {dl} && apt-get download -q {pkg}={ver}",
+                dl = q(&dl),
+                pkg = b.package(),
+                ver = l.version
+            ),
+        ));
+        v.push(sh(
+            "unpack the source tarball",
+            format!(
+                "rm -rf {src}.partial && mkdir -p {src}.partial && \
+                 dpkg-deb --fsys-tarfile {dl}/{pkg}_*.deb | tar -xO ./usr/src/{pkg}.tar.xz | \
+                 xz -dc -T2 | tar -x -C {src}.partial && mv {src}.partial {src} && rm -rf {dl}",
+                src = q(&l.src()),
+                dl = q(&dl),
+                pkg = b.package()
+            ),
+        ));
+    }
+    let make = |args: &[&str]| -> Vec<String> {
+        let mut a = vec![
+            "make".to_string(),
+            "-C".into(),
+            tree.display().to_string(),
+            format!("O={}", obj.display()),
+        ];
+        a.extend(args.iter().map(|s| s.to_string()));
+        a
+    };
+    v.push(Step {
+        what: "x86_64 defconfig".into(),
+        argv: make(&["defconfig"]),
+    });
+    let mut merge = vec![
+        tree.join("scripts/kconfig/merge_config.sh")
+            .display()
+            .to_string(),
+        "-m".into(),
+        "-O".into(),
+        obj.display().to_string(),
+        obj.join(".config").display().to_string(),
+    ];
+    merge.extend(
+        b.fragments()
+            .iter()
+            .map(|(n, _)| l.fragment_file(b, n).display().to_string()),
+    );
+    v.push(Step {
+        what: format!(
+            "merge the fragments ({})",
+            b.fragments()
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        argv: merge,
+    });
+    v.push(Step {
+        what: "resolve the merged config".into(),
+        argv: make(&["olddefconfig"]),
+    });
+    v.push(Step {
+        what: format!("build bzImage (-j{jobs}; about 12 min on 2 cores)"),
+        argv: make(&[&format!("-j{jobs}"), "bzImage"]),
+    });
+    v
+}
+
+/// Options the fragments ask for that the resolved `.config` lacks (a
+/// dependency not met, a name that no longer exists).
+pub fn missing_options(b: &BuildSpec, config: &str) -> Vec<String> {
+    b.fragments()
+        .iter()
+        .flat_map(|(_, text)| text.lines())
+        .map(str::trim)
+        .filter(|l| l.starts_with("CONFIG_"))
+        .filter(|want| !config.lines().any(|l| l.trim() == *want))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The source version apt offers for `linux-source-<series>`.
+pub fn source_version(b: &BuildSpec) -> Result<String, String> {
+    let out = Command::new("apt-cache")
+        .args(["show", "--no-all-versions", &b.package()])
+        .output()
+        .map_err(|e| format!("cannot run apt-cache: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Version: "))
+        .map(|v| v.trim().to_string())
+        .ok_or_else(|| {
+            format!(
+                "apt offers no {} (apt-get update? bookworm in sources.list?)",
+                b.package()
+            )
+        })
+}
+
+pub fn jobs() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// The built image: from the cache, or built now (progress on stderr).
+pub fn build(b: &BuildSpec, root: &Path) -> Result<PathBuf, String> {
+    let l = Layout {
+        root: root.to_path_buf(),
+        version: source_version(b)?,
+    };
+    let image = l.image(b);
+    if image.is_file() {
+        eprintln!(
+            "cowgup: {}: cached {} ({} + fragments {})",
+            b.label(),
+            image.display(),
+            l.version,
+            b.fragment_hash()
+        );
+        return Ok(image);
+    }
+    let have_tree = l.tree(b).join("Makefile").is_file();
+    std::fs::create_dir_all(l.obj(b)).map_err(|e| format!("{}: {e}", l.obj(b).display()))?;
+    for (name, text) in b.fragments() {
+        let f = l.fragment_file(b, name);
+        std::fs::write(&f, text).map_err(|e| format!("{}: {e}", f.display()))?;
+    }
+    let all = steps(b, &l, jobs(), have_tree);
+    for (i, s) in all.iter().enumerate() {
+        eprintln!(
+            "cowgup: {}: [{}/{}] {}",
+            b.label(),
+            i + 1,
+            all.len(),
+            s.what
+        );
+        let status = Command::new(&s.argv[0])
+            .args(&s.argv[1..])
+            .status()
+            .map_err(|e| format!("cannot run {}: {e}", s.argv[0]))?;
+        if !status.success() {
+            return Err(format!(
+                "{}: {} failed ({status}); a kernel build needs: apt-get install \
+                 build-essential flex bison bc libelf-dev libssl-dev xz-utils",
+                b.label(),
+                s.what
+            ));
+        }
+    }
+    let config = std::fs::read_to_string(l.obj(b).join(".config")).unwrap_or_default();
+    for m in missing_options(b, &config) {
+        eprintln!(
+            "cowgup: {}: warning: {m} did not survive olddefconfig",
+            b.label()
+        );
+    }
+    let dir = image.parent().expect("image has a directory");
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::copy(l.obj(b).join(".config"), dir.join("config"))
+        .map_err(|e| format!("cannot keep the .config: {e}"))?;
+    std::fs::copy(l.obj(b).join("arch/x86/boot/bzImage"), &image)
+        .map_err(|e| format!("cannot copy the bzImage: {e}"))?;
+    eprintln!("cowgup: {}: built {}", b.label(), image.display());
+    Ok(image)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> Layout {
+        Layout {
+            root: "/c/build-6.12".into(),
+            version: "6.12.117-1~deb12u1".into(),
+        }
+    }
+
+    #[test]
+    fn specs_parse() {
+        let b = BuildSpec::parse("6.12").unwrap();
+        assert_eq!(b.variants, Vec::<String>::new());
+        assert_eq!(b.label(), "build:6.12");
+        let d = BuildSpec::parse("6.12+debug_vm").unwrap();
+        assert_eq!(d.label(), "build:6.12+debug_vm");
+        assert_eq!(
+            d.fragments().iter().map(|f| f.0).collect::<Vec<_>>(),
+            ["cowgup", "debug_vm"]
+        );
+        assert_ne!(
+            b.fragment_hash(),
+            d.fragment_hash(),
+            "separate cache entries"
+        );
+        assert!(BuildSpec::parse("5.10").is_err());
+        assert!(BuildSpec::parse("6.12+kasan")
+            .unwrap_err()
+            .contains("kasan"));
+    }
+
+    #[test]
+    fn dry_run_steps_from_a_cold_cache() {
+        let b = BuildSpec::parse("6.12+debug_vm").unwrap();
+        let l = layout();
+        let s = steps(&b, &l, 2, false);
+        let lines: Vec<String> = s.iter().map(|s| s.argv.join(" ")).collect();
+        assert_eq!(s.len(), 6, "{lines:#?}");
+        assert!(lines[0].contains("apt-get download -q linux-source-6.12=6.12.117-1~deb12u1"));
+        assert!(lines[1].contains("tar -xO ./usr/src/linux-source-6.12.tar.xz"));
+        let tree = "/c/build-6.12/src-6.12.117-1~deb12u1/linux-source-6.12";
+        let obj = format!("/c/build-6.12/obj-6.12.117-1~deb12u1-{}", b.fragment_hash());
+        assert_eq!(lines[2], format!("make -C {tree} O={obj} defconfig"));
+        assert_eq!(
+            lines[3],
+            format!(
+                "{tree}/scripts/kconfig/merge_config.sh -m -O {obj} {obj}/.config \
+                 {obj}/cowgup-cowgup.config {obj}/cowgup-debug_vm.config"
+            )
+        );
+        assert_eq!(lines[4], format!("make -C {tree} O={obj} olddefconfig"));
+        assert_eq!(lines[5], format!("make -C {tree} O={obj} -j2 bzImage"));
+        assert_eq!(
+            l.image(&b),
+            Path::new(&format!(
+                "/c/build-6.12/6.12.117-1~deb12u1-{}/bzImage",
+                b.fragment_hash()
+            ))
+        );
+        assert_eq!(steps(&b, &l, 2, true).len(), 4, "the tree is reused");
+    }
+
+    #[test]
+    fn options_lost_by_olddefconfig_are_named() {
+        let b = BuildSpec::parse("6.12").unwrap();
+        let config = FRAGMENTS[0]
+            .1
+            .replace("CONFIG_GUP_TEST=y", "# CONFIG_GUP_TEST is not set");
+        assert_eq!(missing_options(&b, &config), ["CONFIG_GUP_TEST=y"]);
+        assert!(missing_options(&b, FRAGMENTS[0].1).is_empty());
+    }
+
+    fn options(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter_map(|l| l.trim().strip_prefix("CONFIG_"))
+            .filter_map(|l| l.strip_suffix("=y"))
+            .collect()
+    }
+
+    #[test]
+    fn fragments_hold_only_y_options() {
+        for (name, text) in FRAGMENTS {
+            for l in text.lines().map(str::trim) {
+                assert!(
+                    l.is_empty()
+                        || l.starts_with('#')
+                        || (l.starts_with("CONFIG_") && l.ends_with("=y")),
+                    "{name}: {l:?}"
+                );
+            }
+            assert!(!options(text).is_empty());
+        }
+    }
+
+    /// Every option the fragments set exists in the 6.12 tree's Kconfig files.
+    #[test]
+    fn fragment_options_exist_in_the_6_12_kconfig_tree() {
+        let tree = Path::new("/work/c-selftests/linux-source-6.12");
+        if !tree.join("Kconfig").is_file() {
+            eprintln!("SKIP: no 6.12 source tree at {}", tree.display());
+            return;
+        }
+        let mut declared = std::collections::HashSet::new();
+        let mut stack = vec![tree.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                let ft = e.file_type().unwrap();
+                if ft.is_dir() && !ft.is_symlink() {
+                    stack.push(p);
+                } else if ft.is_file()
+                    && p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with("Kconfig")
+                {
+                    for l in std::fs::read_to_string(&p).unwrap_or_default().lines() {
+                        let l = l.trim();
+                        if let Some(n) = l
+                            .strip_prefix("config ")
+                            .or_else(|| l.strip_prefix("menuconfig "))
+                        {
+                            declared.insert(n.trim().to_string());
+                        }
+                    }
+                }
+            }
+        }
+        for (name, text) in FRAGMENTS {
+            for o in options(text) {
+                assert!(
+                    declared.contains(o),
+                    "{name}: CONFIG_{o} is no Kconfig symbol in 6.12"
+                );
+            }
+        }
+    }
+
+    /// The recipe's config steps (defconfig, merge_config.sh, olddefconfig)
+    /// on a hard-linked copy of the 6.12 tree keep every fragment option
+    /// (no unmet dependency drops one). About 10 s of CPU; needs flex and
+    /// bison: `cargo test -p cowgup --bin cowgup -- --ignored olddefconfig`.
+    #[test]
+    #[ignore]
+    fn every_fragment_option_survives_olddefconfig() {
+        let shared = Path::new("/work/c-selftests/linux-source-6.12");
+        if !shared.join("Kconfig").is_file() {
+            eprintln!("SKIP: no 6.12 source tree at {}", shared.display());
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let b = BuildSpec::parse("6.12+debug_vm").unwrap();
+        let l = Layout {
+            root: dir.path().into(),
+            version: "test".into(),
+        };
+        std::fs::create_dir_all(l.src()).unwrap();
+        let cp = Command::new("cp")
+            .arg("-al")
+            .arg(shared)
+            .arg(l.tree(&b))
+            .status()
+            .unwrap();
+        assert!(cp.success());
+        // Generated headers in the shared tree make `make O=` refuse it.
+        let _ = std::fs::remove_dir_all(l.tree(&b).join("arch/x86/include/generated"));
+        std::fs::create_dir_all(l.obj(&b)).unwrap();
+        for (name, text) in b.fragments() {
+            std::fs::write(l.fragment_file(&b, name), text).unwrap();
+        }
+        let all = steps(&b, &l, 2, true);
+        for s in &all[..3] {
+            let out = Command::new(&s.argv[0])
+                .args(&s.argv[1..])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                s.what,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let config = std::fs::read_to_string(l.obj(&b).join(".config")).unwrap();
+        assert_eq!(missing_options(&b, &config), Vec::<String>::new());
+    }
+
+    /// The cached prebuilt kernel has the fragment's options but the two
+    /// the fragment adds (UDMABUF, CMA).
+    #[test]
+    fn the_cached_kernel_config_agrees_with_the_fragment() {
+        let cfg = Path::new("/work/shared/kernels/config-6.12.117-guptest");
+        let Ok(text) = std::fs::read_to_string(cfg) else {
+            eprintln!("SKIP: no {}", cfg.display());
+            return;
+        };
+        let b = BuildSpec::parse("6.12").unwrap();
+        let missing = missing_options(&b, &text);
+        assert_eq!(missing, ["CONFIG_UDMABUF=y", "CONFIG_CMA=y"]);
+    }
+}
