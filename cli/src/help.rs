@@ -5,7 +5,7 @@
 use cowgup_tests::Family;
 
 /// Every family, in catalogue order.
-pub const FAMILIES: [Family; 10] = [
+pub const FAMILIES: [Family; 11] = [
     Family::CowAnon,
     Family::CowAnonThp,
     Family::CowNonAnon,
@@ -16,6 +16,7 @@ pub const FAMILIES: [Family; 10] = [
     Family::LargeFolioPins,
     Family::ForceWrite,
     Family::PinsUnderReclaim,
+    Family::FileLargeFolios,
 ];
 
 /// What a family runs, in a line. Exhaustive on purpose: a new family does
@@ -63,6 +64,12 @@ fn covers(f: Family) -> &'static str {
             "pinned anonymous pages (io_uring fixed buffer; gup_test R/O pin where available) under \
              MADV_PAGEOUT, MADV_COLD, move_pages(), mbind(), MADV_COLLAPSE, KSM and compaction: \
              the PFN must stay and the pin must still see the process's writes, both ways"
+        }
+        Family::FileLargeFolios => {
+            "a MAP_PRIVATE PROT_READ mapping of a large file folio (PMD-sized on a huge=always \
+             tmpfs and in a memfd; every per-size shmem knob's size): R/O longterm GUP pins (the \
+             2025 livelock), COW by mprotect and forced write, io_uring, vmsplice, O_DIRECT; the \
+             page cache must stay unchanged"
         }
     }
 }

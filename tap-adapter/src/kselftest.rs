@@ -38,6 +38,7 @@ pub fn cow_section(f: Family) -> Option<&'static str> {
         | Family::LargeFolioPins
         | Family::PinsUnderReclaim => None,
         Family::ForceWrite => None,
+        Family::FileLargeFolios => None,
     }
 }
 

@@ -23,7 +23,7 @@
 //! | `size` | huge page size: `"2M"`, `"1G"`, `"64K"` or bytes | any (base pages included) |
 //! | `mapping` | `private`, `shared` | either |
 //! | `kernel` | `"6.18..6.19"` (from..before), `"..6.5"`, `"6.10.."`, `"6.18"` (that minor only) | any kernel |
-//! | `symptom` | `leak`, `lost-at-fork`, `refused` (with `errno = "EOPNOTSUPP"`) | required |
+//! | `symptom` | `leak`, `lost-at-fork`, `refused` (with `errno = "EOPNOTSUPP"`), `livelock` | required |
 //! | `may_pass` | a clean run is a pass, not XPASS | false |
 //! | `reason`, `reference` | what the kernel does, where it is documented or was seen | required |
 
@@ -47,6 +47,9 @@ pub enum Observed {
     LostAtFork(String),
     /// A pin the trial expects the kernel to grant was refused with this errno.
     Refused(Errno),
+    /// A GUP call did not return within the trial's bound: the message says
+    /// which and what its thread did meanwhile.
+    Livelock(String),
 }
 
 /// The reference mechanism a case exercises.
@@ -171,6 +174,7 @@ pub enum Symptom {
     LostAtFork,
     /// The pin is refused with exactly this errno.
     Refused(Errno),
+    Livelock,
 }
 
 impl Symptom {
@@ -180,6 +184,7 @@ impl Symptom {
             Observed::Leak(_) => Some(Symptom::Leak),
             Observed::LostAtFork(_) => Some(Symptom::LostAtFork),
             Observed::Refused(e) => Some(Symptom::Refused(*e)),
+            Observed::Livelock(_) => Some(Symptom::Livelock),
         }
     }
 }
@@ -294,6 +299,7 @@ enum SymptomName {
     Leak,
     LostAtFork,
     Refused,
+    Livelock,
 }
 
 impl Named for SymptomName {
@@ -302,6 +308,7 @@ impl Named for SymptomName {
         ("leak", SymptomName::Leak),
         ("lost-at-fork", SymptomName::LostAtFork),
         ("refused", SymptomName::Refused),
+        ("livelock", SymptomName::Livelock),
     ];
 }
 
@@ -506,6 +513,7 @@ fn parse(
                 }
                 (SymptomName::Leak, None) => Symptom::Leak,
                 (SymptomName::LostAtFork, None) => Symptom::LostAtFork,
+                (SymptomName::Livelock, None) => Symptom::Livelock,
             };
             let row = Expectation {
                 id,
@@ -674,7 +682,14 @@ impl Table {
             (Observed::Refused(e), Some(k)) => {
                 Outcome::Xfail(format!("refused with {e}; expected: {}", k.because()))
             }
-            (Observed::Leak(what) | Observed::LostAtFork(what), None) => Outcome::Fail(what),
+            (Observed::Livelock(what), Some(k)) => {
+                cowgup_harness::diag(&what);
+                Outcome::Xfail(format!("livelock; expected: {}", k.because()))
+            }
+            (
+                Observed::Leak(what) | Observed::LostAtFork(what) | Observed::Livelock(what),
+                None,
+            ) => Outcome::Fail(what),
             (Observed::Refused(e), None) => {
                 Outcome::Fail(format!("Should have worked: the pin was refused with {e}"))
             }
@@ -722,6 +737,7 @@ mod tests {
     // The built-in rows' ids.
     const VMSPLICE: &str = "hugetlb-vmsplice-leak";
     const LOST: &str = "hugetlb-1g-lost-at-fork";
+    const LIVELOCK: &str = "ro-longterm-pin-pmd-file-folio-livelock";
     const IO_URING: &str = "io-uring-file-buffers-before-6.5";
     const TEAR_ANON: &str = "fork-tearing-pinned-anon";
     const TEAR_HUGETLB: &str = "fork-tearing-pinned-hugetlb";
@@ -1016,7 +1032,10 @@ mod tests {
     #[test]
     fn the_builtin_rows_keep_their_keys() {
         let ids: Vec<_> = table().rows().iter().map(|r| r.id.as_str()).collect();
-        assert_eq!(ids, [VMSPLICE, LOST, IO_URING, TEAR_ANON, TEAR_HUGETLB]);
+        assert_eq!(
+            ids,
+            [VMSPLICE, LOST, IO_URING, TEAR_ANON, TEAR_HUGETLB, LIVELOCK]
+        );
         let v = builtin_row(VMSPLICE);
         assert_eq!(v.mechanisms, [Mechanism::Vmsplice]);
         assert_eq!(
@@ -1075,6 +1094,23 @@ mod tests {
                 (memory, None, None, Symptom::Leak, true)
             );
         }
+        let ll = builtin_row(LIVELOCK);
+        assert_eq!(ll.mechanisms, [Mechanism::RoPin]);
+        assert_eq!(
+            (ll.memory, ll.size, ll.mapping, ll.symptom, ll.may_pass),
+            (
+                MemoryClass::ShmemFile,
+                M2,
+                Some(Mapping::Private),
+                Symptom::Livelock,
+                true
+            )
+        );
+        let before_6_18 = KernelRange {
+            from: None,
+            before: Some((6, 18)),
+        };
+        assert_eq!(ll.kernel, before_6_18);
         assert!(table().rows().iter().all(|r| r.file.is_none()));
     }
 
@@ -1095,6 +1131,38 @@ mod tests {
                 ));
             }
         }
+    }
+
+    #[test]
+    fn a_livelock_is_xfail_before_the_fix_and_a_failure_after() {
+        let mut s = subject(Mechanism::RoPin, MemoryClass::ShmemFile, M2);
+        let stuck = || Observed::Livelock("R/O longterm GUP pin did not return".into());
+        assert!(
+            matches!(judge(&s, stuck()), Outcome::Fail(_)),
+            "6.18 has the fix"
+        );
+        assert_eq!(judge(&s, Observed::Clean), Outcome::Pass);
+        s.kernel = Some((6, 12));
+        assert!(
+            matches!(judge(&s, stuck()), Outcome::Xfail(ref r) if r.starts_with("livelock; expected"))
+        );
+        assert_eq!(
+            judge(&s, Observed::Clean),
+            Outcome::Pass,
+            "a stable backport"
+        );
+        // gup_longterm's one-page shmem files are not this row's.
+        let one_page = subject(Mechanism::RoPin, MemoryClass::ShmemFile, None);
+        assert!(matches!(
+            judge(
+                &Subject {
+                    kernel: Some((6, 12)),
+                    ..one_page
+                },
+                stuck()
+            ),
+            Outcome::Fail(_)
+        ));
     }
 
     const USER_ROW: &str = r#"
@@ -1258,7 +1326,7 @@ reference = "x"
             ),
             (
                 row("", ("\"leak\"", "\"leaks\"")),
-                "mine.toml:9: unknown symptom \"leaks\" (one of: leak, lost-at-fork, refused)",
+                "mine.toml:9: unknown symptom \"leaks\" (one of: leak, lost-at-fork, refused, livelock)",
             ),
             (
                 row("", ("\"2M\"", "\"3M\"")),

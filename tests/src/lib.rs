@@ -16,6 +16,7 @@ pub mod cow_anon;
 pub mod cow_anon_thp;
 pub mod cow_non_anon;
 pub mod expectations;
+pub mod file_large_folios;
 pub mod force_write;
 pub mod gup_longterm;
 pub mod gup_test;
@@ -46,6 +47,7 @@ pub enum Family {
     LargeFolioPins,
     ForceWrite,
     PinsUnderReclaim,
+    FileLargeFolios,
 }
 
 impl Family {
@@ -62,6 +64,7 @@ impl Family {
             Family::LargeFolioPins => "large_folio_pins",
             Family::ForceWrite => "force_write",
             Family::PinsUnderReclaim => "pins_under_reclaim",
+            Family::FileLargeFolios => "file_large_folios",
         }
     }
 
@@ -89,6 +92,7 @@ impl Family {
             }
             Family::ForceWrite => "force_write: FOLL_FORCE writes (Dirty COW family)",
             Family::PinsUnderReclaim => "pins under reclaim, migration, collapse, KSM, compaction",
+            Family::FileLargeFolios => "file large folios: pins and COW on a large file folio",
         }
     }
 }
@@ -413,6 +417,11 @@ pub fn catalogue(caps: &Capabilities) -> Vec<Scenario> {
     v.extend(large_folio_pins::large_folio_pins_catalogue(caps));
     v.extend(force_write::force_write_catalogue(caps));
     v.extend(pins_under_reclaim::pins_under_reclaim_catalogue(caps));
+    v.extend(file_large_folios::catalogue(
+        caps.pmd_size,
+        &caps.thp_sizes,
+        expectations::parse_version(&caps.kernel_release),
+    ));
     v
 }
 
