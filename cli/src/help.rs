@@ -5,7 +5,7 @@
 use cowgup_tests::Family;
 
 /// Every family, in catalogue order.
-pub const FAMILIES: [Family; 8] = [
+pub const FAMILIES: [Family; 10] = [
     Family::CowAnon,
     Family::CowAnonThp,
     Family::CowNonAnon,
@@ -14,6 +14,8 @@ pub const FAMILIES: [Family; 8] = [
     Family::BeyondUpstream,
     Family::RemoteAccess,
     Family::LargeFolioPins,
+    Family::MovablePins,
+    Family::FsdaxPins,
 ];
 
 /// What a family runs, in a line. Exhaustive on purpose: a new family does
@@ -50,6 +52,18 @@ fn covers(f: Family) -> &'static str {
              rings on one folio released in random order, fork with a live pin and a writer \
              thread (no torn snapshot), buffers over several folios and one page mapped twice \
              (CVE-2023-2598 shape): WRITE_FIXED equals the mapping byte for byte"
+        }
+        Family::MovablePins => {
+            "memory proved in ZONE_MOVABLE (PFN in the zone's /proc/zoneinfo span) is migrated \
+             out before a long-term pin (io_uring, gup_test R/O and R/W, GUP and GUP-fast) \
+             succeeds, data intact; O_DIRECT and vmsplice may leave it (recorded); base pages, \
+             THP/mTHP, hugetlb. Needs a Movable zone: cowgup matrix --topology movable"
+        }
+        Family::FsdaxPins => {
+            "on an ext4 mounted -o dax (statx STATX_ATTR_DAX): long-term pins of a MAP_SHARED \
+             file mapping are refused with EOPNOTSUPP; O_DIRECT, vmsplice and short-term \
+             gup_test pins work and see the file; MAP_PRIVATE after a write fault pins. Needs \
+             $COWGUP_FSDAX_DIR: cowgup matrix --topology fsdax"
         }
     }
 }

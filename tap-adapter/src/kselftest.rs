@@ -35,7 +35,9 @@ pub fn cow_section(f: Family) -> Option<&'static str> {
         | Family::GupTest
         | Family::BeyondUpstream
         | Family::RemoteAccess
-        | Family::LargeFolioPins => None,
+        | Family::LargeFolioPins
+        | Family::MovablePins
+        | Family::FsdaxPins => None,
     }
 }
 

@@ -15,9 +15,11 @@ pub mod cow_anon;
 pub mod cow_anon_thp;
 pub mod cow_non_anon;
 pub mod expectations;
+pub mod fsdax_pins;
 pub mod gup_longterm;
 pub mod gup_test;
 pub mod large_folio_pins;
+pub mod movable_pins;
 pub mod remote_access;
 pub mod session;
 
@@ -41,6 +43,8 @@ pub enum Family {
     BeyondUpstream,
     RemoteAccess,
     LargeFolioPins,
+    MovablePins,
+    FsdaxPins,
 }
 
 impl Family {
@@ -55,6 +59,8 @@ impl Family {
             Family::BeyondUpstream => "beyond_upstream",
             Family::RemoteAccess => "remote_access",
             Family::LargeFolioPins => "large_folio_pins",
+            Family::MovablePins => "movable_pins",
+            Family::FsdaxPins => "fsdax_pins",
         }
     }
 
@@ -80,6 +86,10 @@ impl Family {
             Family::LargeFolioPins => {
                 "large folio pins: partial, repeated and torn pins of THP/hugetlb"
             }
+            Family::MovablePins => {
+                "movable pins: long-term pins migrate memory out of ZONE_MOVABLE"
+            }
+            Family::FsdaxPins => "fsdax pins: long-term pins of DAX file mappings are refused",
         }
     }
 }
@@ -216,6 +226,11 @@ pub fn cow_entries(caps: &Capabilities) -> Vec<(Scenario, Subject)> {
                 (NonAnonBacking::HugeZeropage, Some(pmd)) => {
                     cowgup_fixtures::thp::pmd_inherits(pmd)
                 }
+                (NonAnonBacking::MemfdHugetlb { size }, _)
+                    if case.mechanism == expectations::Mechanism::RoPin =>
+                {
+                    movable_pins::unshare_headroom(size, caps.pmd_size)
+                }
                 _ => vec![],
             };
             let scenario = Scenario {
@@ -266,6 +281,7 @@ pub fn gup_longterm_entries(caps: &Capabilities, extra: bool) -> Vec<(Scenario, 
         backings.extend([
             FileBacking::Scratch(ScratchFs::Tmpfs),
             FileBacking::Scratch(ScratchFs::Ext4),
+            FileBacking::Fsdax,
         ]);
     }
     let mut out = Vec::new();
@@ -402,6 +418,8 @@ pub fn catalogue(caps: &Capabilities) -> Vec<Scenario> {
     v.extend(beyond_upstream_catalogue());
     v.extend(remote_access::remote_access_catalogue(caps));
     v.extend(large_folio_pins::large_folio_pins_catalogue(caps));
+    v.extend(movable_pins::movable_pins_catalogue(caps));
+    v.extend(fsdax_pins::fsdax_pins_catalogue());
     v
 }
 
@@ -477,7 +495,7 @@ mod tests {
             .map(|s| s.name)
             .collect();
         assert_eq!(names, expected.lines().collect::<Vec<_>>());
-        assert_eq!(gup_longterm_catalogue(&reference_host(), true).len(), 70);
+        assert_eq!(gup_longterm_catalogue(&reference_host(), true).len(), 80);
     }
 
     #[test]
