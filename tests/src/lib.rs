@@ -420,6 +420,7 @@ pub fn catalogue(caps: &Capabilities) -> Vec<Scenario> {
     v.extend(large_folio_pins::large_folio_pins_catalogue(caps));
     v.extend(movable_pins::movable_pins_catalogue(caps));
     v.extend(fsdax_pins::fsdax_pins_catalogue());
+    movable_pins::grow_pools(&mut v, caps);
     v
 }
 

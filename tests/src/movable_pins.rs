@@ -128,6 +128,54 @@ pub fn unshare_headroom(size: usize, pmd_size: Option<usize>) -> Vec<Knob> {
     }
 }
 
+/// Pool pages for the hugetlb trials: the fault takes the free page that was
+/// enqueued last (`enqueue_hugetlb_folio()` puts it at the head of the
+/// node's free list, `dequeue_hugetlb_folio_node_exact()` takes from the
+/// head), and pool pages are allocated GFP_HIGHUSER_MOVABLE, so ZONE_MOVABLE
+/// first. But a pool page a long-term pin migrated (any earlier hugetlb pin
+/// trial) comes back from outside ZONE_MOVABLE. So each hugetlb trial holds
+/// the pool two pages above anything provisioning can have made it (the
+/// probed pool plus the largest count any trial needs), and faults in one of
+/// those fresh pages (a page more for every next trial). Only where there is a Movable zone: elsewhere the
+/// trials skip before touching memory.
+pub fn grow_pools(catalogue: &mut [Scenario], caps: &Capabilities) {
+    if zone::read().map_or(true, |z| zone::movable(&z).is_empty()) {
+        return;
+    }
+    let most = |catalogue: &[Scenario], size: usize| {
+        catalogue
+            .iter()
+            .flat_map(|s| &s.needs)
+            .filter_map(|n| match *n {
+                cowgup_fixtures::needs::Need::HugetlbPages { size: s, count } if s == size => {
+                    Some(count)
+                }
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    for pool in &caps.hugetlb {
+        if Some(pool.size) != caps.pmd_size {
+            continue; // gigantic pages are never allocated movable
+        }
+        let base = pool.total + most(catalogue, pool.size) + 2;
+        let suffix = AnonBacking::Hugetlb { size: pool.size }.suffix();
+        let trials = catalogue.iter_mut().filter(|s| {
+            s.family == Family::MovablePins && s.name.ends_with(&format!("with {suffix}"))
+        });
+        // One more page per trial: consecutive trials with equal knobs keep
+        // them set, and the page the previous trial's pin migrated out of
+        // ZONE_MOVABLE, freed last, would head the free list.
+        for (i, s) in trials.enumerate() {
+            s.knobs.push(Knob::new(
+                cowgup_harness::probe::HugetlbPool::dir(pool.size).join("nr_hugepages"),
+                (base + i as u64).to_string(),
+            ));
+        }
+    }
+}
+
 /// Where each unit of a region lies: (PFN, zone) per page (per huge page
 /// for hugetlb).
 struct Where {
