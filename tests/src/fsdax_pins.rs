@@ -23,8 +23,12 @@ use cowgup_fixtures::pin::GupTest;
 use cowgup_fixtures::pin_source::PinSource;
 use cowgup_fixtures::stamp::{Content, Writer};
 use cowgup_fixtures::{env, fail, skip, zone, Step};
+use cowgup_harness::probe::Capabilities;
 use cowgup_harness::{diag, Outcome};
 
+use crate::expectations::{
+    self, judge, Mapping, Mechanism, MemoryClass, Observed, Subject, Version,
+};
 use crate::movable_pins::longterm;
 use crate::{Family, Scenario};
 
@@ -66,7 +70,8 @@ const BACKING: FileBacking = FileBacking::Fsdax;
 /// The errno check_vma_flags() refuses a FOLL_LONGTERM pin of fsdax with.
 pub const REFUSAL: nix::errno::Errno = nix::errno::Errno::EOPNOTSUPP;
 
-pub fn fsdax_pins_catalogue() -> Vec<Scenario> {
+pub fn fsdax_pins_catalogue(caps: &Capabilities) -> Vec<Scenario> {
+    let kernel = expectations::parse_version(&caps.kernel_release);
     let suffix = BACKING.suffix();
     let scenario = |name: String,
                     needs: Vec<Need>,
@@ -122,7 +127,7 @@ pub fn fsdax_pins_catalogue() -> Vec<Scenario> {
             ),
             source.needs(),
             source.pins(),
-            Arc::new(move || private_longterm(source).unwrap_or_else(|o| o)),
+            Arc::new(move || private_longterm(source, kernel).unwrap_or_else(|o| o)),
         ));
     }
     v
@@ -259,7 +264,7 @@ fn gup_short(cmd: GupCmd) -> Step<Outcome> {
     Ok(Outcome::Pass)
 }
 
-fn private_longterm(source: PinSource) -> Step<Outcome> {
+fn private_longterm(source: PinSource, kernel: Option<Version>) -> Step<Outcome> {
     let mem = setup(false, read_only(source))?;
     // The write fault replaced the DAX page with an anonymous copy.
     if let Ok(Some(pfn)) = pagemap::entry(mem.region.addr).map(|p| p.pfn()) {
@@ -277,21 +282,36 @@ fn private_longterm(source: PinSource) -> Step<Outcome> {
             "the private mapping's write reached the DAX file: {mm}"
         ));
     }
+    // The slow path refuses by the VMA (check_vma_flags(): vma_is_fsdax()
+    // whatever the mapping), GUP-fast pins the anonymous pages it finds:
+    // the table says which refusals are the kernel's known behaviour.
+    let subject = Subject {
+        mechanism: match source {
+            PinSource::GupTest { write: false, .. } => Mechanism::RoPin,
+            PinSource::GupTest { write: true, .. } => Mechanism::RwPin,
+            _ => Mechanism::IoUringPin,
+        },
+        memory: MemoryClass::FsdaxFile,
+        size: None,
+        mapping: Mapping::Private,
+        kernel,
+    };
     let mut held = match source.take(mem.region)? {
         Ok(h) => h,
         Err(e) => {
-            return Ok(Outcome::Fail(format!(
+            diag(format!(
                 "{} of the anonymous copy in a MAP_PRIVATE fsdax mapping was refused: {e} ({})",
                 source.name(),
                 where_is(&mem)
-            )))
+            ));
+            return Ok(judge(&subject, Observed::Refused(e)));
         }
     };
     debug_assert!(longterm(source));
     diag(format!("{} granted on {}", source.name(), where_is(&mem)));
     Ok(
         match held.check(mem.region, mem.pattern, Content::all(Writer::Setup))? {
-            Ok(()) => Outcome::Pass,
+            Ok(()) => judge(&subject, Observed::Clean),
             Err(mm) => Outcome::Fail(format!(
                 "{} does not see the private copy's data: {mm}",
                 source.name()
@@ -306,7 +326,7 @@ mod tests {
 
     #[test]
     fn fifteen_trials_named_from_their_values() {
-        let c = fsdax_pins_catalogue();
+        let c = fsdax_pins_catalogue(&crate::tests::reference_host());
         assert_eq!(c.len(), 15);
         assert_eq!(
             c[0].name,

@@ -189,7 +189,11 @@ fn run_steps(
     };
     // The file's own filesystem, as measured, decides what the table excuses.
     let subject = case.subject(
-        MemoryClass::of_file(mem.fs.filesystem()),
+        if mem.dax {
+            MemoryClass::FsdaxFile
+        } else {
+            MemoryClass::of_file(mem.fs.filesystem())
+        },
         backing.huge_size(),
         kernel,
     );

@@ -288,7 +288,11 @@ pub fn gup_longterm_entries(caps: &Capabilities, extra: bool) -> Vec<(Scenario, 
     for (i, case) in gup_longterm::CASES.iter().enumerate() {
         for &backing in &backings {
             let subject = case.subject(
-                MemoryClass::of_file(backing.filesystem(caps)),
+                if backing == FileBacking::Fsdax {
+                    MemoryClass::FsdaxFile
+                } else {
+                    MemoryClass::of_file(backing.filesystem(caps))
+                },
                 backing.huge_size(),
                 kernel,
             );
@@ -419,7 +423,7 @@ pub fn catalogue(caps: &Capabilities) -> Vec<Scenario> {
     v.extend(remote_access::remote_access_catalogue(caps));
     v.extend(large_folio_pins::large_folio_pins_catalogue(caps));
     v.extend(movable_pins::movable_pins_catalogue(caps));
-    v.extend(fsdax_pins::fsdax_pins_catalogue());
+    v.extend(fsdax_pins::fsdax_pins_catalogue(caps));
     movable_pins::grow_pools(&mut v, caps);
     v
 }
