@@ -22,7 +22,7 @@ use cowgup_fixtures::pagemap;
 use cowgup_fixtures::pin::GupTest;
 use cowgup_fixtures::pin_source::PinSource;
 use cowgup_fixtures::stamp::{Content, Writer};
-use cowgup_fixtures::{env, fail, skip, zone, Step};
+use cowgup_fixtures::{env, fail, skip, Step};
 use cowgup_harness::probe::Capabilities;
 use cowgup_harness::{diag, Outcome};
 
@@ -137,16 +137,15 @@ fn read_only(source: PinSource) -> bool {
     matches!(source, PinSource::GupTest { write: false, .. })
 }
 
-/// The file's page as the page tables show it (PFN, zone), for diagnostics.
+/// The file's page as the page tables show it (PFN, kpageflags), for
+/// diagnostics. No zone: the legacy pmem region (`memmap=N!S`) lies inside
+/// the Normal zone's span, its pages are ZONE_DEVICE.
 fn where_is(mem: &FileMemory) -> String {
     match pagemap::entry(mem.region.addr).map(|p| p.pfn()) {
         Ok(Some(pfn)) => {
-            let z = zone::read()
-                .map(|zs| zone::place(&zs, pfn).short())
-                .unwrap_or_else(|e| e);
             let flags =
                 pagemap::kflags(pfn).map_or("flags unreadable".into(), pagemap::describe_flags);
-            format!("pfn 0x{pfn:x} ({z}; {flags})")
+            format!("pfn 0x{pfn:x} ({flags})")
         }
         Ok(None) => "pfn hidden".into(),
         Err(e) => e,
