@@ -1004,6 +1004,11 @@ mod tests {
                 let name = format!("{pin} pin in MAP_PRIVATE file mapping ... with file on fsdax");
                 want.entry(name).or_default().push(FSDAX);
             }
+            want.entry(
+                "io_uring fixed buffer with MAP_PRIVATE file mapping ... with file on fsdax".into(),
+            )
+            .or_default()
+            .push(FSDAX);
             let got = xfail_reach(&reference_host(release));
             assert_eq!(got, want, "kernel {release}: {why}");
         }
