@@ -5,7 +5,7 @@
 use cowgup_tests::Family;
 
 /// Every family, in catalogue order.
-pub const FAMILIES: [Family; 11] = [
+pub const FAMILIES: [Family; 13] = [
     Family::CowAnon,
     Family::CowAnonThp,
     Family::CowNonAnon,
@@ -17,6 +17,8 @@ pub const FAMILIES: [Family; 11] = [
     Family::ForceWrite,
     Family::PinsUnderReclaim,
     Family::FileLargeFolios,
+    Family::MovablePins,
+    Family::FsdaxPins,
 ];
 
 /// What a family runs, in a line. Exhaustive on purpose: a new family does
@@ -70,6 +72,18 @@ fn covers(f: Family) -> &'static str {
              tmpfs and in a memfd; every per-size shmem knob's size): R/O longterm GUP pins (the \
              2025 livelock), COW by mprotect and forced write, io_uring, vmsplice, O_DIRECT; the \
              page cache must stay unchanged"
+        }
+        Family::MovablePins => {
+            "memory proved in ZONE_MOVABLE (PFN in the zone's /proc/zoneinfo span) is migrated \
+             out before a long-term pin (io_uring, gup_test R/O and R/W, GUP and GUP-fast) \
+             succeeds, data intact; O_DIRECT and vmsplice may leave it (recorded); base pages, \
+             THP/mTHP, hugetlb. Needs a Movable zone: cowgup matrix --topology movable"
+        }
+        Family::FsdaxPins => {
+            "on an ext4 mounted -o dax (statx STATX_ATTR_DAX): long-term pins of a MAP_SHARED \
+             file mapping are refused with EOPNOTSUPP; O_DIRECT, vmsplice and short-term \
+             gup_test pins work and see the file; MAP_PRIVATE after a write fault pins. Needs \
+             $COWGUP_FSDAX_DIR: cowgup matrix --topology fsdax"
         }
     }
 }

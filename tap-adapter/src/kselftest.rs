@@ -36,7 +36,9 @@ pub fn cow_section(f: Family) -> Option<&'static str> {
         | Family::BeyondUpstream
         | Family::RemoteAccess
         | Family::LargeFolioPins
-        | Family::PinsUnderReclaim => None,
+        | Family::PinsUnderReclaim
+        | Family::MovablePins
+        | Family::FsdaxPins => None,
         Family::ForceWrite => None,
         Family::FileLargeFolios => None,
     }

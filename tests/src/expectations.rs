@@ -99,6 +99,9 @@ pub enum MemoryClass {
     /// the file of the layer beneath, which may be tmpfs), an unknown magic,
     /// or fstatfs() failed. No row names it, so nothing is excused there.
     UnknownFile,
+    /// A file whose accesses are DAX (statx STATX_ATTR_DAX: ext4/xfs mounted
+    /// `-o dax`): no page cache, the mapping maps the persistent memory.
+    FsdaxFile,
 }
 
 impl MemoryClass {
@@ -284,6 +287,7 @@ impl Named for MemoryClass {
         ("hugetlbfs-file", MemoryClass::HugetlbfsFile),
         ("other-file", MemoryClass::OtherFile),
         ("unknown-file", MemoryClass::UnknownFile),
+        ("fsdax-file", MemoryClass::FsdaxFile),
     ];
 }
 
@@ -741,6 +745,7 @@ mod tests {
     const IO_URING: &str = "io-uring-file-buffers-before-6.5";
     const TEAR_ANON: &str = "fork-tearing-pinned-anon";
     const TEAR_HUGETLB: &str = "fork-tearing-pinned-hugetlb";
+    const FSDAX: &str = "fsdax-longterm-private-vma-refusal";
 
     fn builtin_row(id: &str) -> &'static Expectation {
         table().rows().iter().find(|r| r.id == id).unwrap()
@@ -1004,6 +1009,22 @@ mod tests {
             for (name, row) in differences {
                 want.entry(name).or_default().push(row);
             }
+            // On every kernel: the slow GUP path refuses long-term pins of any
+            // fsdax VMA, MAP_PRIVATE included (GUP-fast may pass: may_pass).
+            for pin in [
+                "R/O longterm GUP",
+                "R/O longterm GUP-fast",
+                "R/W longterm GUP",
+                "R/W longterm GUP-fast",
+            ] {
+                let name = format!("{pin} pin in MAP_PRIVATE file mapping ... with file on fsdax");
+                want.entry(name).or_default().push(FSDAX);
+            }
+            want.entry(
+                "io_uring fixed buffer with MAP_PRIVATE file mapping ... with file on fsdax".into(),
+            )
+            .or_default()
+            .push(FSDAX);
             let got = xfail_reach(&reference_host(release));
             assert_eq!(got, want, "kernel {release}: {why}");
         }
@@ -1034,7 +1055,15 @@ mod tests {
         let ids: Vec<_> = table().rows().iter().map(|r| r.id.as_str()).collect();
         assert_eq!(
             ids,
-            [VMSPLICE, LOST, IO_URING, TEAR_ANON, TEAR_HUGETLB, LIVELOCK]
+            [
+                VMSPLICE,
+                LOST,
+                IO_URING,
+                TEAR_ANON,
+                TEAR_HUGETLB,
+                LIVELOCK,
+                FSDAX
+            ]
         );
         let v = builtin_row(VMSPLICE);
         assert_eq!(v.mechanisms, [Mechanism::Vmsplice]);

@@ -170,20 +170,49 @@ fn run_steps(
             ));
         }
     }
-    let should_work = !case.shared || !case.writes() || matches!(mem.fs, FsClass::PinsAllowed(_));
+    // fsdax: no page cache between the pin and the filesystem blocks, so no
+    // long-term pin of a MAP_SHARED mapping at all, R/O or R/W
+    // (mm/gup.c check_vma_flags(): FOLL_LONGTERM && vma_is_fsdax() -> -EOPNOTSUPP;
+    // GUP-fast leaves devmap entries to the slow path under FOLL_LONGTERM).
+    // Upstream's gup_longterm would expect R/O pins to work there.
+    if mem.dax {
+        diag("the file is DAX (statx STATX_ATTR_DAX)");
+    }
+    let should_work = if mem.dax && case.shared {
+        false
+    } else {
+        !case.shared || !case.writes() || matches!(mem.fs, FsClass::PinsAllowed(_))
+    };
     let granted = match case.pin {
         LongtermPin::Gup { write, fast } => pin_with_gup_test(&mem, write, fast)?,
         LongtermPin::IoUring => pin_with_io_uring(&mem)?,
     };
     // The file's own filesystem, as measured, decides what the table excuses.
     let subject = case.subject(
-        MemoryClass::of_file(mem.fs.filesystem()),
+        if mem.dax {
+            MemoryClass::FsdaxFile
+        } else {
+            MemoryClass::of_file(mem.fs.filesystem())
+        },
         backing.huge_size(),
         kernel,
     );
     Ok(match (granted, should_work) {
         (Granted::Yes, true) => judge(&subject, Observed::Clean),
-        (Granted::Refused(_), false) => Outcome::Pass,
+        (Granted::Refused(e), false) if mem.dax && e != nix::errno::Errno::EOPNOTSUPP => {
+            Outcome::Fail(format!(
+                "a long-term pin of a MAP_SHARED fsdax file was refused with {e}, where \
+                 check_vma_flags() refuses with EOPNOTSUPP"
+            ))
+        }
+        (Granted::Refused(e), false) => {
+            diag(format!("refused: {e}"));
+            Outcome::Pass
+        }
+        (Granted::Yes, false) if mem.dax => Outcome::Fail(format!(
+            "Should have failed: a long-term pin of a MAP_SHARED {} file on fsdax (DAX) was granted",
+            mem.fs.name()
+        )),
         (Granted::Yes, false) => Outcome::Fail(format!(
             "Should have failed: a writable long-term pin of a MAP_SHARED {} file was granted",
             mem.fs.name()
@@ -199,7 +228,9 @@ fn pin_with_gup_test(mem: &FileMemory, write: bool, fast: bool) -> Step<Granted>
             gup.stop();
             Ok(Granted::Yes)
         }
-        Err(nix::errno::Errno::EFAULT) => Ok(Granted::Refused(nix::errno::Errno::EFAULT)),
+        Err(e @ (nix::errno::Errno::EFAULT | nix::errno::Errno::EOPNOTSUPP)) => {
+            Ok(Granted::Refused(e))
+        }
         Err(nix::errno::Errno::EINVAL) => skip("PIN_LONGTERM_TEST_START failed: EINVAL"),
         Err(e) => fail(format!("PIN_LONGTERM_TEST_START failed: {e}")),
     }

@@ -18,9 +18,11 @@ pub mod cow_non_anon;
 pub mod expectations;
 pub mod file_large_folios;
 pub mod force_write;
+pub mod fsdax_pins;
 pub mod gup_longterm;
 pub mod gup_test;
 pub mod large_folio_pins;
+pub mod movable_pins;
 pub mod pins_under_reclaim;
 pub mod remote_access;
 pub mod session;
@@ -48,6 +50,8 @@ pub enum Family {
     ForceWrite,
     PinsUnderReclaim,
     FileLargeFolios,
+    MovablePins,
+    FsdaxPins,
 }
 
 impl Family {
@@ -65,6 +69,8 @@ impl Family {
             Family::ForceWrite => "force_write",
             Family::PinsUnderReclaim => "pins_under_reclaim",
             Family::FileLargeFolios => "file_large_folios",
+            Family::MovablePins => "movable_pins",
+            Family::FsdaxPins => "fsdax_pins",
         }
     }
 
@@ -93,6 +99,10 @@ impl Family {
             Family::ForceWrite => "force_write: FOLL_FORCE writes (Dirty COW family)",
             Family::PinsUnderReclaim => "pins under reclaim, migration, collapse, KSM, compaction",
             Family::FileLargeFolios => "file large folios: pins and COW on a large file folio",
+            Family::MovablePins => {
+                "movable pins: long-term pins migrate memory out of ZONE_MOVABLE"
+            }
+            Family::FsdaxPins => "fsdax pins: long-term pins of DAX file mappings are refused",
         }
     }
 }
@@ -229,6 +239,11 @@ pub fn cow_entries(caps: &Capabilities) -> Vec<(Scenario, Subject)> {
                 (NonAnonBacking::HugeZeropage, Some(pmd)) => {
                     cowgup_fixtures::thp::pmd_inherits(pmd)
                 }
+                (NonAnonBacking::MemfdHugetlb { size }, _)
+                    if case.mechanism == expectations::Mechanism::RoPin =>
+                {
+                    movable_pins::unshare_headroom(size, caps.pmd_size)
+                }
                 _ => vec![],
             };
             let scenario = Scenario {
@@ -279,13 +294,18 @@ pub fn gup_longterm_entries(caps: &Capabilities, extra: bool) -> Vec<(Scenario, 
         backings.extend([
             FileBacking::Scratch(ScratchFs::Tmpfs),
             FileBacking::Scratch(ScratchFs::Ext4),
+            FileBacking::Fsdax,
         ]);
     }
     let mut out = Vec::new();
     for (i, case) in gup_longterm::CASES.iter().enumerate() {
         for &backing in &backings {
             let subject = case.subject(
-                MemoryClass::of_file(backing.filesystem(caps)),
+                if backing == FileBacking::Fsdax {
+                    MemoryClass::FsdaxFile
+                } else {
+                    MemoryClass::of_file(backing.filesystem(caps))
+                },
                 backing.huge_size(),
                 kernel,
             );
@@ -422,6 +442,9 @@ pub fn catalogue(caps: &Capabilities) -> Vec<Scenario> {
         &caps.thp_sizes,
         expectations::parse_version(&caps.kernel_release),
     ));
+    v.extend(movable_pins::movable_pins_catalogue(caps));
+    v.extend(fsdax_pins::fsdax_pins_catalogue(caps));
+    movable_pins::grow_pools(&mut v, caps);
     v
 }
 
@@ -497,7 +520,7 @@ mod tests {
             .map(|s| s.name)
             .collect();
         assert_eq!(names, expected.lines().collect::<Vec<_>>());
-        assert_eq!(gup_longterm_catalogue(&reference_host(), true).len(), 70);
+        assert_eq!(gup_longterm_catalogue(&reference_host(), true).len(), 80);
     }
 
     #[test]
