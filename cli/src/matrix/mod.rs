@@ -51,6 +51,9 @@ pub struct MatrixArgs {
     /// Leave out trials whose names contain PATTERN (repeatable).
     #[arg(long, value_name = "PATTERN")]
     pub skip: Vec<String>,
+    /// Only trials of this family, in every cell (repeatable; `cowgup --help` lists them).
+    #[arg(long, value_name = "ID", value_parser = clap::builder::PossibleValuesParser::new(crate::help::family_ids()))]
+    pub family: Vec<String>,
     /// Run the 1 GiB hugetlb trials in guests too (two pages reserved at boot; slow under TCG).
     #[arg(long)]
     pub with_1g: bool,
@@ -158,6 +161,9 @@ fn selection(a: &MatrixArgs, guest: bool) -> Vec<String> {
     v.extend(a.filters.iter().cloned());
     for s in &a.skip {
         v.extend(["--skip".into(), s.clone()]);
+    }
+    for f in &a.family {
+        v.extend(["--family".into(), f.clone()]);
     }
     if guest && !a.with_1g {
         v.extend(["--skip".into(), "1048576 kB".into()]);
