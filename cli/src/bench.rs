@@ -49,6 +49,20 @@ pub struct BenchArgs {
     lines: bool,
 }
 
+/// What the pin-balance check of a trial says it waited (for releases to
+/// land, and sampling the idle counters before it); trials of one batch
+/// share one measurement, so with `--jobs` this counts it once per member.
+fn pin_balance_wait(r: &cowgup_harness::TrialReport) -> Duration {
+    r.checks
+        .iter()
+        .filter(|c| c.check == "pin balance")
+        .map(|c| {
+            let ms = |k: &str| c.data.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+            Duration::from_millis(ms("waited_ms") + ms("idle_before_ms"))
+        })
+        .sum()
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -69,6 +83,7 @@ pub fn bench(args: &BenchArgs) -> ExitCode {
         Err(e) => return fatal(&e),
     };
     let refs: Vec<&Scenario> = chosen.iter().collect();
+    let started = Instant::now();
     let mut session = match Session::start_with(&args.session.options(), caps, &refs) {
         Ok(s) => s,
         Err(e) => return fatal(&e),
@@ -79,6 +94,10 @@ pub fn bench(args: &BenchArgs) -> ExitCode {
     let mut per_group: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
     let mut executed: BTreeMap<String, usize> = BTreeMap::new();
     let mut totals = Vec::new();
+    // Profile of the first round: probe + provisioning, the trials' own
+    // time (spawn, scenario, checks), and the pin-balance waits they report.
+    let start_time = started.elapsed();
+    let (mut trial_time, mut pin_wait) = (Duration::ZERO, Duration::ZERO);
     // Wall time per family, the pin-balance check included: what a user waits for.
     let mut per_family: BTreeMap<&'static str, Vec<Duration>> = BTreeMap::new();
     let mut family_executed: BTreeMap<&'static str, usize> = BTreeMap::new();
@@ -95,6 +114,10 @@ pub fn bench(args: &BenchArgs) -> ExitCode {
                 if let Progress::Finished(i, r) = p {
                     let group = &part[i].group;
                     *sums.entry(group.clone()).or_default() += r.duration;
+                    if round == 0 {
+                        trial_time += r.duration;
+                        pin_wait += pin_balance_wait(&r);
+                    }
                     if round == 0 && r.outcome.kind() != OutcomeKind::Skip {
                         *executed.entry(group.clone()).or_default() += 1;
                         *family_executed.entry(part[i].family.id()).or_default() += 1;
@@ -146,6 +169,12 @@ pub fn bench(args: &BenchArgs) -> ExitCode {
             );
         }
         println!("BENCH total {:.3} {}", ours.as_secs_f64(), chosen.len());
+        println!(
+            "BENCH phase start {:.3} trials {:.3} pin_wait {:.3}",
+            start_time.as_secs_f64(),
+            trial_time.as_secs_f64(),
+            pin_wait.as_secs_f64()
+        );
     }
     // Upstream's `cow` runs the cow families only: compare like with like.
     let cow_only: Duration = per_family

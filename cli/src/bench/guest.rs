@@ -203,6 +203,8 @@ pub struct GuestFigures {
     pub ours: BTreeMap<usize, BTreeMap<String, (f64, usize)>>,
     /// jobs -> the catalogue's wall time
     pub ours_total: BTreeMap<usize, f64>,
+    /// jobs -> (session start, sum of trial times, pin-balance waits)
+    pub profile: BTreeMap<usize, (f64, f64, f64)>,
 }
 
 /// Parse the framed lines (see [`init_script`] and `bench --lines`).
@@ -234,6 +236,12 @@ pub fn parse(channel: &str) -> Result<GuestFigures, String> {
                     .entry(jobs)
                     .or_default()
                     .insert(fam.to_string(), (num(secs)?, int(executed)?));
+            }
+            [j, "BENCH", "phase", "start", start, "trials", trials, "pin_wait", wait] => {
+                g.profile.insert(
+                    int(j.trim_start_matches('J'))?,
+                    (num(start)?, num(trials)?, num(wait)?),
+                );
             }
             [j, "BENCH", "total", secs, ..] => {
                 g.ours_total
@@ -360,6 +368,12 @@ pub fn render(g: &GuestFigures, label: &str) -> String {
         ));
     }
     s.push('\n');
+    for (j, (start, trials, wait)) in g.profile.iter().rev() {
+        s.push_str(&format!(
+            "profile --jobs {j}: probe+provisioning {start:.2} s; trials (spawn, scenario, checks) {trials:.2} s summed; pin-balance waits {wait:.2} s of that (per batch member); wall {:.2} s\n",
+            g.ours_total.get(j).copied().unwrap_or(0.0)
+        ));
+    }
     if let Some(j1) = g.ours_total.get(&1) {
         s.push_str(&format!(
             "guest ratio with --jobs 1: {:.2} x\n",
@@ -673,13 +687,14 @@ CATEGORY="gup_test" run_test ./gup_longterm
             "noise\n{FRAME} release=6.12.117 cpus=2\nC cow 8.85 1 0\nC gup_longterm 0.22 1 0\n\
              C gup_test 80.00 181 0\nJ2 BENCH family cow_anon 4.00 742\nJ2 BENCH family gup_test 20.00 245\n\
              J2 BENCH family beyond_upstream 1.00 40\nJ2 BENCH total 25.00\nJ1 BENCH family cow_anon 6.00 742\n\
-             J1 BENCH total 40.00\n{FRAME_END}\n"
+             J1 BENCH total 40.00\nJ1 BENCH phase start 1.50 trials 37.00 pin_wait 2.00\n{FRAME_END}\n"
         );
         let g = parse(&ch).unwrap();
         assert_eq!(g.cpus, 2);
         assert_eq!(g.c["gup_test"], (80.0, 181, 0));
         assert_eq!(g.ours[&2]["gup_test"], (20.0, 245));
         assert_eq!(g.ours_total[&1], 40.0);
+        assert_eq!(g.profile[&1], (1.5, 37.0, 2.0));
         let r = render(&g, "bzImage");
         let last = r.lines().last().unwrap();
         assert_eq!(last, "guest ratio: 0.28 x");
