@@ -15,6 +15,8 @@ use cowgup_tests::Scenario;
 
 use crate::{fatal, select, SelectArgs, SessionArgs};
 
+pub mod guest;
+
 #[derive(Args, Clone, Debug)]
 pub struct BenchArgs {
     #[command(flatten)]
@@ -27,6 +29,38 @@ pub struct BenchArgs {
     /// Also time this upstream `cow` binary (run with no arguments, same host state).
     #[arg(long, value_name = "PATH")]
     against: Option<PathBuf>,
+    /// Boot this kernel once under qemu (TCG, 2 vCPUs) and time upstream's C programs
+    /// (built from --c-from) and then the whole catalogue (--jobs 2, then 1) in it.
+    #[arg(long, value_name = "KERNEL", requires = "c_from")]
+    guest: Option<PathBuf>,
+    /// The kernel source tree the C programs (cow, gup_longterm, gup_test) are built from
+    /// (statically, into the cache; `make headers` done, liburing-dev installed).
+    #[arg(long, value_name = "LINUX_SRC", requires = "guest")]
+    c_from: Option<PathBuf>,
+    /// The static cowgup to put in the guest [default: as `matrix` finds it].
+    #[arg(long, value_name = "FILE", requires = "guest")]
+    guest_bin: Option<PathBuf>,
+    /// Time limit of the guest (boot, both sides), in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 5400, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    timeout_guest: u64,
+    /// Also print `BENCH family <id> <seconds> <executed>` and `BENCH total <seconds>` lines
+    /// (what `--guest` reads back from the guest).
+    #[arg(long, hide = true)]
+    lines: bool,
+}
+
+/// What the pin-balance check of a trial says it waited (for releases to
+/// land, and sampling the idle counters before it); trials of one batch
+/// share one measurement, so with `--jobs` this counts it once per member.
+fn pin_balance_wait(r: &cowgup_harness::TrialReport) -> Duration {
+    r.checks
+        .iter()
+        .filter(|c| c.check == "pin balance")
+        .map(|c| {
+            let ms = |k: &str| c.data.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+            Duration::from_millis(ms("waited_ms") + ms("idle_before_ms"))
+        })
+        .sum()
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -35,11 +69,21 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 pub fn bench(args: &BenchArgs) -> ExitCode {
+    if let (Some(kernel), Some(src)) = (&args.guest, &args.c_from) {
+        return guest::run(&guest::GuestBench {
+            kernel,
+            src,
+            guest_bin: args.guest_bin.as_deref(),
+            skip: &args.select.skip,
+            timeout: Duration::from_secs(args.timeout_guest),
+        });
+    }
     let (caps, chosen) = match select(&args.select) {
         Ok(x) => x,
         Err(e) => return fatal(&e),
     };
     let refs: Vec<&Scenario> = chosen.iter().collect();
+    let started = Instant::now();
     let mut session = match Session::start_with(&args.session.options(), caps, &refs) {
         Ok(s) => s,
         Err(e) => return fatal(&e),
@@ -50,8 +94,13 @@ pub fn bench(args: &BenchArgs) -> ExitCode {
     let mut per_group: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
     let mut executed: BTreeMap<String, usize> = BTreeMap::new();
     let mut totals = Vec::new();
+    // Profile of the first round: probe + provisioning, the trials' own
+    // time (spawn, scenario, checks), and the pin-balance waits they report.
+    let start_time = started.elapsed();
+    let (mut trial_time, mut pin_wait) = (Duration::ZERO, Duration::ZERO);
     // Wall time per family, the pin-balance check included: what a user waits for.
     let mut per_family: BTreeMap<&'static str, Vec<Duration>> = BTreeMap::new();
+    let mut family_executed: BTreeMap<&'static str, usize> = BTreeMap::new();
     for round in 0..args.repeat {
         let mut sums: BTreeMap<String, Duration> = BTreeMap::new();
         let mut fam: BTreeMap<&'static str, Duration> = BTreeMap::new();
@@ -65,8 +114,13 @@ pub fn bench(args: &BenchArgs) -> ExitCode {
                 if let Progress::Finished(i, r) = p {
                     let group = &part[i].group;
                     *sums.entry(group.clone()).or_default() += r.duration;
+                    if round == 0 {
+                        trial_time += r.duration;
+                        pin_wait += pin_balance_wait(&r);
+                    }
                     if round == 0 && r.outcome.kind() != OutcomeKind::Skip {
                         *executed.entry(group.clone()).or_default() += 1;
+                        *family_executed.entry(part[i].family.id()).or_default() += 1;
                     }
                 }
                 Ok::<(), std::convert::Infallible>(())
@@ -106,6 +160,22 @@ pub fn bench(args: &BenchArgs) -> ExitCode {
         );
     }
     let ours = median(totals.clone());
+    if args.lines {
+        for (f, v) in &per_family {
+            println!(
+                "BENCH family {f} {:.3} {}",
+                median(v.clone()).as_secs_f64(),
+                family_executed.get(f).copied().unwrap_or(0)
+            );
+        }
+        println!("BENCH total {:.3} {}", ours.as_secs_f64(), chosen.len());
+        println!(
+            "BENCH phase start {:.3} trials {:.3} pin_wait {:.3}",
+            start_time.as_secs_f64(),
+            trial_time.as_secs_f64(),
+            pin_wait.as_secs_f64()
+        );
+    }
     // Upstream's `cow` runs the cow families only: compare like with like.
     let cow_only: Duration = per_family
         .iter()

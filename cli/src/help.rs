@@ -39,7 +39,9 @@ fn covers(f: Family) -> &'static str {
         }
         Family::GupTest => {
             "run_vmtests.sh's gup_test invocations, named by their command lines (needs \
-             CONFIG_GUP_TEST; as root the run mounts debugfs for them)"
+             CONFIG_GUP_TEST; as root the run mounts debugfs for them); each maps 4 PMDs \
+             (hugetlb: 4 huge pages), the paths upstream's 128/256 MiB cover; --thorough \
+             maps upstream's sizes"
         }
         Family::BeyondUpstream => {
             "MAP_SHARED anonymous memory, KSM-merged pages, memfd_secret, O_DIRECT, through \

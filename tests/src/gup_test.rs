@@ -1,6 +1,45 @@
 //! The gup_test invocations of run_vmtests.sh as named trials: its default
 //! ones and `run_gup_matrix` (-a): backing x command x write x shared x
 //! pages per call. Names are the command lines run_vmtests.sh prints.
+//!
+//! # What the mapping size buys, and the size the catalogue maps
+//!
+//! Names stay upstream's command lines (a kernel developer greps for them),
+//! but by default a trial maps [`catalogue_size`], not gup_test.c's 128 MiB
+//! (or `-m 256` of hugetlb); `--thorough` maps upstream's sizes, and the
+//! drop-in `gup_test` program always does. Each trial's diagnostics say which.
+//! The argument, from mm/gup_test.c (`__gup_test_ioctl`) and mm/gup.c (6.12):
+//!
+//! - The ioctl walks `[addr, addr + size)` in calls of `nr_pages_per_call`
+//!   pages; the last call is clamped to the end (`nr = (next - addr) /
+//!   PAGE_SIZE`) and a short return ends the walk. Nothing else depends on
+//!   the size: `pages[]` is `kvcalloc(size / PAGE_SIZE)`, the verification
+//!   (`verify_dma_pinned`) and `put_back_pages` loop over what was pinned.
+//! - `-n -1` is `nr_pages_per_call = 0xffffffff`: one call over the whole
+//!   mapping. It crosses every PMD (and, with -T, every page table) boundary
+//!   in the mapping in one `gup_fast_pgd_range()` / `__get_user_pages()`
+//!   walk; two boundaries are as many code paths as 63.
+//! - `-n 512` is one PMD per call when the mapping is PMD-aligned (a whole
+//!   THP via `gup_fast_pmd_leaf()` / `follow_huge_pmd()`, a whole hugetlb
+//!   page, a whole page table with -T) and straddles two otherwise.
+//! - `-n 123` starts calls mid-THP (`ctx.page_mask` / `record_subpages()` at
+//!   an offset), crosses PMD boundaries inside a call (chunks 492..615,
+//!   984..1107, 1476..1599 of a 4-PMD mapping) and ends with a short tail
+//!   call (1968..2048): every position class 128 MiB has (65536 mod 123 is
+//!   just another tail length).
+//! - -S (MAP_SHARED of /dev/zero: shmem) vs private, -t/-T (THP or not) and
+//!   -H (hugetlb) choose the backing per page or per folio, not per size.
+//!   FOLL_LONGTERM (`check_and_migrate_movable_folios()`) looks at each
+//!   folio; one folio of a kind exercises it as well as 64.
+//!
+//! So 4 PMDs (8 MiB on x86-64) cover it: at least 3 fully PMD-mappable
+//! ranges even when the mapping is not PMD-aligned, PMD and page-table
+//! boundaries inside a call, and the tail. Hugetlb maps 4 huge pages of the
+//! default size for the same reasons. The dump trial (`-c ... 0 19 0x1000`)
+//! maps the smallest PMD multiple that holds page 0x1000, so page 4096 is
+//! still dumped rather than zeroed as "out of range" by `dump_pages_test()`.
+//! The pool need of hugetlb trials stays upstream's count, so `--thorough`
+//! finds its 256 MiB.
 
 use cowgup_fixtures::gup_bench::GupRun;
 use cowgup_harness::{diag, Outcome};
@@ -48,12 +87,45 @@ pub fn invocations(hugetlb_mb: usize) -> Vec<String> {
     v
 }
 
-pub fn run(args: &str) -> Outcome {
+/// PMDs (or hugetlb pages) a catalogue trial maps: see the module comment.
+pub const UNITS: usize = 4;
+
+/// The bytes a catalogue trial maps: upstream's (`run.size`, as parsed) with
+/// `thorough`, else [`UNITS`] PMDs or default-size huge pages (for `-c`, the
+/// smallest PMD multiple that still holds every dumped page).
+pub fn catalogue_size(run: &GupRun, page: usize, pmd: usize, huge: usize, thorough: bool) -> usize {
+    if thorough {
+        return run.size;
+    }
+    if run.hugetlb {
+        return (UNITS * huge).min(run.size);
+    }
+    let dumped = run.dump_pages.iter().copied().max().unwrap_or(0).max(0) as usize + 1;
+    (UNITS * pmd).max((dumped * page).next_multiple_of(pmd))
+}
+
+pub fn run(args: &str, default_huge: usize) -> Outcome {
     let words: Vec<&str> = args.split_whitespace().collect();
-    let (gup_run, _) = match GupRun::from_args(&words) {
+    let (mut gup_run, _) = match GupRun::from_args(&words) {
         Ok(x) => x,
         Err(e) => return Outcome::Error(format!("bad catalogue entry: {e}")),
     };
+    let env = cowgup_fixtures::env();
+    let pmd = env.pmd_size.unwrap_or(512 * env.page_size);
+    let upstream = gup_run.size;
+    gup_run.size = catalogue_size(&gup_run, env.page_size, pmd, default_huge, env.thorough);
+    diag(format!(
+        "mapping {} KiB ({}; upstream's {} KiB with --thorough)",
+        gup_run.size >> 10,
+        if env.thorough {
+            "--thorough: upstream's size"
+        } else if gup_run.hugetlb {
+            "4 hugetlb pages"
+        } else {
+            "4 PMDs, or up to the last dumped page"
+        },
+        upstream >> 10
+    ));
     let gup = match cowgup_fixtures::pin::GupTest::open_file() {
         Ok(f) => f,
         Err(o) => return o,
@@ -94,5 +166,25 @@ mod tests {
             let words: Vec<&str> = args.split_whitespace().collect();
             assert!(GupRun::from_args(&words).is_ok(), "{args}");
         }
+    }
+
+    fn sized(args: &str, thorough: bool) -> usize {
+        let words: Vec<&str> = args.split_whitespace().collect();
+        let (r, _) = GupRun::from_args(&words).unwrap();
+        catalogue_size(&r, 4096, 2 << 20, 2 << 20, thorough)
+    }
+
+    #[test]
+    fn the_catalogue_maps_four_pmds_and_thorough_upstreams_size() {
+        assert_eq!(sized("-t -a -w -n 123", false), 8 << 20);
+        assert_eq!(sized("-u -n -1", false), 8 << 20);
+        assert_eq!(sized("-H -m 256 -L -W -n -1", false), 8 << 20);
+        // Page 0x1000 must still be inside the mapping: 4097 pages -> 9 PMDs.
+        assert_eq!(sized("-ct -F 0x1 0 19 0x1000", false), 18 << 20);
+        assert_eq!(sized("-t -a -w -n 123", true), 128 << 20);
+        assert_eq!(sized("-H -m 256 -L -W -n -1", true), 256 << 20);
+        // Never more than upstream's size (1 GiB default huge pages).
+        let (r, _) = GupRun::from_args(&["-H", "-m", "2048", "-u"]).unwrap();
+        assert_eq!(catalogue_size(&r, 4096, 2 << 20, 1 << 30, false), 2 << 30);
     }
 }

@@ -351,7 +351,7 @@ pub fn gup_test_catalogue(caps: &Capabilities) -> Vec<Scenario> {
                 needs,
                 knobs: vec![],
                 pins: run.cmd.pins(),
-                body: Arc::new(move || gup_test::run(&args)),
+                body: Arc::new(move || gup_test::run(&args, default_huge)),
             }
         })
         .collect()

@@ -202,7 +202,7 @@ fn source_dir() -> Option<PathBuf> {
 
 /// A statically linked cowgup for the guests: `--guest-bin`, this program
 /// when static, or a release build with `crt-static` from this checkout.
-fn guest_binary(explicit: Option<&Path>) -> Result<PathBuf, String> {
+pub(crate) fn guest_binary(explicit: Option<&Path>) -> Result<PathBuf, String> {
     let is_static = |p: &Path| {
         std::fs::read(p)
             .map(|b| initramfs::is_static_elf(&b))
@@ -244,7 +244,7 @@ fn guest_binary(explicit: Option<&Path>) -> Result<PathBuf, String> {
     }
 }
 
-fn tool(name: &str) -> Option<PathBuf> {
+pub(crate) fn tool(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
         .split(':')
@@ -252,7 +252,7 @@ fn tool(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn static_busybox() -> Result<PathBuf, String> {
+pub(crate) fn static_busybox() -> Result<PathBuf, String> {
     ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .map(PathBuf::from)
@@ -318,11 +318,11 @@ fn decide_kvm(mode: Kvm, kernel: Option<&Path>, work: &Path) -> bool {
     }
 }
 
-fn read_lossy(p: &Path) -> String {
+pub(crate) fn read_lossy(p: &Path) -> String {
     collect::clean_console(&std::fs::read(p).unwrap_or_default())
 }
 
-fn mkfs_image(img: &Path, bytes: u64, opts: &[String]) -> Result<(), String> {
+pub(crate) fn mkfs_image(img: &Path, bytes: u64, opts: &[String]) -> Result<(), String> {
     let made = std::fs::File::create(img)
         .and_then(|f| f.set_len(bytes))
         .map_err(|e| e.to_string())
