@@ -25,6 +25,7 @@ use cowgup_fixtures::evidence::{self, View};
 use cowgup_fixtures::mem::{self, Region, RW};
 use cowgup_fixtures::needs::Need;
 use cowgup_fixtures::pagemap;
+use cowgup_fixtures::pin::FixedBuffer;
 use cowgup_fixtures::pin_source::{Held, PinSource};
 use cowgup_fixtures::proc::{spawn, Pipe};
 use cowgup_fixtures::stamp::{identify, Pattern, Writer};
@@ -1059,58 +1060,14 @@ fn compare_bytes(mapped: &[u8], out: &[u8], buf: Region) -> Outcome {
     ))
 }
 
-/// Register `buf` as fixed buffer 0 of a new ring, WRITE_FIXED all of it
-/// into a memfd, and return what the memfd holds. `Ok(Err)`: the kernel
-/// refused (with the errno and which step).
+/// Register `buf` as fixed buffer 0 of a new ring and return what the kernel
+/// reads through the pin, byte for byte. `Ok(Err)`: the kernel refused (with
+/// the errno and which step).
 fn write_fixed(buf: Region) -> Step<Result<Vec<u8>, String>> {
-    use io_uring::{opcode, types, IoUring};
-    let mut ring =
-        IoUring::new(8).or_else(|e| skip(format!("io_uring_queue_init() failed: {e}")))?;
-    let iov = libc::iovec {
-        iov_base: buf.ptr().cast(),
-        iov_len: buf.len,
-    };
-    // SAFETY: the buffer stays mapped while the ring lives.
-    if let Err(e) = unsafe { ring.submitter().register_buffers(&[iov]) } {
-        return Ok(Err(format!("io_uring_register_buffers(): {e}")));
+    match FixedBuffer::try_register(buf)? {
+        Ok(mut fixed) => fixed.copy_through_pin(),
+        Err(e) => Ok(Err(format!("io_uring_register_buffers(): {e}"))),
     }
-    let sink =
-        nix::sys::memfd::memfd_create("cowgup-write-fixed", nix::sys::memfd::MFdFlags::empty())
-            .or_else(|e| fail(format!("memfd_create() failed: {e}")))?;
-    let sink = std::fs::File::from(sink);
-    let mut done = 0usize;
-    while done < buf.len {
-        // SAFETY: inside the registered buffer 0.
-        let ptr = unsafe { buf.ptr().add(done) };
-        let sqe =
-            opcode::WriteFixed::new(types::Fd(sink.as_raw_fd()), ptr, (buf.len - done) as u32, 0)
-                .offset(done as u64)
-                .build();
-        // SAFETY: the buffer stays registered until the completion is reaped.
-        unsafe { ring.submission().push(&sqe) }
-            .or_else(|_| fail("io_uring submission queue full"))?;
-        ring.submit_and_wait(1)
-            .or_else(|e| fail(format!("io_uring_submit() failed: {e}")))?;
-        let Some(cqe) = ring.completion().next() else {
-            return fail("io_uring returned no completion");
-        };
-        match cqe.result() {
-            r if r > 0 => done += r as usize,
-            r => {
-                let _ = ring.submitter().unregister_buffers();
-                return Ok(Err(format!(
-                    "WRITE_FIXED after {done} of {} bytes returned {r} ({})",
-                    buf.len,
-                    nix::errno::Errno::from_raw(-r)
-                )));
-            }
-        }
-    }
-    let _ = ring.submitter().unregister_buffers();
-    let mut out = vec![0u8; buf.len];
-    std::os::unix::fs::FileExt::read_exact_at(&sink, &mut out, 0)
-        .or_else(|e| fail(format!("pread() of the memfd failed: {e}")))?;
-    Ok(Ok(out))
 }
 
 #[cfg(test)]
