@@ -29,29 +29,7 @@ use cowgup_harness::{diag, Outcome};
 use crate::expectations::{
     self, judge, Mapping, Mechanism, MemoryClass, Observed, Subject, Version,
 };
-use crate::movable_pins::longterm;
 use crate::{Family, Scenario};
-
-/// The long-term sources: io_uring and gup_test PIN_LONGTERM, R/O and R/W, GUP and GUP-fast.
-pub const LONGTERM: [PinSource; 5] = [
-    PinSource::IoUringFixed,
-    PinSource::GupTest {
-        write: false,
-        fast: false,
-    },
-    PinSource::GupTest {
-        write: false,
-        fast: true,
-    },
-    PinSource::GupTest {
-        write: true,
-        fast: false,
-    },
-    PinSource::GupTest {
-        write: true,
-        fast: true,
-    },
-];
 
 pub const SHORT_TERM: [PinSource; 2] = [PinSource::ODirect, PinSource::Vmsplice];
 
@@ -86,7 +64,7 @@ pub fn fsdax_pins_catalogue(caps: &Capabilities) -> Vec<Scenario> {
         body,
     };
     let mut v = Vec::new();
-    for source in LONGTERM {
+    for source in PinSource::LONGTERM {
         v.push(scenario(
             format!(
                 "{} of a MAP_SHARED file mapping is refused ... with {suffix}",
@@ -119,7 +97,7 @@ pub fn fsdax_pins_catalogue(caps: &Capabilities) -> Vec<Scenario> {
             Arc::new(move || gup_short(cmd).unwrap_or_else(|o| o)),
         ));
     }
-    for source in LONGTERM {
+    for source in PinSource::LONGTERM {
         v.push(scenario(
             format!(
                 "{} of a MAP_PRIVATE file mapping after a write fault is granted ... with {suffix}",
@@ -306,7 +284,7 @@ fn private_longterm(source: PinSource, kernel: Option<Version>) -> Step<Outcome>
             return Ok(judge(&subject, Observed::Refused(e)));
         }
     };
-    debug_assert!(longterm(source));
+    debug_assert!(source.longterm());
     diag(format!("{} granted on {}", source.name(), where_is(&mem)));
     Ok(
         match held.check(mem.region, mem.pattern, Content::all(Writer::Setup))? {

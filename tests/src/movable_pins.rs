@@ -30,31 +30,10 @@ use cowgup_harness::{diag, Knob, Outcome};
 use crate::{Family, Scenario};
 
 /// Every pin source, long-term ones first.
-pub const SOURCES: [PinSource; 7] = [
-    PinSource::IoUringFixed,
-    PinSource::GupTest {
-        write: false,
-        fast: false,
-    },
-    PinSource::GupTest {
-        write: false,
-        fast: true,
-    },
-    PinSource::GupTest {
-        write: true,
-        fast: false,
-    },
-    PinSource::GupTest {
-        write: true,
-        fast: true,
-    },
-    PinSource::ODirect,
-    PinSource::Vmsplice,
-];
-
-/// FOLL_LONGTERM: io_uring fixed buffers and gup_test PIN_LONGTERM_TEST_START.
-pub fn longterm(source: PinSource) -> bool {
-    matches!(source, PinSource::IoUringFixed | PinSource::GupTest { .. })
+pub fn sources() -> impl Iterator<Item = PinSource> {
+    PinSource::LONGTERM
+        .into_iter()
+        .chain([PinSource::ODirect, PinSource::Vmsplice])
 }
 
 /// The anonymous backings the kernel allocates movable: base pages, a THP of
@@ -76,7 +55,7 @@ pub fn backings(caps: &Capabilities) -> Vec<AnonBacking> {
 }
 
 pub fn name(source: PinSource, backing: AnonBacking) -> String {
-    let what = if longterm(source) {
+    let what = if source.longterm() {
         "migrates the memory out of ZONE_MOVABLE"
     } else {
         "may leave the memory in ZONE_MOVABLE"
@@ -87,7 +66,7 @@ pub fn name(source: PinSource, backing: AnonBacking) -> String {
 pub fn movable_pins_catalogue(caps: &Capabilities) -> Vec<Scenario> {
     let mut out = Vec::new();
     for backing in backings(caps) {
-        for source in SOURCES {
+        for source in sources() {
             out.push(Scenario {
                 name: name(source, backing),
                 family: Family::MovablePins,
@@ -282,7 +261,7 @@ fn run(backing: AnonBacking, source: PinSource) -> Step<Outcome> {
             after.describe()
         ));
     }
-    if !longterm(source) {
+    if !source.longterm() {
         let moved = before
             .units
             .iter()
@@ -347,6 +326,6 @@ mod tests {
             name(PinSource::Vmsplice, AnonBacking::BasePage),
             "vmsplice() (FOLL_GET) may leave the memory in ZONE_MOVABLE ... with base page"
         );
-        assert_eq!(SOURCES.iter().filter(|s| longterm(**s)).count(), 5);
+        assert_eq!(sources().filter(PinSource::longterm).count(), 5);
     }
 }
