@@ -256,45 +256,36 @@ pub fn large_folio_pins_catalogue(caps: &Capabilities) -> Vec<Scenario> {
             .collect()
     };
     let mut v = Vec::new();
-    for f in one_folio_kinds(caps) {
-        let subject = f.subject(kernel);
-        v.push(scenario(
-            format!(
-                "fork() after unregistering one of two fixed buffers over the halves of one folio ... with {}",
-                f.suffix()
-            ),
-            f.group(),
-            with_io_uring(f),
-            f.knobs(pmd),
-            Arc::new(move || {
-                outcome(
-                    f.backing()
-                        .setup()
-                        .and_then(|m| halves(&m))
-                        .map(|o| judge(&subject, o)),
-                )
-            }),
-        ));
-    }
-    for f in one_folio_kinds(caps) {
-        let subject = f.subject(kernel);
-        v.push(scenario(
-            format!(
-                "{RINGS} fixed buffers over one folio released in random order, then fork() ... with {}",
-                f.suffix()
-            ),
-            f.group(),
-            with_io_uring(f),
-            f.knobs(pmd),
-            Arc::new(move || {
-                outcome(
-                    f.backing()
-                        .setup()
-                        .and_then(|m| many_rings(&m))
-                        .map(|o| judge(&subject, o)),
-                )
-            }),
-        ));
+    // One folio, two ways of leaving it pinned before fork().
+    let one_folio_cases: [(String, OneFolioCase); 2] = [
+        (
+            "fork() after unregistering one of two fixed buffers over the halves of one folio"
+                .into(),
+            halves,
+        ),
+        (
+            format!("{RINGS} fixed buffers over one folio released in random order, then fork()"),
+            many_rings,
+        ),
+    ];
+    for (desc, run) in one_folio_cases {
+        for f in one_folio_kinds(caps) {
+            let subject = f.subject(kernel);
+            v.push(scenario(
+                format!("{desc} ... with {}", f.suffix()),
+                f.group(),
+                with_io_uring(f),
+                f.knobs(pmd),
+                Arc::new(move || {
+                    outcome(
+                        f.backing()
+                            .setup()
+                            .and_then(|m| run(&m))
+                            .map(|o| judge(&subject, o)),
+                    )
+                }),
+            ));
+        }
     }
     let torn: Vec<TornBacking> = std::iter::once(TornBacking::BasePages)
         .chain(one_folio_kinds(caps).into_iter().map(TornBacking::Folio))
@@ -350,6 +341,9 @@ pub fn large_folio_pins_catalogue(caps: &Capabilities) -> Vec<Scenario> {
     }
     v
 }
+
+/// A case run on one folio pinned before fork().
+type OneFolioCase = fn(&AnonMemory) -> Step<Observed>;
 
 fn outcome(step: Step<Outcome>) -> Outcome {
     step.unwrap_or_else(|o| o)
