@@ -47,6 +47,11 @@ pub struct BenchArgs {
     /// (what `--guest` reads back from the guest).
     #[arg(long, hide = true)]
     lines: bool,
+    /// Time the selection as it is, then with every io_uring fixed buffer's
+    /// pins kept after its trial (handed to a process outside the trial until
+    /// the run ends: a kernel that leaks pins), and print both and the ratio.
+    #[arg(long, conflicts_with_all = ["guest", "against"])]
+    simulate_leak: bool,
 }
 
 /// What the pin-balance check of a trial says it waited (for releases to
@@ -83,6 +88,9 @@ pub fn bench(args: &BenchArgs) -> ExitCode {
         Err(e) => return fatal(&e),
     };
     let refs: Vec<&Scenario> = chosen.iter().collect();
+    if args.simulate_leak {
+        return simulate_leak(args, caps, &refs);
+    }
     let started = Instant::now();
     let mut session = match Session::start_with(&args.session.options(), caps, &refs) {
         Ok(s) => s,
@@ -227,5 +235,91 @@ pub fn bench(args: &BenchArgs) -> ExitCode {
             eprintln!("cowgup: could not restore: {p}");
         }
     }
+    ExitCode::SUCCESS
+}
+
+/// One timed run of `refs` in a session of its own (a fresh pin-balance
+/// watch): wall time of the trials, how many executed, and how many failed
+/// their pin balance.
+fn timed(
+    args: &BenchArgs,
+    caps: &cowgup_harness::probe::Capabilities,
+    refs: &[&Scenario],
+    leak: Option<cowgup_fixtures::leak::Anchor>,
+) -> Result<(Duration, usize, usize), String> {
+    use cowgup_fixtures::leak::VAR;
+    let mut session = Session::start_with(&args.session.options(), caps.clone(), refs)?;
+    if let Some(a) = &leak {
+        // Read by the trials' processes, forked from this single-threaded one.
+        std::env::set_var(VAR, a.env_value());
+    }
+    let (mut executed, mut kept) = (0, 0);
+    let t0 = Instant::now();
+    let ran = session.run_all(refs, |p| {
+        if let Progress::Finished(_, r) = p {
+            executed += usize::from(r.outcome.kind() != OutcomeKind::Skip);
+            kept += usize::from(r.checks.iter().any(|c| {
+                c.check == "pin balance" && c.status == cowgup_harness::CheckStatus::Violated
+            }));
+        }
+        Ok::<(), std::convert::Infallible>(())
+    });
+    let took = t0.elapsed();
+    std::env::remove_var(VAR);
+    // The kept pins go before the host settings are restored: a hugetlb
+    // pool cannot shrink under pinned pages.
+    let released = leak.is_none_or(|a| a.release(Duration::from_secs(30)));
+    if let Err((stop, _)) = ran {
+        session.abort(stop)
+    }
+    if !released {
+        eprintln!("cowgup: the simulated leak's pins were not all released within 30 s");
+    }
+    if let Some(r) = session.finish() {
+        for p in r.problems {
+            eprintln!("cowgup: could not restore: {p}");
+        }
+    }
+    Ok((took, executed, kept))
+}
+
+/// `--simulate-leak`: the same trials passing and keeping their pins.
+fn simulate_leak(
+    args: &BenchArgs,
+    caps: cowgup_harness::probe::Capabilities,
+    refs: &[&Scenario],
+) -> ExitCode {
+    use cowgup_fixtures::leak::Anchor;
+    let (mut passing, mut leaking) = (Vec::new(), Vec::new());
+    let mut counts = (0, 0, 0);
+    for _ in 0..args.repeat {
+        match timed(args, &caps, refs, None) {
+            Ok((d, _, _)) => passing.push(d),
+            Err(e) => return fatal(&e),
+        }
+        let anchor = match Anchor::new() {
+            Ok(a) => a,
+            Err(e) => return fatal(&format!("cannot make the leak's pipe: {e}")),
+        };
+        match timed(args, &caps, refs, Some(anchor)) {
+            Ok((d, executed, kept)) => {
+                leaking.push(d);
+                counts = (executed, kept, refs.len());
+            }
+            Err(e) => return fatal(&e),
+        }
+    }
+    let (executed, kept, selected) = counts;
+    let (p, l) = (median(passing), median(leaking));
+    println!(
+        "passing                      {selected} trials, {executed} executed: {:>9.1} ms (median of {})",
+        p.as_secs_f64() * 1e3,
+        args.repeat
+    );
+    println!(
+        "pins kept (simulated leak)   {kept} failed their pin balance:  {:>9.1} ms",
+        l.as_secs_f64() * 1e3
+    );
+    println!("leak ratio: {:.2} x", l.as_secs_f64() / p.as_secs_f64());
     ExitCode::SUCCESS
 }

@@ -224,16 +224,25 @@ impl Session {
                 }
                 announced = Some(next);
             }
-            let members: Vec<&Trial> = batch.iter().map(|&i| &trials[i]).collect();
-            let reports = run_batch(
-                &members,
-                self.guard.as_mut(),
-                &self.run_opts,
-                &mut [&mut self.pin_balance, &mut self.kernel_log],
-            )
-            .map_err(|stop| (stop, next))?;
-            for (i, r) in batch.into_iter().zip(reports) {
-                ready[i] = Some(r);
+            // On a kernel that keeps pins, a batch with a pinning trial in it
+            // would only be run again alone: run its trials alone at once.
+            let parts = if self.pin_balance.keeps_pins() {
+                batch.iter().map(|&i| vec![i]).collect()
+            } else {
+                vec![batch]
+            };
+            for part in parts {
+                let members: Vec<&Trial> = part.iter().map(|&i| &trials[i]).collect();
+                let reports = run_batch(
+                    &members,
+                    self.guard.as_mut(),
+                    &self.run_opts,
+                    &mut [&mut self.pin_balance, &mut self.kernel_log],
+                )
+                .map_err(|stop| (stop, next))?;
+                for (i, r) in part.into_iter().zip(reports) {
+                    ready[i] = Some(r);
+                }
             }
             while let Some(r) = ready.get_mut(next).and_then(Option::take) {
                 let started = match announced {
