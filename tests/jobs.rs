@@ -38,15 +38,18 @@ fn main() {
         .filter(|s| s.family.concurrent() && !s.name.contains("(1048576 kB)"))
         .collect();
     let selected: Vec<&Scenario> = scenarios.iter().collect();
+    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+    // Provisioned for `jobs` (hugetlb pools for that many trials at once):
+    // both runs see the same host.
     let opts = Options {
         lock_wait: std::time::Duration::from_secs(600),
+        jobs,
         ..Options::default()
     };
     let mut session = Session::start(&opts, &selected).unwrap_or_else(|e| {
         eprintln!("jobs: {e}");
         std::process::exit(1)
     });
-    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
     let mut runs = Vec::new();
     for j in [1, jobs] {
         session.jobs = j;

@@ -2,6 +2,7 @@
 //! selected trials need, run them one by one, restore. Shared by `cargo test`,
 //! `cowgup run` and the drop-in binaries so they behave the same.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -142,7 +143,23 @@ impl Session {
                         .iter()
                         .all(|n| n.provisionable() || n.unmet(&caps).is_none())
                 })
-                .flat_map(|s| s.needs.iter().copied())
+                .flat_map(|s| {
+                    // Trials that may run side by side get a pool for `jobs`
+                    // of them at once (reserved as far as the host allows;
+                    // batches take what was reserved, see `plan_batches`).
+                    let jobs = if s.family.concurrent() {
+                        opts.jobs.max(1) as u64
+                    } else {
+                        1
+                    };
+                    s.needs.iter().map(move |n| match *n {
+                        Need::HugetlbPages { size, count } => Need::HugetlbPages {
+                            size,
+                            count: count * jobs,
+                        },
+                        n => n,
+                    })
+                })
                 .collect();
             log.extend(provision(&needs, &caps, &mut g));
             // The phase change: what the trials see is the provisioned host.
@@ -217,7 +234,9 @@ impl Session {
         let mut ready: Vec<Option<TrialReport>> = (0..trials.len()).map(|_| None).collect();
         let mut next = 0;
         let mut announced = None;
-        for batch in plan_batches(&sharing, self.jobs, BATCH_WINDOW) {
+        let pools: BTreeMap<usize, u64> =
+            self.caps.hugetlb.iter().map(|p| (p.size, p.free)).collect();
+        for batch in plan_batches(&sharing, self.jobs, BATCH_WINDOW, &pools) {
             if batch == [next] {
                 if let Err(e) = each(Progress::Started(next)) {
                     return Ok(Err(e));
@@ -305,10 +324,13 @@ pub struct Sharing {
     pub alone: bool,
     /// The host settings it needs; a batch holds one set.
     pub knobs: Vec<Knob>,
-    /// What at most one trial of a batch may use: a hugetlb pool (each
-    /// trial is provisioned the pages it needs, not more), gup_test's
-    /// single long-term pin slot.
+    /// What at most one trial of a batch may use: gup_test's single
+    /// long-term pin slot.
     pub exclusive: Vec<String>,
+    /// Huge pages it takes, per hugetlb size: a batch's members together
+    /// must fit in the pool's free pages (with `--jobs` the pool is
+    /// provisioned for that many trials at once where the host allows).
+    pub hugetlb: Vec<(usize, u64)>,
     /// Its backing group: trials of one group cost alike, so they are
     /// batched together first.
     pub group: String,
@@ -322,9 +344,14 @@ impl Sharing {
             exclusive: s
                 .needs
                 .iter()
-                .filter_map(|n| match n {
-                    Need::GupTest => Some("gup_test".to_string()),
-                    Need::HugetlbPages { size, .. } => Some(format!("hugetlb {size}")),
+                .filter(|n| **n == Need::GupTest)
+                .map(|_| "gup_test".to_string())
+                .collect(),
+            hugetlb: s
+                .needs
+                .iter()
+                .filter_map(|n| match *n {
+                    Need::HugetlbPages { size, count } => Some((size, count)),
                     _ => None,
                 })
                 .collect(),
@@ -332,22 +359,38 @@ impl Sharing {
         }
     }
 
-    fn fits(&self, batch: &[&Sharing]) -> bool {
+    /// `pools`: free huge pages per size.
+    fn fits(&self, batch: &[&Sharing], pools: &BTreeMap<usize, u64>) -> bool {
         !self.alone
             && batch.iter().all(|b| {
                 !b.alone
                     && b.knobs == self.knobs
                     && !b.exclusive.iter().any(|r| self.exclusive.contains(r))
             })
+            && self.hugetlb.iter().all(|&(size, count)| {
+                let taken: u64 = batch
+                    .iter()
+                    .flat_map(|b| &b.hugetlb)
+                    .filter(|&&(s, _)| s == size)
+                    .map(|&(_, c)| c)
+                    .sum();
+                taken + count <= pools.get(&size).copied().unwrap_or(0)
+            })
     }
 }
 
 /// Split trials (in run order) into batches of at most `jobs` that may run
 /// side by side. Each batch starts with the oldest trial not yet planned and
-/// takes compatible ones from the next `window`, same backing group first.
+/// takes compatible ones from the next `window`, same backing group first;
+/// `pools` are the free huge pages per size the members share.
 /// Batches come in the order of their first trial, so every trial before a
 /// batch's first has run when it starts.
-pub fn plan_batches(items: &[Sharing], jobs: usize, window: usize) -> Vec<Vec<usize>> {
+pub fn plan_batches(
+    items: &[Sharing],
+    jobs: usize,
+    window: usize,
+    pools: &BTreeMap<usize, u64>,
+) -> Vec<Vec<usize>> {
     let jobs = jobs.max(1);
     let mut planned = vec![false; items.len()];
     let mut batches = Vec::new();
@@ -366,7 +409,7 @@ pub fn plan_batches(items: &[Sharing], jobs: usize, window: usize) -> Vec<Vec<us
                 let members: Vec<&Sharing> = batch.iter().map(|&i| &items[i]).collect();
                 if !planned[j]
                     && (items[j].group == items[first].group) == same_group
-                    && items[j].fits(&members)
+                    && items[j].fits(&members, pools)
                 {
                     planned[j] = true;
                     batch.push(j);
@@ -389,14 +432,19 @@ mod tests {
                 .map(|v| vec![Knob::new("/sys/kernel/mm/x", v)])
                 .unwrap_or_default(),
             exclusive: exclusive.iter().map(|s| s.to_string()).collect(),
+            hugetlb: vec![],
             group: group.into(),
         }
+    }
+
+    fn none() -> BTreeMap<usize, u64> {
+        BTreeMap::new()
     }
 
     #[test]
     fn jobs_one_is_the_serial_order() {
         let items = vec![item("a", None, &[]); 5];
-        let b = plan_batches(&items, 1, 256);
+        let b = plan_batches(&items, 1, 256, &none());
         assert_eq!(b, (0..5).map(|i| vec![i]).collect::<Vec<_>>());
     }
 
@@ -410,7 +458,7 @@ mod tests {
             item("thp", Some("always"), &[]),
             item("base", None, &[]),
         ];
-        let b = plan_batches(&items, 2, 256);
+        let b = plan_batches(&items, 2, 256, &none());
         assert_eq!(b, vec![vec![0, 3], vec![1, 4], vec![2, 5]]);
         // Every trial exactly once, batches in the order of their first trial.
         let mut all: Vec<usize> = b.concat();
@@ -420,10 +468,16 @@ mod tests {
 
     #[test]
     fn exclusive_resources_alone_and_window() {
+        const G: usize = 1 << 30;
+        const M2: usize = 2 << 20;
+        let huge = |group: &str, exclusive: &[&str], pages: &[(usize, u64)]| Sharing {
+            hugetlb: pages.to_vec(),
+            ..item(group, None, exclusive)
+        };
         let mut items = vec![
-            item("hugetlb 1G", None, &["hugetlb 1073741824"]),
-            item("hugetlb 1G", None, &["hugetlb 1073741824"]),
-            item("gup", None, &["gup_test", "hugetlb 2097152"]),
+            huge("hugetlb 1G", &[], &[(G, 2)]),
+            huge("hugetlb 1G", &[], &[(G, 2)]),
+            huge("gup", &["gup_test"], &[(M2, 2)]),
             item("gup", None, &["gup_test"]),
             item("base", None, &[]),
         ];
@@ -432,11 +486,20 @@ mod tests {
             ..item("base", None, &[])
         });
         items.push(item("base", None, &[]));
-        let b = plan_batches(&items, 4, 256);
+        // A pool for one 1 GiB trial at a time.
+        let pools = BTreeMap::from([(G, 2), (M2, 2)]);
+        let b = plan_batches(&items, 4, 256, &pools);
         assert_eq!(b, vec![vec![0, 2, 4, 6], vec![1, 3], vec![5]]);
+        // A pool for two: the 1 GiB trials share a batch; without a pool
+        // of that size, a trial needing it still runs (alone: it skips).
+        let pools = BTreeMap::from([(G, 4), (M2, 2)]);
+        let b = plan_batches(&items, 4, 256, &pools);
+        assert_eq!(b, vec![vec![0, 1, 2, 4], vec![3, 6], vec![5]]);
+        let b = plan_batches(&items[..2], 2, 256, &none());
+        assert_eq!(b, vec![vec![0], vec![1]]);
         // Nothing further ahead than the window joins a batch.
         let far = vec![item("a", None, &[]); 10];
-        assert_eq!(plan_batches(&far, 2, 3)[0], vec![0, 1]);
+        assert_eq!(plan_batches(&far, 2, 3, &none())[0], vec![0, 1]);
         let spaced: Vec<Sharing> = (0..6)
             .map(|i| {
                 item(
@@ -446,6 +509,6 @@ mod tests {
                 )
             })
             .collect();
-        assert_eq!(plan_batches(&spaced, 2, 3)[0], vec![0]);
+        assert_eq!(plan_batches(&spaced, 2, 3, &none())[0], vec![0]);
     }
 }

@@ -146,6 +146,7 @@ fn suite_args(a: &MatrixArgs, guest: bool) -> Vec<String> {
     if guest {
         // Under TCG a 1 GiB page takes seconds to clear or copy.
         v.extend(["--timeout".into(), "600".into()]);
+        v.extend(["--jobs".into(), qemu::GUEST_CPUS.to_string()]);
     }
     v.extend(selection(a, guest));
     v
@@ -851,6 +852,8 @@ mod tests {
             [
                 "--timeout",
                 "600",
+                "--jobs",
+                "2",
                 "vmsplice",
                 "--skip",
                 "memfd",
@@ -860,7 +863,7 @@ mod tests {
         );
         assert_eq!(suite_args(&t.m, false), ["vmsplice", "--skip", "memfd"]);
         let t = T::parse_from(["x", "--kernel", "/k", "--with-1g"]);
-        assert_eq!(suite_args(&t.m, true), ["--timeout", "600"]);
+        assert_eq!(suite_args(&t.m, true), ["--timeout", "600", "--jobs", "2"]);
         assert_eq!(t.m.html, None);
         let t = T::parse_from([
             "x", "--kernel", "host", "--format", "json", "--output", "m.json", "--html", "m.html",

@@ -34,6 +34,9 @@ pub fn cmdline(g: &Guest) -> String {
     parts.join(" ")
 }
 
+/// vCPUs of every guest; the suite in it runs that many trials side by side.
+pub const GUEST_CPUS: usize = 2;
+
 /// qemu's arguments (after the program name).
 pub fn argv(g: &Guest) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
@@ -44,7 +47,8 @@ pub fn argv(g: &Guest) -> Vec<String> {
         // -cpu max: 1 GiB pages (pdpe1gb) and every feature TCG emulates.
         push(&["-accel", "tcg", "-cpu", "max"]);
     }
-    push(&["-smp", "2", "-m", if g.with_1g { "8G" } else { "6G" }]);
+    let smp = GUEST_CPUS.to_string();
+    push(&["-smp", &smp, "-m", if g.with_1g { "8G" } else { "6G" }]);
     push(&["-display", "none", "-monitor", "none", "-no-reboot"]);
     let path = |p: &Path| p.display().to_string();
     a.extend([
