@@ -113,30 +113,31 @@ pub fn bench(args: &BenchArgs) -> ExitCode {
         let mut sums: BTreeMap<String, Duration> = BTreeMap::new();
         let mut fam: BTreeMap<&'static str, Duration> = BTreeMap::new();
         let t0 = Instant::now();
-        // Family by family (the catalogue keeps each together), so that each
-        // family's wall time is its own even when trials run side by side.
-        for part in chosen.chunk_by(|a, b| a.family == b.family) {
-            let refs: Vec<&Scenario> = part.iter().collect();
-            let t = Instant::now();
-            let ran = session.run_all(&refs, |p| {
-                if let Progress::Finished(i, r) = p {
-                    let group = &part[i].group;
-                    *sums.entry(group.clone()).or_default() += r.duration;
-                    if round == 0 {
-                        trial_time += r.duration;
-                        pin_wait += pin_balance_wait(&r);
-                    }
-                    if round == 0 && r.outcome.kind() != OutcomeKind::Skip {
-                        *executed.entry(group.clone()).or_default() += 1;
-                        *family_executed.entry(part[i].family.id()).or_default() += 1;
-                    }
+        // The whole selection in one go, as `cowgup run` does (trials of
+        // neighbouring families may share a batch). A family's wall time is
+        // from the previous family's last result to its own last one:
+        // results come in catalogue order, which keeps each family together.
+        let mut last = t0;
+        let ran = session.run_all(&refs, |p| {
+            if let Progress::Finished(i, r) = p {
+                let now = Instant::now();
+                *fam.entry(chosen[i].family.id()).or_default() += now - last;
+                last = now;
+                let group = &chosen[i].group;
+                *sums.entry(group.clone()).or_default() += r.duration;
+                if round == 0 {
+                    trial_time += r.duration;
+                    pin_wait += pin_balance_wait(&r);
                 }
-                Ok::<(), std::convert::Infallible>(())
-            });
-            if let Err((stop, _)) = ran {
-                session.abort(stop)
+                if round == 0 && r.outcome.kind() != OutcomeKind::Skip {
+                    *executed.entry(group.clone()).or_default() += 1;
+                    *family_executed.entry(chosen[i].family.id()).or_default() += 1;
+                }
             }
-            *fam.entry(part[0].family.id()).or_default() += t.elapsed();
+            Ok::<(), std::convert::Infallible>(())
+        });
+        if let Err((stop, _)) = ran {
+            session.abort(stop)
         }
         totals.push(t0.elapsed());
         for (g, d) in sums {

@@ -244,9 +244,14 @@ impl Session {
                 announced = Some(next);
             }
             // On a kernel that keeps pins, a batch with a pinning trial in it
-            // would only be run again alone: run its trials alone at once.
-            let parts = if self.pin_balance.keeps_pins() {
-                batch.iter().map(|&i| vec![i]).collect()
+            // would only be run again alone: run those alone at once.
+            let parts: Vec<Vec<usize>> = if self.pin_balance.keeps_pins() {
+                let (pinning, rest): (Vec<usize>, Vec<usize>) =
+                    batch.into_iter().partition(|&i| sharing[i].pins);
+                let mut parts: Vec<Vec<usize>> = pinning.into_iter().map(|i| vec![i]).collect();
+                parts.extend((!rest.is_empty()).then_some(rest));
+                parts.sort();
+                parts
             } else {
                 vec![batch]
             };
@@ -334,6 +339,8 @@ pub struct Sharing {
     /// Its backing group: trials of one group cost alike, so they are
     /// batched together first.
     pub group: String,
+    /// Takes FOLL_PIN references: run alone on a kernel that keeps pins.
+    pub pins: bool,
 }
 
 impl Sharing {
@@ -356,6 +363,7 @@ impl Sharing {
                 })
                 .collect(),
             group: s.group.clone(),
+            pins: s.pins,
         }
     }
 
@@ -434,6 +442,7 @@ mod tests {
             exclusive: exclusive.iter().map(|s| s.to_string()).collect(),
             hugetlb: vec![],
             group: group.into(),
+            pins: false,
         }
     }
 
