@@ -309,9 +309,10 @@ fn spawn(trial: &Trial, opts: &RunOptions) -> std::io::Result<ChildWaiter> {
     }
 }
 
-/// Run trials side by side as one batch: the watches are sampled once,
-/// before the first process is forked and after the last one's group is
-/// gone, so system-wide counters (pin balance) stay exact. A batch whose
+/// Run trials side by side as one batch, at most `parallel` at a time (the
+/// next starts when one ends): the watches are sampled once, before the
+/// first process is forked and after the last one's group is gone, so
+/// system-wide counters (pin balance) stay exact. A batch whose
 /// watches do not all hold (or cannot tell) is run again one trial at a
 /// time, so that a failure names its trial; each such result says so.
 ///
@@ -323,6 +324,7 @@ pub fn run_batch(
     mut guard: Option<&mut HostGuard>,
     opts: &RunOptions,
     watches: &mut [&mut dyn Watch],
+    parallel: usize,
 ) -> Result<Vec<TrialReport>, Stop> {
     if trials.len() <= 1 {
         return trials
@@ -330,11 +332,17 @@ pub fn run_batch(
             .map(|t| run_trial(t, guard.as_deref_mut(), opts, watches))
             .collect();
     }
+    // The batch's host settings: those of its members that have any (a
+    // member without any runs under them: the caller knows it may).
+    let setter = trials
+        .iter()
+        .find(|t| !t.knobs.is_empty())
+        .unwrap_or(&trials[0]);
     assert!(
         trials
             .iter()
-            .all(|t| t.skip.is_none() && t.knobs == trials[0].knobs),
-        "a batch holds runnable trials with the same host settings"
+            .all(|t| t.skip.is_none() && (t.knobs.is_empty() || t.knobs == setter.knobs)),
+        "a batch holds runnable trials with one set of host settings"
     );
     if let Some(sig) = signals::pending() {
         return Err(Stop::Interrupted(sig));
@@ -348,7 +356,7 @@ pub fn run_batch(
         duration: start.elapsed(),
     };
     let start = Instant::now();
-    if let Some(outcome) = establish_knobs(trials[0], guard.as_deref_mut()) {
+    if let Some(outcome) = establish_knobs(setter, guard.as_deref_mut()) {
         return Ok(trials
             .iter()
             .map(|t| unrun(t, outcome.clone(), start))
@@ -357,31 +365,35 @@ pub fn run_batch(
     for w in watches.iter_mut() {
         w.before();
     }
-    let mut running: Vec<Option<(ChildWaiter, Instant)>> = Vec::with_capacity(trials.len());
-    let mut done: Vec<Option<(Ran, Duration)>> = Vec::with_capacity(trials.len());
-    for t in trials {
-        let at = Instant::now();
-        match spawn(t, opts) {
-            Ok(w) => {
-                running.push(Some((w, at)));
-                done.push(None);
+    let mut running: Vec<Option<(ChildWaiter, Instant)>> = trials.iter().map(|_| None).collect();
+    let mut done: Vec<Option<(Ran, Duration)>> = trials.iter().map(|_| None).collect();
+    let mut next = 0;
+    loop {
+        while next < trials.len() && running.iter().flatten().count() < parallel.max(1) {
+            let at = Instant::now();
+            match spawn(trials[next], opts) {
+                Ok(w) => running[next] = Some((w, at)),
+                Err(e) => {
+                    done[next] = Some((
+                        Ran {
+                            reported: None,
+                            ended: Ended::Other(format!("runner could not run the trial: {e}")),
+                            diagnostics: Vec::new(),
+                            evidence: Vec::new(),
+                            leftovers: None,
+                        },
+                        at.elapsed(),
+                    ))
+                }
             }
-            Err(e) => {
-                running.push(None);
-                done.push(Some((
-                    Ran {
-                        reported: None,
-                        ended: Ended::Other(format!("runner could not run the trial: {e}")),
-                        diagnostics: Vec::new(),
-                        evidence: Vec::new(),
-                        leftovers: None,
-                    },
-                    at.elapsed(),
-                )));
-            }
+            next += 1;
         }
+        if next == trials.len() {
+            wait_all(&mut running, &mut done)?;
+            break;
+        }
+        wait_some(&mut running, &mut done)?;
     }
-    wait_all(&mut running, &mut done)?;
     let checks: Vec<CheckResult> = watches.iter_mut().map(|w| w.after()).collect();
     let doubtful: Vec<String> = checks
         .iter()
@@ -438,6 +450,18 @@ fn wait_all(
     running: &mut [Option<(ChildWaiter, Instant)>],
     done: &mut [Option<(Ran, Duration)>],
 ) -> Result<(), Stop> {
+    while running.iter().any(Option::is_some) {
+        wait_some(running, done)?;
+    }
+    Ok(())
+}
+
+/// Collect the running trials that have ended; if none has, wait (poll)
+/// until one of them has something to say or its time slice is over.
+fn wait_some(
+    running: &mut [Option<(ChildWaiter, Instant)>],
+    done: &mut [Option<(Ran, Duration)>],
+) -> Result<(), Stop> {
     let fail = |e: std::io::Error| Ran {
         reported: None,
         ended: Ended::Other(format!("runner lost the trial: {e}")),
@@ -445,56 +469,57 @@ fn wait_all(
         evidence: Vec::new(),
         leftovers: None,
     };
-    loop {
-        for i in 0..running.len() {
-            let Some((w, at)) = &mut running[i] else {
-                continue;
-            };
-            let result = match w.step() {
-                Ok(None) => continue,
-                Ok(Some(Waited::Done(ran))) => (*ran, at.elapsed()),
-                Ok(Some(Waited::Interrupted(sig))) => {
-                    for (other, _) in running.iter_mut().flatten() {
-                        group::kill(other.child);
-                        other.reap_blocking();
-                    }
-                    return Err(Stop::Interrupted(sig));
+    let mut ended = false;
+    for i in 0..running.len() {
+        let Some((w, at)) = &mut running[i] else {
+            continue;
+        };
+        let result = match w.step() {
+            Ok(None) => continue,
+            Ok(Some(Waited::Done(ran))) => (*ran, at.elapsed()),
+            Ok(Some(Waited::Interrupted(sig))) => {
+                for (other, _) in running.iter_mut().flatten() {
+                    group::kill(other.child);
+                    other.reap_blocking();
                 }
-                Err(e) => {
-                    group::kill(w.child);
-                    w.reap_blocking();
-                    (fail(e), at.elapsed())
-                }
-            };
-            done[i] = Some(result);
-            running[i] = None;
-        }
-        let live: Vec<&ChildWaiter> = running.iter().flatten().map(|(w, _)| w).collect();
-        if live.is_empty() {
-            return Ok(());
-        }
-        let slice = live.iter().map(|w| w.slice()).min().unwrap_or_default();
-        let mut fds = Vec::new();
-        let mut spans = Vec::with_capacity(live.len());
-        for w in &live {
-            let own = w.poll_fds();
-            spans.push((fds.len(), own.len()));
-            fds.extend(own);
-        }
-        if poll_slice(&mut fds, slice).is_err() {
-            // Nothing to wait on that poll() accepts: step() again shortly.
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let readable: Vec<bool> = live
-            .iter()
-            .zip(&spans)
-            .map(|(w, &(at, len))| w.socket_readable(&fds[at..at + len]))
-            .collect();
-        drop(fds);
-        for ((w, _), r) in running.iter_mut().flatten().zip(readable) {
-            w.after_poll(r);
-        }
+                return Err(Stop::Interrupted(sig));
+            }
+            Err(e) => {
+                group::kill(w.child);
+                w.reap_blocking();
+                (fail(e), at.elapsed())
+            }
+        };
+        done[i] = Some(result);
+        running[i] = None;
+        ended = true;
     }
+    let live: Vec<&ChildWaiter> = running.iter().flatten().map(|(w, _)| w).collect();
+    if ended || live.is_empty() {
+        return Ok(());
+    }
+    let slice = live.iter().map(|w| w.slice()).min().unwrap_or_default();
+    let mut fds = Vec::new();
+    let mut spans = Vec::with_capacity(live.len());
+    for w in &live {
+        let own = w.poll_fds();
+        spans.push((fds.len(), own.len()));
+        fds.extend(own);
+    }
+    if poll_slice(&mut fds, slice).is_err() {
+        // Nothing to wait on that poll() accepts: step() again shortly.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let readable: Vec<bool> = live
+        .iter()
+        .zip(&spans)
+        .map(|(w, &(at, len))| w.socket_readable(&fds[at..at + len]))
+        .collect();
+    drop(fds);
+    for ((w, _), r) in running.iter_mut().flatten().zip(readable) {
+        w.after_poll(r);
+    }
+    Ok(())
 }
 
 fn child_main(trial: &Trial, socket: OwnedFd) -> ! {

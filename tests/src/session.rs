@@ -236,7 +236,12 @@ impl Session {
         let mut announced = None;
         let pools: BTreeMap<usize, u64> =
             self.caps.hugetlb.iter().map(|p| (p.size, p.free)).collect();
-        for batch in plan_batches(&sharing, self.jobs, BATCH_WINDOW, &pools) {
+        let size = if self.jobs > 1 {
+            self.jobs * BATCH_PER_JOB
+        } else {
+            1
+        };
+        for batch in plan_batches(&sharing, size, BATCH_WINDOW, &pools) {
             if batch == [next] {
                 if let Err(e) = each(Progress::Started(next)) {
                     return Ok(Err(e));
@@ -262,6 +267,7 @@ impl Session {
                     self.guard.as_mut(),
                     &self.run_opts,
                     &mut [&mut self.pin_balance, &mut self.kernel_log],
+                    self.jobs,
                 )
                 .map_err(|stop| (stop, next))?;
                 for (i, r) in part.into_iter().zip(reports) {
@@ -315,11 +321,17 @@ pub enum Progress {
     Finished(usize, TrialReport),
 }
 
+/// Trials per batch for each of `jobs`: a batch runs `jobs` at a time, the
+/// next starting as one ends, so a long trial (a 1 GiB page to zero and
+/// copy) runs while the other CPUs go through short ones; the counters and
+/// the kernel log are read once per batch.
+pub const BATCH_PER_JOB: usize = 16;
+
 /// How far ahead of the oldest unrun trial a batch may reach: bounds how
 /// many finished results wait for an earlier one before they are reported.
 /// (cow.c's tables put the same backing one case further, 54 trials on a
 /// host with 8 THP sizes and 2 hugetlb sizes.)
-pub const BATCH_WINDOW: usize = 256;
+pub const BATCH_WINDOW: usize = 1024;
 
 /// What decides whether trials may run side by side.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -341,6 +353,9 @@ pub struct Sharing {
     pub group: String,
     /// Takes FOLL_PIN references: run alone on a kernel that keeps pins.
     pub pins: bool,
+    /// Needs no host setting and is on hugetlb pages, which no THP setting
+    /// reaches: may join a batch that holds other trials' THP settings.
+    pub any_thp_setting: bool,
 }
 
 impl Sharing {
@@ -364,7 +379,19 @@ impl Sharing {
                 .collect(),
             group: s.group.clone(),
             pins: s.pins,
+            any_thp_setting: t.knobs.is_empty()
+                && s.needs
+                    .iter()
+                    .any(|n| matches!(n, Need::HugetlbPages { .. })),
         }
+    }
+
+    /// Huge-page bytes it takes: how long it is likely to run.
+    fn weight(&self) -> usize {
+        self.hugetlb
+            .iter()
+            .map(|&(size, n)| size * n as usize)
+            .sum()
     }
 
     /// `pools`: free huge pages per size.
@@ -372,9 +399,15 @@ impl Sharing {
         !self.alone
             && batch.iter().all(|b| {
                 !b.alone
-                    && b.knobs == self.knobs
+                    && (b.knobs == self.knobs || b.any_thp_setting || self.any_thp_setting)
                     && !b.exclusive.iter().any(|r| self.exclusive.contains(r))
             })
+            // One set of host settings per batch.
+            && batch
+                .iter()
+                .chain([&self])
+                .filter(|b| !b.knobs.is_empty())
+                .all(|b| b.knobs == self.knobs || self.knobs.is_empty())
             && self.hugetlb.iter().all(|&(size, count)| {
                 let taken: u64 = batch
                     .iter()
@@ -387,7 +420,7 @@ impl Sharing {
     }
 }
 
-/// Split trials (in run order) into batches of at most `jobs` that may run
+/// Split trials (in run order) into batches of at most `size` that may run
 /// side by side. Each batch starts with the oldest trial not yet planned and
 /// takes compatible ones from the next `window`, same backing group first;
 /// `pools` are the free huge pages per size the members share.
@@ -395,11 +428,11 @@ impl Sharing {
 /// batch's first has run when it starts.
 pub fn plan_batches(
     items: &[Sharing],
-    jobs: usize,
+    size: usize,
     window: usize,
     pools: &BTreeMap<usize, u64>,
 ) -> Vec<Vec<usize>> {
-    let jobs = jobs.max(1);
+    let size = size.max(1);
     let mut planned = vec![false; items.len()];
     let mut batches = Vec::new();
     for first in 0..items.len() {
@@ -409,9 +442,19 @@ pub fn plan_batches(
         planned[first] = true;
         let mut batch = vec![first];
         let end = items.len().min(first + window.max(1));
+        // Same group first; then the heaviest (most huge-page bytes), so
+        // that a long trial far ahead overlaps with short ones instead of
+        // running alone at the end.
+        let mut others: Vec<usize> = (first + 1..end).collect();
+        others.sort_by_key(|&j| std::cmp::Reverse(items[j].weight()));
         for same_group in [true, false] {
-            for j in first + 1..end {
-                if batch.len() >= jobs {
+            let candidates: Box<dyn Iterator<Item = usize>> = if same_group {
+                Box::new(first + 1..end)
+            } else {
+                Box::new(others.iter().copied())
+            };
+            for j in candidates {
+                if batch.len() >= size {
                     break;
                 }
                 let members: Vec<&Sharing> = batch.iter().map(|&i| &items[i]).collect();
@@ -424,6 +467,8 @@ pub fn plan_batches(
                 }
             }
         }
+        // Longest first: the heaviest start at once, short ones fill in.
+        batch.sort_by_key(|&j| std::cmp::Reverse(items[j].weight()));
         batches.push(batch);
     }
     batches
@@ -443,6 +488,7 @@ mod tests {
             hugetlb: vec![],
             group: group.into(),
             pins: false,
+            any_thp_setting: false,
         }
     }
 
@@ -473,6 +519,30 @@ mod tests {
         let mut all: Vec<usize> = b.concat();
         all.sort();
         assert_eq!(all, (0..6).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn hugetlb_trials_join_batches_that_hold_thp_settings() {
+        const G: usize = 1 << 30;
+        let huge = Sharing {
+            hugetlb: vec![(G, 2)],
+            any_thp_setting: true,
+            ..item("hugetlb 1G", None, &[])
+        };
+        let items = vec![
+            item("thp 16", Some("always"), &[]),
+            huge.clone(),
+            item("base", None, &[]),
+            item("thp 32", Some("never"), &[]),
+            huge,
+            item("thp 16", Some("always"), &[]),
+        ];
+        let pools = BTreeMap::from([(G, 2)]);
+        // The heaviest first in a batch; a base-page trial (the host's own
+        // THP settings) and another THP setting stay out; the pool holds
+        // one 1 GiB trial.
+        let b = plan_batches(&items, 4, 256, &pools);
+        assert_eq!(b, vec![vec![1, 0, 5], vec![4, 2], vec![3]]);
     }
 
     #[test]
