@@ -54,16 +54,20 @@ pub struct BenchArgs {
     simulate_leak: bool,
 }
 
-/// What the pin-balance check of a trial says it waited (for releases to
-/// land, and sampling the idle counters before it); trials of one batch
-/// share one measurement, so with `--jobs` this counts it once per member.
+/// What the pin-balance check of a trial says it waited for releases to
+/// land; trials of one batch share one measurement, so with `--jobs` this
+/// counts it once per member.
 fn pin_balance_wait(r: &cowgup_harness::TrialReport) -> Duration {
     r.checks
         .iter()
         .filter(|c| c.check == "pin balance")
         .map(|c| {
-            let ms = |k: &str| c.data.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
-            Duration::from_millis(ms("waited_ms") + ms("idle_before_ms"))
+            Duration::from_millis(
+                c.data
+                    .get("waited_ms")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0),
+            )
         })
         .sum()
 }
