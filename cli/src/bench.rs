@@ -250,14 +250,13 @@ fn timed(
     args: &BenchArgs,
     caps: &cowgup_harness::probe::Capabilities,
     refs: &[&Scenario],
-    leak: Option<cowgup_fixtures::leak::Anchor>,
+    simulate_leak: bool,
 ) -> Result<(Duration, usize, usize), String> {
-    use cowgup_fixtures::leak::VAR;
-    let mut session = Session::start_with(&args.session.options(), caps.clone(), refs)?;
-    if let Some(a) = &leak {
-        // Read by the trials' processes, forked from this single-threaded one.
-        std::env::set_var(VAR, a.env_value());
-    }
+    let opts = cowgup_tests::session::Options {
+        simulate_leak,
+        ..args.session.options()
+    };
+    let mut session = Session::start_with(&opts, caps.clone(), refs)?;
     let (mut executed, mut kept) = (0, 0);
     let t0 = Instant::now();
     let ran = session.run_all(refs, |p| {
@@ -270,16 +269,10 @@ fn timed(
         Ok::<(), std::convert::Infallible>(())
     });
     let took = t0.elapsed();
-    std::env::remove_var(VAR);
-    // The kept pins go before the host settings are restored: a hugetlb
-    // pool cannot shrink under pinned pages.
-    let released = leak.is_none_or(|a| a.release(Duration::from_secs(30)));
     if let Err((stop, _)) = ran {
         session.abort(stop)
     }
-    if !released {
-        eprintln!("cowgup: the simulated leak's pins were not all released within 30 s");
-    }
+    // Releases the kept pins, then restores the host.
     if let Some(r) = session.finish() {
         for p in r.problems {
             eprintln!("cowgup: could not restore: {p}");
@@ -294,19 +287,14 @@ fn simulate_leak(
     caps: cowgup_harness::probe::Capabilities,
     refs: &[&Scenario],
 ) -> ExitCode {
-    use cowgup_fixtures::leak::Anchor;
     let (mut passing, mut leaking) = (Vec::new(), Vec::new());
     let mut counts = (0, 0, 0);
     for _ in 0..args.repeat {
-        match timed(args, &caps, refs, None) {
+        match timed(args, &caps, refs, false) {
             Ok((d, _, _)) => passing.push(d),
             Err(e) => return fatal(&e),
         }
-        let anchor = match Anchor::new() {
-            Ok(a) => a,
-            Err(e) => return fatal(&format!("cannot make the leak's pipe: {e}")),
-        };
-        match timed(args, &caps, refs, Some(anchor)) {
+        match timed(args, &caps, refs, true) {
             Ok((d, executed, kept)) => {
                 leaking.push(d);
                 counts = (executed, kept, refs.len());

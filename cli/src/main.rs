@@ -103,6 +103,7 @@ impl SessionArgs {
                 .unwrap_or_else(default_state_dir),
             lock_wait: Duration::from_secs(self.lock_wait),
             jobs: self.jobs as usize,
+            simulate_leak: false,
             expectations: cowgup_tests::expectations::files_from_env()
                 .into_iter()
                 .chain(self.expectations.iter().cloned())
@@ -126,6 +127,10 @@ struct RunArgs {
     /// Write the report to FILE (for tap, ktap, json and junit the human report still goes to the terminal).
     #[arg(long, short, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// Test-only: keep every io_uring fixed buffer's pins after its trial, as a kernel
+    /// that leaks pins would (what `matrix --simulate-leak` runs in guests).
+    #[arg(long, hide = true)]
+    simulate_leak: bool,
 }
 
 /// The command line, its help text built from the catalogue's families.
@@ -260,7 +265,11 @@ fn run(args: &RunArgs) -> ExitCode {
         None => Box::new(std::io::stdout()),
     };
     let refs: Vec<&Scenario> = chosen.iter().collect();
-    let mut session = match Session::start_with(&args.session.options(), caps.clone(), &refs) {
+    let opts = Options {
+        simulate_leak: args.simulate_leak,
+        ..args.session.options()
+    };
+    let mut session = match Session::start_with(&opts, caps.clone(), &refs) {
         Ok(s) => s,
         Err(e) => return fatal(&e),
     };

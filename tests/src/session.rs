@@ -33,6 +33,9 @@ pub struct Options {
     pub expectations: Vec<PathBuf>,
     /// How many trials may run side by side (`run_all`; 1: one at a time).
     pub jobs: usize,
+    /// Test-only: keep every io_uring fixed buffer's pins after its trial
+    /// (fixtures/src/leak.rs), as a kernel that leaks pins would.
+    pub simulate_leak: bool,
 }
 
 impl Default for Options {
@@ -45,6 +48,7 @@ impl Default for Options {
             lock_wait: Duration::ZERO,
             expectations: crate::expectations::files_from_env(),
             jobs: 1,
+            simulate_leak: false,
         }
     }
 }
@@ -68,6 +72,8 @@ pub struct Session {
     kernel_log: KernelLog,
     /// Trials run side by side by `run_all`.
     pub jobs: usize,
+    /// The holder of the simulated leak's pins, released before restoring.
+    leak: Option<cowgup_fixtures::leak::Anchor>,
 }
 
 impl Session {
@@ -172,6 +178,20 @@ impl Session {
             thorough: opts.thorough,
             pfns_visible: caps.cap_sys_admin,
         });
+        let leak = if opts.simulate_leak {
+            let a = cowgup_fixtures::leak::Anchor::new()
+                .map_err(|e| format!("cannot start the simulated leak's holder: {e}"))?;
+            // Read by the trials' processes, forked from this one.
+            std::env::set_var(cowgup_fixtures::leak::VAR, a.env_value());
+            log.push(
+                "simulated pin leak (--simulate-leak): every io_uring fixed buffer's pins are \
+                 kept after its trial, until the run ends"
+                    .into(),
+            );
+            Some(a)
+        } else {
+            None
+        };
         if opts.jobs > 1 {
             log.push(format!(
                 "up to {} trials side by side (--jobs): cow and gup_longterm trials in \
@@ -189,6 +209,7 @@ impl Session {
             pin_balance: PinBalance::new(),
             kernel_log: KernelLog::new(),
             jobs: opts.jobs.max(1),
+            leak,
         })
     }
 
@@ -295,8 +316,15 @@ impl Session {
         self.kernel_log.between_trials()
     }
 
-    /// Put the host back. Idempotent.
+    /// Put the host back. Idempotent. Pins kept by a simulated leak go
+    /// first: a hugetlb pool cannot shrink under pinned pages.
     pub fn finish(&mut self) -> Option<RestoreReport> {
+        if let Some(a) = self.leak.take() {
+            std::env::remove_var(cowgup_fixtures::leak::VAR);
+            if !a.release(Duration::from_secs(30)) {
+                eprintln!("cowgup: the simulated leak's pins were not all released within 30 s");
+            }
+        }
         self.guard.take().map(|mut g| g.restore())
     }
 

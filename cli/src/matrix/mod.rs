@@ -57,6 +57,10 @@ pub struct MatrixArgs {
     /// Run the 1 GiB hugetlb trials in guests too (two pages reserved at boot; slow under TCG).
     #[arg(long)]
     pub with_1g: bool,
+    /// Test-only: the suite in each guest keeps every io_uring fixed buffer's pins
+    /// after its trial, as a kernel that leaks pins would (`cowgup run --simulate-leak`).
+    #[arg(long, hide = true)]
+    pub simulate_leak: bool,
     /// Appended to every guest's kernel command line.
     #[arg(long, value_name = "ARGS")]
     pub append: Option<String>,
@@ -147,6 +151,9 @@ fn suite_args(a: &MatrixArgs, guest: bool) -> Vec<String> {
         // Under TCG a 1 GiB page takes seconds to clear or copy.
         v.extend(["--timeout".into(), "600".into()]);
         v.extend(["--jobs".into(), qemu::GUEST_CPUS.to_string()]);
+        if a.simulate_leak {
+            v.push("--simulate-leak".into());
+        }
     }
     v.extend(selection(a, guest));
     v
