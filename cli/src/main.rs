@@ -80,9 +80,10 @@ pub struct SessionArgs {
     #[arg(long, value_name = "FILE")]
     pub expectations: Vec<PathBuf>,
     /// Run up to N trials side by side (default 1: one at a time). Trials of the cow and
-    /// gup_longterm families that need the same host settings and no shared resource (a hugetlb
-    /// pool, gup_test) share a batch; pin balance and the kernel log are judged per batch, and a
-    /// batch that does not balance is run again one trial at a time. Results and their order are
+    /// gup_longterm families that need the same host settings (hugetlb trials need none) share a
+    /// batch of up to 16 x N, N at a time, within the hugetlb pool (provisioned for N) and
+    /// gup_test's one slot; pin balance and the kernel log are judged per batch, and a batch that
+    /// does not hold is run again one trial at a time. Results and their order are
     /// those of a serial run.
     #[arg(long, short = 'j', value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub jobs: u64,
