@@ -109,6 +109,7 @@ pub fn bench(args: &BenchArgs) -> ExitCode {
     // Profile of the first round: probe + provisioning, the trials' own
     // time (spawn, scenario, checks), and the pin-balance waits they report.
     let start_time = started.elapsed();
+    let floor = harness_floor(&mut session);
     let (mut trial_time, mut pin_wait) = (Duration::ZERO, Duration::ZERO);
     // Wall time per family, the pin-balance check included: what a user waits for.
     let mut per_family: BTreeMap<&'static str, Vec<Duration>> = BTreeMap::new();
@@ -188,7 +189,19 @@ pub fn bench(args: &BenchArgs) -> ExitCode {
             trial_time.as_secs_f64(),
             pin_wait.as_secs_f64()
         );
+        println!("BENCH floor {:.4}", floor.as_secs_f64() * 1e3);
     }
+    let ran: usize = executed.values().sum();
+    println!(
+        "profile: probe+provisioning {:.2} s; a trial that does nothing takes {:.2} ms of wall \
+         time here (fork, report, reap, checks; {FLOOR_TRIALS} at --jobs {}): {:.2} s of the {ran} \
+         executed trials, the scenarios the rest; pin-balance waits {:.2} s (per batch member)",
+        start_time.as_secs_f64(),
+        floor.as_secs_f64() * 1e3,
+        session.jobs,
+        floor.as_secs_f64() * ran as f64,
+        pin_wait.as_secs_f64()
+    );
     // Upstream's `cow` runs the cow families only: compare like with like.
     let cow_only: Duration = per_family
         .iter()
@@ -315,4 +328,30 @@ fn simulate_leak(
     );
     println!("leak ratio: {:.2} x", l.as_secs_f64() / p.as_secs_f64());
     ExitCode::SUCCESS
+}
+
+/// No-op trials timed for the harness floor.
+const FLOOR_TRIALS: usize = 64;
+
+/// Wall time per trial of trials that do nothing, batched as cow trials
+/// are: what the harness itself costs a trial (fork, the report socket,
+/// reaping, leftovers, pin balance and kernel log per batch).
+fn harness_floor(session: &mut Session) -> Duration {
+    let noop: Vec<Scenario> = (0..FLOOR_TRIALS)
+        .map(|i| Scenario {
+            name: format!("bench: a trial that does nothing #{i}"),
+            family: cowgup_tests::Family::CowAnon,
+            group: "no-op".into(),
+            needs: vec![],
+            knobs: vec![],
+            pins: false,
+            body: std::sync::Arc::new(|| cowgup_harness::Outcome::Pass),
+        })
+        .collect();
+    let refs: Vec<&Scenario> = noop.iter().collect();
+    let t0 = Instant::now();
+    if let Err((stop, _)) = session.run_all(&refs, |_| Ok::<(), std::convert::Infallible>(())) {
+        session.abort(stop)
+    }
+    t0.elapsed() / FLOOR_TRIALS as u32
 }

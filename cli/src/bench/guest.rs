@@ -205,6 +205,8 @@ pub struct GuestFigures {
     pub ours_total: BTreeMap<usize, f64>,
     /// jobs -> (session start, sum of trial times, pin-balance waits)
     pub profile: BTreeMap<usize, (f64, f64, f64)>,
+    /// --jobs -> wall ms of a trial that does nothing (the harness floor).
+    pub floor: BTreeMap<usize, f64>,
 }
 
 /// Parse the framed lines (see [`init_script`] and `bench --lines`).
@@ -242,6 +244,9 @@ pub fn parse(channel: &str) -> Result<GuestFigures, String> {
                     int(j.trim_start_matches('J'))?,
                     (num(start)?, num(trials)?, num(wait)?),
                 );
+            }
+            [j, "BENCH", "floor", ms] => {
+                g.floor.insert(int(j.trim_start_matches('J'))?, num(ms)?);
             }
             [j, "BENCH", "total", secs, ..] => {
                 g.ours_total
@@ -370,8 +375,18 @@ pub fn render(g: &GuestFigures, label: &str) -> String {
     }
     s.push('\n');
     for (j, (start, trials, wait)) in g.profile.iter().rev() {
+        let executed: usize = g
+            .ours
+            .get(j)
+            .map_or(0, |m| m.values().map(|(_, n)| n).sum());
+        let floor = g.floor.get(j).map_or(String::new(), |ms| {
+            format!(
+                "; a trial that does nothing {ms:.2} ms (fork, report, reap, checks): {:.2} s of the {executed} executed",
+                ms * executed as f64 / 1e3
+            )
+        });
         s.push_str(&format!(
-            "profile --jobs {j}: probe+provisioning {start:.2} s; trials (spawn, scenario, checks) {trials:.2} s summed; pin-balance waits {wait:.2} s of that (per batch member); wall {:.2} s\n",
+            "profile --jobs {j}: probe+provisioning {start:.2} s; trials (spawn, scenario, checks) {trials:.2} s summed; pin-balance waits {wait:.2} s of that (per batch member){floor}; wall {:.2} s\n",
             g.ours_total.get(j).copied().unwrap_or(0.0)
         ));
     }
@@ -687,7 +702,7 @@ CATEGORY="gup_test" run_test ./gup_longterm
             "noise\n{FRAME} release=6.12.117 cpus=2\nC cow 8.85 1 0\nC gup_longterm 0.22 1 0\n\
              C gup_test 80.00 181 0\nJ2 BENCH family cow_anon 4.00 742\nJ2 BENCH family gup_test 20.00 245\n\
              J2 BENCH family beyond_upstream 1.00 40\nJ2 BENCH total 25.00\nJ1 BENCH family cow_anon 6.00 742\n\
-             J1 BENCH total 40.00\nJ1 BENCH phase start 1.50 trials 37.00 pin_wait 2.00\n{FRAME_END}\n"
+             J1 BENCH total 40.00\nJ1 BENCH phase start 1.50 trials 37.00 pin_wait 2.00\nJ1 BENCH floor 12.5\n{FRAME_END}\n"
         );
         let g = parse(&ch).unwrap();
         assert_eq!(g.cpus, 2);
@@ -695,12 +710,17 @@ CATEGORY="gup_test" run_test ./gup_longterm
         assert_eq!(g.ours[&2]["gup_test"], (20.0, 245));
         assert_eq!(g.ours_total[&1], 40.0);
         assert_eq!(g.profile[&1], (1.5, 37.0, 2.0));
+        assert_eq!(g.floor[&1], 12.5);
         let r = render(&g, "bzImage");
         let last = r.lines().last().unwrap();
         assert_eq!(last, "guest ratio: 0.27 x");
         assert!(r.contains("whole catalogue ratio (families upstream lacks included): 0.28 x"));
         assert!(r.contains("guest ratio with --jobs 1: 0.07 x"));
         assert!(r.contains("family beyond_upstream (no C)"));
+        assert!(
+            r.contains("a trial that does nothing 12.50 ms (fork, report, reap, checks): 9.28 s of the 742 executed"),
+            "{r}"
+        );
         // cow_anon + gup_test of --jobs 2 against C's 89.07 s.
         assert!(r.contains("24.00 s 0.27x"), "{r}");
         assert!(parse("nothing").is_err());
