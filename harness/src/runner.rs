@@ -388,8 +388,8 @@ pub fn run_batch(
             }
             next += 1;
         }
-        if next == trials.len() {
-            wait_all(&mut running, &mut done)?;
+        // Nothing running means nothing left to start either.
+        if running.iter().all(Option::is_none) {
             break;
         }
         wait_some(&mut running, &mut done)?;
@@ -444,20 +444,10 @@ pub fn run_batch(
         .collect())
 }
 
-/// Wait for every running trial of a batch, each under its own time limit.
-/// A terminating signal kills every trial's group before it is returned.
-fn wait_all(
-    running: &mut [Option<(ChildWaiter, Instant)>],
-    done: &mut [Option<(Ran, Duration)>],
-) -> Result<(), Stop> {
-    while running.iter().any(Option::is_some) {
-        wait_some(running, done)?;
-    }
-    Ok(())
-}
-
-/// Collect the running trials that have ended; if none has, wait (poll)
-/// until one of them has something to say or its time slice is over.
+/// Collect the running trials that have ended, each under its own time
+/// limit; if none has, wait (poll) until one of them has something to say or
+/// its time slice is over. A terminating signal kills every trial's group
+/// before it is returned.
 fn wait_some(
     running: &mut [Option<(ChildWaiter, Instant)>],
     done: &mut [Option<(Ran, Duration)>],

@@ -430,12 +430,6 @@ impl Sharing {
                     && (b.knobs == self.knobs || b.any_thp_setting || self.any_thp_setting)
                     && !b.exclusive.iter().any(|r| self.exclusive.contains(r))
             })
-            // One set of host settings per batch.
-            && batch
-                .iter()
-                .chain([&self])
-                .filter(|b| !b.knobs.is_empty())
-                .all(|b| b.knobs == self.knobs || self.knobs.is_empty())
             && self.hugetlb.iter().all(|&(size, count)| {
                 let taken: u64 = batch
                     .iter()
