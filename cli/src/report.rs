@@ -108,8 +108,14 @@ impl<W: Write> Human<W> {
             } else if r.is_clean() {
                 writeln!(
                     self.out,
-                    "cowgup: host settings restored ({} change(s) undone)",
+                    "cowgup: host settings restored and read back ({} change(s) undone)",
                     r.changed.len()
+                )?;
+            } else {
+                writeln!(
+                    self.out,
+                    "cowgup: host settings NOT all restored: the journal is kept; run `cowgup \
+                     restore` once the problems below are resolved"
                 )?;
             }
             for p in &r.problems {

@@ -3,6 +3,22 @@
 //! journal *before* it changes, and put back on normal exit, on a caught
 //! signal, on panic (Drop), and after SIGKILL by replaying the journal
 //! (`cowgup restore`, or the next run, which does that first).
+//!
+//! A restore proves itself. It first stops every process the run's trials
+//! left (their process groups are journaled as they are forked, so a replay
+//! after SIGKILL finds them too) and waits until they are gone, naming any
+//! that cannot be stopped; then it writes each setting back, reads it back,
+//! and rewrites it until it holds; then it reads every journaled setting once
+//! more. Only a restore whose read-back agrees removes the journal.
+//!
+//! A hugetlb pool is journaled and restored as its *persistent* size
+//! (`nr_hugepages` less `surplus_hugepages`): `nr_hugepages` also counts
+//! surplus pages, which belong to whoever maps them and are freed when they
+//! go. Written back as the pool's size, they would become persistent
+//! (`set_max_huge_pages()` turns surplus pages into persistent ones when the
+//! count grows) and stay in the pool after their process ended: that is how
+//! a process of a killed run still holding a 1 GiB page made the next run
+//! "restore" the 1 GiB pool to one page.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -31,7 +47,7 @@ impl Knob {
 
     /// Whether the host already has this setting (so nothing needs to change).
     pub fn holds(&self) -> bool {
-        read_knob(&self.path).is_ok_and(|v| v == self.value)
+        read_setting(&self.path).is_ok_and(|v| v == self.value)
     }
 }
 
@@ -62,23 +78,87 @@ fn write_knob(path: &Path, value: &str) -> io::Result<()> {
     })
 }
 
-/// Write and wait until the kernel reports the value back: hugetlb pools, for
-/// one, shrink asynchronously.
-fn write_knob_settled(path: &Path, value: &str) -> io::Result<()> {
-    write_knob(path, value)?;
-    let deadline = Instant::now() + Duration::from_secs(10);
+/// The counter beside a hugetlb pool's `nr_hugepages` that says how many of
+/// its pages are surplus, when `path` is such a pool.
+fn surplus_of(path: &Path) -> Option<PathBuf> {
+    if path.file_name()? != "nr_hugepages" {
+        return None;
+    }
+    let surplus = path.parent()?.join("surplus_hugepages");
+    surplus.exists().then_some(surplus)
+}
+
+fn read_count(path: &Path) -> io::Result<u64> {
+    let text = fs::read_to_string(path)?;
+    text.trim().parse().map_err(|_| {
+        io::Error::other(format!(
+            "{} reads {:?}, not a count",
+            path.display(),
+            text.trim()
+        ))
+    })
+}
+
+/// A setting as the guard journals and restores it: `read_knob`, except that
+/// a hugetlb pool's `nr_hugepages` reads as its persistent pages (see the
+/// module comment: surplus pages are not the host's setting).
+pub fn read_setting(path: &Path) -> io::Result<String> {
+    let Some(surplus) = surplus_of(path) else {
+        return read_knob(path);
+    };
+    // The two counters are read apart: read until surplus did not move.
+    for _ in 0..100 {
+        let before = read_count(&surplus)?;
+        let total = read_count(path)?;
+        if read_count(&surplus)? == before {
+            return Ok(total.saturating_sub(before).to_string());
+        }
+    }
+    Err(io::Error::other(format!(
+        "{} keeps changing while read",
+        surplus.display()
+    )))
+}
+
+/// A hugetlb pool's counters, for messages: "nr 1, free 1, resv 0, surplus 0".
+pub fn pool_state(nr_hugepages: &Path) -> Option<String> {
+    let dir = nr_hugepages.parent()?;
+    let read = |f: &str| read_count(&dir.join(f)).ok();
+    Some(format!(
+        "nr {}, free {}, resv {}, surplus {}",
+        read("nr_hugepages")?,
+        read("free_hugepages")?,
+        read("resv_hugepages")?,
+        read("surplus_hugepages")?
+    ))
+}
+
+/// How long a setting may take to hold after it is written.
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// Write, read back, and write again until the kernel reports the value:
+/// a hugetlb pool grows only as far as memory allows at that moment and
+/// shrinks only as far as reservations let it, so one write is not proof.
+fn write_setting_settled(path: &Path, value: &str) -> io::Result<()> {
+    let deadline = Instant::now() + SETTLE;
     loop {
-        let now = read_knob(path)?;
+        write_knob(path, value)?;
+        let now = read_setting(path)?;
         if now == value {
             return Ok(());
         }
         if Instant::now() > deadline {
+            let pool = pool_state(path)
+                .filter(|_| surplus_of(path).is_some())
+                .map(|s| format!(" (pool: {s})"))
+                .unwrap_or_default();
             return Err(io::Error::other(format!(
-                "{} reads {now:?} after writing {value:?}",
-                path.display()
+                "{} reads {now:?} after writing {value:?} for {} s{pool}",
+                path.display(),
+                SETTLE.as_secs()
             )));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -93,6 +173,13 @@ enum Entry {
     ZramSwap(String),
     Mount(PathBuf),
     ScratchDir(PathBuf),
+    /// A trial's process group, by its id and its leader's start time (in
+    /// clock ticks after boot, /proc/PID/stat field 22): who to stop before
+    /// restoring, also after the runner was killed.
+    Group {
+        pgid: i32,
+        start: u64,
+    },
 }
 
 impl Entry {
@@ -103,6 +190,7 @@ impl Entry {
             Entry::ZramSwap(name) => format!("zram\t{name}"),
             Entry::Mount(p) => format!("mount\t{}", p.display()),
             Entry::ScratchDir(p) => format!("scratch\t{}", p.display()),
+            Entry::Group { pgid, start } => format!("group\t{pgid}\t{start}"),
         }
     }
 
@@ -117,6 +205,10 @@ impl Entry {
             ("zram", name, None) => Some(Entry::ZramSwap(name.to_string())),
             ("mount", p, None) => Some(Entry::Mount(p.into())),
             ("scratch", p, None) => Some(Entry::ScratchDir(p.into())),
+            ("group", pgid, Some(start)) => Some(Entry::Group {
+                pgid: pgid.parse().ok()?,
+                start: start.parse().ok()?,
+            }),
             _ => None,
         }
     }
@@ -124,9 +216,9 @@ impl Entry {
     /// Put this one change back. Idempotent: replaying a journal twice is safe.
     fn undo(&self) -> Result<Option<String>, String> {
         match self {
-            Entry::Knob { path, original } => match read_knob(path) {
+            Entry::Knob { path, original } => match read_setting(path) {
                 Ok(now) if now == *original => Ok(None),
-                Ok(now) => write_knob_settled(path, original)
+                Ok(now) => write_setting_settled(path, original)
                     .map(|_| Some(format!("{}: {now} -> {original}", path.display())))
                     .map_err(|e| e.to_string()),
                 Err(e) => Err(format!("{}: {e}", path.display())),
@@ -175,8 +267,125 @@ impl Entry {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(format!("removing {}: {e}", p.display())),
             },
+            // Stopped together, before anything else (see `undo_all`).
+            Entry::Group { .. } => Ok(None),
         }
     }
+
+    /// Read back what `undo` put back: None when it holds, else what is wrong.
+    fn verify(&self) -> Option<String> {
+        match self {
+            Entry::Knob { path, original } => match read_setting(path) {
+                Ok(now) if now == *original => None,
+                Ok(now) => Some(format!(
+                    "{} reads {now:?}, not its original {original:?}{}",
+                    path.display(),
+                    surplus_of(path)
+                        .and_then(|_| pool_state(path))
+                        .map(|s| format!(" (pool: {s})"))
+                        .unwrap_or_default()
+                )),
+                Err(e) => Some(format!("{}: {e}", path.display())),
+            },
+            Entry::Swapfile(p) if swap_is_active(p) || p.exists() => Some(format!(
+                "swap file {} is still {}",
+                p.display(),
+                if swap_is_active(p) { "in use" } else { "there" }
+            )),
+            Entry::ZramSwap(name) if swap_is_active(&PathBuf::from(format!("/dev/{name}"))) => {
+                Some(format!("zram swap {name} is still in use"))
+            }
+            Entry::Mount(p) if is_mountpoint(p) => {
+                Some(format!("{} is still mounted", p.display()))
+            }
+            Entry::ScratchDir(p) if p.exists() => Some(format!("{} is still there", p.display())),
+            _ => None,
+        }
+    }
+}
+
+/// Stop the journaled trial process groups that still have processes and
+/// wait until they are gone: a process of a trial may hold hugetlb pages
+/// (surplus once the pool shrinks), swap entries or a mount, and the host is
+/// only back once it is gone. Returns what was stopped and who could not be.
+fn stop_groups(entries: &[Entry], report: &mut RestoreReport) {
+    let groups: Vec<(i32, u64)> = entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Group { pgid, start } => Some((*pgid, *start)),
+            _ => None,
+        })
+        .collect();
+    // One kill(2) each: the groups of tidy trials are long gone.
+    let alive: Vec<(i32, u64)> = groups
+        .into_iter()
+        .filter(|&(g, _)| g > 0 && crate::group::exists(nix::unistd::Pid::from_raw(g)))
+        .collect();
+    if alive.is_empty() {
+        return;
+    }
+    let ours: Vec<i32> = alive
+        .into_iter()
+        .filter(|&(g, start)| group_is_ours(g, start))
+        .map(|(g, _)| g)
+        .collect();
+    let mut stopped = Vec::new();
+    for &g in &ours {
+        let pgid = nix::unistd::Pid::from_raw(g);
+        let members = crate::group::members(pgid);
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        stopped.extend(members);
+    }
+    let deadline = Instant::now() + SETTLE;
+    let left = loop {
+        let left: Vec<crate::group::Member> = ours
+            .iter()
+            .flat_map(|&g| crate::group::members(nix::unistd::Pid::from_raw(g)))
+            .collect();
+        if left.is_empty() || Instant::now() >= deadline {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let names = |m: &[crate::group::Member]| {
+        m.iter()
+            .map(|m| m.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !stopped.is_empty() {
+        report.changed.push(format!(
+            "stopped {} process(es) left by trials: {}",
+            stopped.len(),
+            names(&stopped)
+        ));
+    }
+    if !left.is_empty() {
+        report.problems.push(format!(
+            "process(es) of trials still there {} s after SIGKILL (settings they hold may not \
+             come back until they end): {}",
+            SETTLE.as_secs(),
+            names(&left)
+        ));
+    }
+}
+
+/// Whether process group `pgid` is still the trial's whose leader started at
+/// `start`: its leader is alive with that start time, or the leader is gone
+/// (a group id cannot be handed out again while any process is in it).
+fn group_is_ours(pgid: i32, start: u64) -> bool {
+    match procfs::process::Process::new(pgid).and_then(|p| p.stat()) {
+        Ok(stat) => stat.starttime == start,
+        Err(_) => true,
+    }
+}
+
+/// The start time of `pid`, for the journal's `group` lines.
+fn start_time(pid: i32) -> Option<u64> {
+    procfs::process::Process::new(pid)
+        .and_then(|p| p.stat())
+        .ok()
+        .map(|s| s.starttime)
 }
 
 fn swap_is_active(p: &Path) -> bool {
@@ -233,13 +442,31 @@ impl RestoreReport {
     }
 }
 
+/// Stop what the trials left, put every change back in reverse order, then
+/// read every setting back: a later undo must not have moved an earlier one.
 fn undo_all(entries: &[Entry]) -> RestoreReport {
     let mut report = RestoreReport::default();
+    stop_groups(entries, &mut report);
     for e in entries.iter().rev() {
         match e.undo() {
             Ok(Some(what)) => report.changed.push(what),
             Ok(None) => {}
             Err(problem) => report.problems.push(problem),
+        }
+    }
+    // A path journaled twice (two runs' journals replayed as one) counts by
+    // its first original, the host's own.
+    let mut seen = BTreeSet::new();
+    for e in entries {
+        if let Entry::Knob { path, .. } = e {
+            if !seen.insert(path.clone()) {
+                continue;
+            }
+        }
+        if let Some(wrong) = e.verify() {
+            if !report.problems.iter().any(|p| p.contains(&wrong)) {
+                report.problems.push(format!("read back: {wrong}"));
+            }
         }
     }
     report
@@ -327,7 +554,7 @@ impl HostGuard {
 
     /// Change a knob for the rest of the run (until restore).
     pub fn set(&mut self, knob: &Knob) -> io::Result<()> {
-        let now = read_knob(&knob.path)?;
+        let now = read_setting(&knob.path)?;
         if now == knob.value {
             return Ok(());
         }
@@ -348,7 +575,7 @@ impl HostGuard {
         let release: Vec<PathBuf> = self.held.difference(&wanted).cloned().collect();
         for path in release {
             if let Some(original) = self.journaled_knobs.get(&path).cloned() {
-                write_knob(&path, &original)?;
+                write_setting_settled(&path, &original)?;
             }
             self.held.remove(&path);
         }
@@ -357,6 +584,20 @@ impl HostGuard {
             self.held.insert(k.path.clone());
         }
         Ok(())
+    }
+
+    /// Journal a trial's process group (its leader `pid`, just forked), so
+    /// that a restore, also one after SIGKILL, stops whatever is left of it
+    /// first. Not synced: the line only has to outlive the process, which the
+    /// page cache does; one line per trial must not cost a disk flush.
+    pub fn track_group(&mut self, pid: i32) {
+        let Some(start) = start_time(pid) else {
+            return; // gone already: nothing to stop later
+        };
+        let entry = Entry::Group { pgid: pid, start };
+        if writeln!(self.journal, "{}", entry.to_line()).is_ok() {
+            self.entries.push(entry);
+        }
     }
 
     /// Create a swap file of `bytes` at `path` and swap on it.
@@ -532,7 +773,26 @@ pub fn restore_from_journal(dir: &Path) -> io::Result<Option<RestoreReport>> {
     if !dir.exists() {
         return Ok(None);
     }
-    let _lock = lock_state_dir(dir)?;
+    // A run killed a moment ago holds the lock until the kernel has finished
+    // tearing it down (freeing a 1 GiB page takes a while): wait for that.
+    let deadline = Instant::now() + SETTLE;
+    let _lock = loop {
+        match lock_state_dir(dir) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!(
+                        "another cowgup (pid {}) is changing this host's settings",
+                        lock_holder()
+                    ),
+                ))
+            }
+            other => break other?,
+        }
+    };
     let report = replay_journal(dir)?;
     if report.as_ref().is_none_or(|r| r.is_clean()) {
         remove_lock(dir);

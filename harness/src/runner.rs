@@ -192,7 +192,7 @@ fn emit(record: &Record) -> bool {
 /// the trial process and become checks that take part in the verdict.
 pub fn run_trial(
     trial: &Trial,
-    guard: Option<&mut HostGuard>,
+    mut guard: Option<&mut HostGuard>,
     opts: &RunOptions,
     watches: &mut [&mut dyn Watch],
 ) -> Result<TrialReport, Stop> {
@@ -212,13 +212,14 @@ pub fn run_trial(
     if let Some(reason) = &trial.skip {
         return Ok(unrun(Outcome::Skip(reason.clone())));
     }
-    if let Some(outcome) = establish_knobs(trial, guard) {
+    if let Some(outcome) = establish_knobs(trial, guard.as_deref_mut()) {
         return Ok(unrun(outcome));
     }
     for w in watches.iter_mut() {
         w.before();
     }
-    let mut ran = match fork_and_wait(trial, opts) {
+    let spawned = spawn(trial, opts).inspect(|w| track(guard, w));
+    let mut ran = match spawned.and_then(|mut w| w.wait()) {
         Ok(Waited::Done(ran)) => *ran,
         Ok(Waited::Interrupted(sig)) => return Err(Stop::Interrupted(sig)),
         Err(e) => {
@@ -278,8 +279,12 @@ enum Waited {
     Interrupted(Signal),
 }
 
-fn fork_and_wait(trial: &Trial, opts: &RunOptions) -> std::io::Result<Waited> {
-    spawn(trial, opts)?.wait()
+/// Journal the trial's process group, so that a restore stops what is left
+/// of it first, even after the runner was killed.
+fn track(guard: Option<&mut HostGuard>, w: &ChildWaiter) {
+    if let Some(g) = guard {
+        g.track_group(w.child.as_raw());
+    }
 }
 
 /// Fork the trial process; the returned waiter collects what it reports.
@@ -292,12 +297,13 @@ fn spawn(trial: &Trial, opts: &RunOptions) -> std::io::Result<ChildWaiter> {
     )?;
     // Before the fork: every message the child sends must carry credentials.
     setsockopt(&ours, sockopt::PassCred, &true)?;
+    let runner = nix::unistd::getpid();
     // SAFETY: the runner is single-threaded (see the module comment); the child
     // only runs the trial body and leaves with _exit.
     match unsafe { fork() }? {
         ForkResult::Child => {
             drop(ours);
-            child_main(trial, theirs)
+            child_main(trial, theirs, runner)
         }
         ForkResult::Parent { child } => {
             drop(theirs);
@@ -372,7 +378,10 @@ pub fn run_batch(
         while next < trials.len() && running.iter().flatten().count() < parallel.max(1) {
             let at = Instant::now();
             match spawn(trials[next], opts) {
-                Ok(w) => running[next] = Some((w, at)),
+                Ok(w) => {
+                    track(guard.as_deref_mut(), &w);
+                    running[next] = Some((w, at))
+                }
                 Err(e) => {
                     done[next] = Some((
                         Ran {
@@ -512,7 +521,16 @@ fn wait_some(
     Ok(())
 }
 
-fn child_main(trial: &Trial, socket: OwnedFd) -> ! {
+fn child_main(trial: &Trial, socket: OwnedFd, runner: Pid) -> ! {
+    // A runner killed outright takes its trials with it, instead of leaving
+    // them to run on against a host that is being restored (the restore also
+    // stops what they forked, by process group).
+    // SAFETY: plain prctl with a signal number.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    if nix::unistd::getppid() != runner {
+        // SAFETY: leave at once; the runner died before the prctl.
+        unsafe { libc::_exit(1) }
+    }
     signals::reset_to_default();
     crate::guard::release_inherited_lock();
     let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));

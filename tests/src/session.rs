@@ -331,12 +331,25 @@ impl Session {
     /// Restore and die of the signal that interrupted the run.
     pub fn abort(&mut self, stop: Stop) -> ! {
         let Stop::Interrupted(sig) = stop;
-        if let Some(r) = self.finish() {
-            for p in r.problems {
-                eprintln!("cowgup: could not restore: {p}");
+        let state = self.guard.as_ref().map(|g| g.state_dir().to_path_buf());
+        match (self.finish(), state) {
+            (Some(r), Some(dir)) if !r.is_clean() => {
+                for p in &r.problems {
+                    eprintln!("cowgup: could not restore: {p}");
+                }
+                eprintln!(
+                    "cowgup: interrupted by {sig}; host settings NOT all restored: the journal in \
+                     {} is kept, run `cowgup restore` once the above is resolved",
+                    dir.display()
+                );
             }
+            (Some(r), _) => eprintln!(
+                "cowgup: interrupted by {sig}; host settings restored and read back ({} change(s) \
+                 undone)",
+                r.changed.len()
+            ),
+            (None, _) => eprintln!("cowgup: interrupted by {sig}; host settings were not changed"),
         }
-        eprintln!("cowgup: interrupted by {sig}; host settings restored");
         signals::die_of(sig)
     }
 }
