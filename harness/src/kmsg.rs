@@ -29,6 +29,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use serde::Serialize;
@@ -281,6 +282,10 @@ pub enum Read1 {
 /// Where records come from: /dev/kmsg, or a fake in tests.
 pub trait Source: Send {
     fn read1(&mut self) -> Read1;
+    /// A descriptor poll() reports readable when a record is logged.
+    fn fd(&self) -> Option<RawFd> {
+        None
+    }
 }
 
 struct DevKmsg {
@@ -299,6 +304,10 @@ impl Source for DevKmsg {
                 Err(e) => Read1::Failed(e.to_string()),
             };
         }
+    }
+
+    fn fd(&self) -> Option<RawFd> {
+        Some(self.file.as_raw_fd())
     }
 }
 
@@ -344,6 +353,88 @@ pub struct Scan {
     /// The scan stopped at MAX_RECORDS.
     pub cut_short: bool,
     pub error: Option<String>,
+}
+
+impl Scan {
+    /// Add a later scan of the same trial to this one.
+    fn merge(&mut self, later: Scan) {
+        self.records += later.records;
+        for f in later.findings {
+            if self.findings.len() < MAX_FINDINGS {
+                self.findings.push(f);
+            } else {
+                self.more_findings += 1;
+            }
+        }
+        self.more_findings += later.more_findings;
+        self.lost += later.lost;
+        self.overwritten |= later.overwritten;
+        self.cut_short |= later.cut_short;
+        if self.error.is_none() {
+            self.error = later.error;
+        }
+    }
+}
+
+/// The shapes after which the kernel is not trusted for another trial: it
+/// died in a task (Oops, BUG, a kernel page fault or #GP), or a CPU is
+/// stuck (RCU stall, hard lockup). A WARNING fails its trial, but the
+/// kernel goes on as it was.
+const FATAL: &[&str] = &[
+    "Oops: ",
+    "BUG: ",
+    "BUG ",
+    "kernel BUG at ",
+    "general protection fault",
+    "Unable to handle kernel ",
+    "INFO: ",
+    "Watchdog detected hard LOCKUP",
+];
+
+/// The taint flags after which the kernel is not trusted: D (died), B (bad
+/// page), L (soft lockup), M (machine check).
+const FATAL_TAINTS: u64 = (1 << 7) | (1 << 5) | (1 << 14) | (1 << 4);
+
+pub fn is_fatal(f: &Finding) -> bool {
+    f.facility == 0 && FATAL.contains(&f.pattern)
+}
+
+/// A kernel fault: why the run stops trusting the kernel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Fault {
+    /// The lines of fault shapes, as logged (at most MAX_FINDINGS).
+    pub lines: Vec<String>,
+    /// The taint flags of a fault that appeared, if any.
+    pub taint: Option<String>,
+}
+
+impl Fault {
+    fn of(scan: &Scan, new_taint: u64) -> Option<Fault> {
+        let lines: Vec<String> = scan
+            .findings
+            .iter()
+            .filter(|f| is_fatal(f))
+            .map(|f| f.to_string())
+            .collect();
+        let taint = new_taint & FATAL_TAINTS;
+        (!lines.is_empty() || taint != 0).then(|| Fault {
+            lines,
+            taint: (taint != 0).then(|| describe_taints(taint)),
+        })
+    }
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts: Vec<String> = self.lines.iter().take(QUOTED).cloned().collect();
+        if self.lines.len() > QUOTED {
+            parts.push(format!("and {} more", self.lines.len() - QUOTED));
+        }
+        if let Some(t) = &self.taint {
+            parts.push(format!("tainted {t}"));
+        }
+        write!(f, "{}", parts.join(" | "))
+    }
 }
 
 /// Read everything available. `next_seq` is the sequence number expected
@@ -591,6 +682,10 @@ pub struct KernelLog {
     /// The taint when the last trial ended (for changes between trials).
     taint_last: Option<u64>,
     between: Vec<String>,
+    /// What was read while the current trial (or batch) ran.
+    during: Scan,
+    /// The first kernel fault seen: from then on the kernel is not trusted.
+    fault: Option<Fault>,
 }
 
 type Opener = dyn FnMut() -> Result<Box<dyn Source>, String> + Send;
@@ -606,6 +701,8 @@ impl Default for KernelLog {
             taint_before: None,
             taint_last: None,
             between: Vec::new(),
+            during: Scan::default(),
+            fault: None,
         }
     }
 }
@@ -661,6 +758,7 @@ impl KernelLog {
             );
         }
         let now = (self.taint)();
+        self.note_fault(&s, now);
         if let (Some(last), Some(now)) = (self.taint_last, now) {
             let new = now & !last & error_taints();
             if new != 0 {
@@ -671,6 +769,22 @@ impl KernelLog {
             }
         }
         self.taint_last = now;
+    }
+
+    /// The first kernel fault seen in or between trials, if any.
+    pub fn fault(&self) -> Option<&Fault> {
+        self.fault.as_ref()
+    }
+
+    fn note_fault(&mut self, scan: &Scan, taint_now: Option<u64>) {
+        if self.fault.is_some() {
+            return;
+        }
+        let new_taint = match (self.taint_before.or(self.taint_last), taint_now) {
+            (Some(b), Some(a)) => a & !b,
+            _ => 0,
+        };
+        self.fault = Fault::of(scan, new_taint);
     }
 
     /// Error lines (and error taint flags) the kernel logged outside any
@@ -691,15 +805,52 @@ impl Watch for KernelLog {
         }
         self.read_between();
         self.taint_before = self.taint_last;
+        self.during = Scan::default();
+    }
+
+    fn wake_fd(&self) -> Option<RawFd> {
+        match &self.source {
+            Some(Ok(src)) => src.fd(),
+            _ => None,
+        }
+    }
+
+    /// Read what was logged so far while the trial runs: an Oops, BUG,
+    /// #GP, RCU stall or a fault's taint flag is reported at once.
+    fn during(&mut self) -> Option<String> {
+        if self.fault.is_none() {
+            if let Some(Ok(src)) = self.source.as_mut() {
+                let now = scan(src.as_mut(), &mut self.next_seq);
+                self.during.merge(now);
+            }
+            let taint_now = (self.taint)();
+            let during = std::mem::take(&mut self.during);
+            self.note_fault(&during, taint_now);
+            self.during = during;
+        }
+        self.fault.as_ref().map(|f| f.to_string())
+    }
+
+    fn fault(&self) -> Option<String> {
+        self.fault.as_ref().map(|f| f.to_string())
     }
 
     fn after(&mut self) -> CheckResult {
         let taint_after = (self.taint)();
         let scanned = match self.source.as_mut() {
-            Some(Ok(src)) => Ok(scan(src.as_mut(), &mut self.next_seq)),
+            Some(Ok(src)) => {
+                let mut all = std::mem::take(&mut self.during);
+                all.merge(scan(src.as_mut(), &mut self.next_seq));
+                Ok(all)
+            }
             Some(Err(why)) => Err(why.clone()),
             None => Err("the watch was not started".to_string()),
         };
+        if let Ok(s) = &scanned {
+            self.note_fault(s, taint_after);
+        } else {
+            self.note_fault(&Scan::default(), taint_after);
+        }
         self.taint_last = taint_after;
         judge(
             scanned.as_ref().map_err(String::as_str),

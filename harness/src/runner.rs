@@ -24,7 +24,7 @@
 //! of it. See verdict.rs for the rules.
 
 use std::io::IoSliceMut;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
@@ -72,6 +72,21 @@ pub enum Stop {
 pub trait Watch {
     fn before(&mut self);
     fn after(&mut self) -> CheckResult;
+    /// A descriptor that poll() reports readable when `during` has
+    /// something to look at while trials run.
+    fn wake_fd(&self) -> Option<RawFd> {
+        None
+    }
+    /// Look while trials run (when `wake_fd` is readable, and at least every
+    /// `LOOK_EVERY`). Some(why): the kernel cannot be trusted any more; the
+    /// running trials are stopped at once and no other trial runs.
+    fn during(&mut self) -> Option<String> {
+        None
+    }
+    /// The fault `during` or `after` saw, if any: sticky for the session.
+    fn fault(&self) -> Option<String> {
+        None
+    }
 }
 
 /// One message from a trial's processes to the runner.
@@ -95,6 +110,14 @@ const RECV_BUF: usize = 2 * MAX_RECORD;
 const LEAK_GRACE: Duration = Duration::from_millis(50);
 /// How long leftovers get between SIGTERM and SIGKILL.
 const TERM_GRACE: Duration = Duration::from_millis(100);
+/// After a kernel fault: how long the trial's processes get to die of
+/// SIGKILL, and to be reaped. One stuck in the kernel (spinning on a lock
+/// the dead task held) never will; it is named and left.
+const FAULT_GRACE: Duration = Duration::from_secs(1);
+/// How often the watches look while trials run, at least (they are also
+/// woken by their descriptor).
+const LOOK_EVERY: Duration = Duration::from_millis(500);
+
 /// How long processes of the trial that are exiting get to finish (free
 /// their memory, drop their pins) before the checks and the next trial.
 const EXIT_LIMIT: Duration = Duration::from_secs(5);
@@ -208,6 +231,9 @@ pub fn run_trial(
     if let Some(sig) = signals::pending() {
         return Err(Stop::Interrupted(sig));
     }
+    if let Some(why) = earlier_fault(watches) {
+        return Ok(unrun(Outcome::Error(format!("not run: {why}"))));
+    }
     // Not run at all: nothing was observed, so there is nothing to decide.
     if let Some(reason) = &trial.skip {
         return Ok(unrun(Outcome::Skip(reason.clone())));
@@ -219,7 +245,7 @@ pub fn run_trial(
         w.before();
     }
     let spawned = spawn(trial, opts).inspect(|w| track(guard, w));
-    let mut ran = match spawned.and_then(|mut w| w.wait()) {
+    let mut ran = match spawned.and_then(|mut w| w.wait(watches)) {
         Ok(Waited::Done(ran)) => *ran,
         Ok(Waited::Interrupted(sig)) => return Err(Stop::Interrupted(sig)),
         Err(e) => {
@@ -230,6 +256,15 @@ pub fn run_trial(
     };
     let mut checks: Vec<CheckResult> = ran.leftovers.take().into_iter().collect();
     checks.extend(watches.iter_mut().map(|w| w.after()));
+    // A fault the checks found after the trial ended (its process died of
+    // the Oops before the log was looked at) is this trial's too.
+    if !matches!(ran.ended, Ended::KernelFault(_)) {
+        if let Some(why) = watches.iter().find_map(|w| w.fault()) {
+            ran.diagnostics
+                .push(format!("the trial process ended: {:?}", ran.ended));
+            ran.ended = Ended::KernelFault(why);
+        }
+    }
     let observations = Observations {
         reported: ran.reported,
         ended: ran.ended,
@@ -277,6 +312,29 @@ struct Ran {
 enum Waited {
     Done(Box<Ran>),
     Interrupted(Signal),
+}
+
+/// Why no trial may run any more: a watch saw the kernel fault.
+fn earlier_fault(watches: &[&mut dyn Watch]) -> Option<String> {
+    watches.iter().find_map(|w| w.fault()).map(|why| {
+        format!("the kernel faulted in an earlier trial and is not trusted any more: {why}")
+    })
+}
+
+/// Let every watch look; the first fault any of them reports.
+fn look(watches: &mut [&mut dyn Watch]) -> Option<String> {
+    watches.iter_mut().find_map(|w| w.during())
+}
+
+/// The watches' descriptors, to be polled with the trials'.
+fn watch_fds<'a>(watches: &[&mut dyn Watch]) -> Vec<PollFd<'a>> {
+    watches
+        .iter()
+        .filter_map(|w| w.wake_fd())
+        // SAFETY: a watch keeps its descriptor open for the whole session,
+        // longer than this poll.
+        .map(|fd| PollFd::new(unsafe { BorrowedFd::borrow_raw(fd) }, PollFlags::POLLIN))
+        .collect()
 }
 
 /// Journal the trial's process group, so that a restore stops what is left
@@ -362,6 +420,13 @@ pub fn run_batch(
         duration: start.elapsed(),
     };
     let start = Instant::now();
+    if let Some(why) = earlier_fault(watches) {
+        let outcome = Outcome::Error(format!("not run: {why}"));
+        return Ok(trials
+            .iter()
+            .map(|t| unrun(t, outcome.clone(), start))
+            .collect());
+    }
     if let Some(outcome) = establish_knobs(setter, guard.as_deref_mut()) {
         return Ok(trials
             .iter()
@@ -374,8 +439,12 @@ pub fn run_batch(
     let mut running: Vec<Option<(ChildWaiter, Instant)>> = trials.iter().map(|_| None).collect();
     let mut done: Vec<Option<(Ran, Duration)>> = trials.iter().map(|_| None).collect();
     let mut next = 0;
+    let mut fault = None;
     loop {
-        while next < trials.len() && running.iter().flatten().count() < parallel.max(1) {
+        while fault.is_none()
+            && next < trials.len()
+            && running.iter().flatten().count() < parallel.max(1)
+        {
             let at = Instant::now();
             match spawn(trials[next], opts) {
                 Ok(w) => {
@@ -401,7 +470,27 @@ pub fn run_batch(
         if running.iter().all(Option::is_none) {
             break;
         }
-        wait_some(&mut running, &mut done)?;
+        if let Some(why) = wait_some(&mut running, &mut done, watches)? {
+            fault = Some(why);
+        }
+    }
+    // Members never started once the kernel faulted.
+    if let Some(why) = &fault {
+        for d in done.iter_mut().skip(next) {
+            *d = Some((
+                Ran {
+                    reported: None,
+                    ended: Ended::NotRun(format!(
+                        "the kernel faulted in a trial run beside it and is not trusted any \
+                         more: {why}"
+                    )),
+                    diagnostics: Vec::new(),
+                    evidence: Vec::new(),
+                    leftovers: None,
+                },
+                Duration::ZERO,
+            ));
+        }
     }
     let checks: Vec<CheckResult> = watches.iter_mut().map(|w| w.after()).collect();
     let doubtful: Vec<String> = checks
@@ -409,7 +498,8 @@ pub fn run_batch(
         .filter(|c| matches!(c.status, CheckStatus::Violated | CheckStatus::Unreliable))
         .map(|c| format!("{}: {}", c.check, c.detail))
         .collect();
-    if !doubtful.is_empty() {
+    // After a kernel fault nothing runs again: each member keeps what it saw.
+    if !doubtful.is_empty() && fault.is_none() && earlier_fault(watches).is_none() {
         let why = format!(
             "run again alone: in a batch of {} trials run side by side, {}",
             trials.len(),
@@ -460,7 +550,8 @@ pub fn run_batch(
 fn wait_some(
     running: &mut [Option<(ChildWaiter, Instant)>],
     done: &mut [Option<(Ran, Duration)>],
-) -> Result<(), Stop> {
+    watches: &mut [&mut dyn Watch],
+) -> Result<Option<String>, Stop> {
     let fail = |e: std::io::Error| Ran {
         reported: None,
         ended: Ended::Other(format!("runner lost the trial: {e}")),
@@ -495,9 +586,14 @@ fn wait_some(
     }
     let live: Vec<&ChildWaiter> = running.iter().flatten().map(|(w, _)| w).collect();
     if ended || live.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
-    let slice = live.iter().map(|w| w.slice()).min().unwrap_or_default();
+    let slice = live
+        .iter()
+        .map(|w| w.slice())
+        .min()
+        .unwrap_or_default()
+        .min(LOOK_EVERY);
     let mut fds = Vec::new();
     let mut spans = Vec::with_capacity(live.len());
     for w in &live {
@@ -505,6 +601,7 @@ fn wait_some(
         spans.push((fds.len(), own.len()));
         fds.extend(own);
     }
+    fds.extend(watch_fds(watches));
     if poll_slice(&mut fds, slice).is_err() {
         // Nothing to wait on that poll() accepts: step() again shortly.
         std::thread::sleep(Duration::from_millis(1));
@@ -518,7 +615,15 @@ fn wait_some(
     for ((w, _), r) in running.iter_mut().flatten().zip(readable) {
         w.after_poll(r);
     }
-    Ok(())
+    let Some(why) = look(watches) else {
+        return Ok(None);
+    };
+    for (i, slot) in running.iter_mut().enumerate() {
+        if let Some((mut w, at)) = slot.take() {
+            done[i] = Some((*w.stop_for_fault(why.clone()), at.elapsed()));
+        }
+    }
+    Ok(Some(why))
 }
 
 fn child_main(trial: &Trial, socket: OwnedFd, runner: Pid) -> ! {
@@ -594,16 +699,50 @@ impl ChildWaiter {
         }
     }
 
-    fn wait(&mut self) -> std::io::Result<Waited> {
+    fn wait(&mut self, watches: &mut [&mut dyn Watch]) -> std::io::Result<Waited> {
         loop {
             if let Some(done) = self.step()? {
                 return Ok(done);
             }
             let mut fds = self.poll_fds();
-            poll_slice(&mut fds, self.slice())?;
+            fds.extend(watch_fds(watches));
+            poll_slice(&mut fds, self.slice().min(LOOK_EVERY))?;
             let readable = self.socket_readable(&fds);
+            drop(fds);
             self.after_poll(readable);
+            if let Some(why) = look(watches) {
+                return Ok(Waited::Done(self.stop_for_fault(why)));
+            }
         }
+    }
+
+    /// The kernel faulted while this trial ran: kill its group and reap it,
+    /// each within a bound, since a process stuck in the kernel never ends;
+    /// name whoever could not be stopped.
+    fn stop_for_fault(&mut self, why: String) -> Box<Ran> {
+        let _ = nix::sys::signal::killpg(self.child, Signal::SIGKILL);
+        let stuck = group::wait_empty(self.child, FAULT_GRACE);
+        let deadline = Instant::now() + FAULT_GRACE;
+        let mut reaped = false;
+        while !reaped && Instant::now() < deadline {
+            reaped = matches!(self.try_reap(), Ok(Some(_)) | Err(_));
+            if !reaped {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        self.drain();
+        if !stuck.is_empty() {
+            self.diagnostics.push(format!(
+                "could not be stopped after the kernel fault (left behind): {}",
+                list(&stuck)
+            ));
+        } else if !reaped {
+            self.diagnostics.push(format!(
+                "the trial process {} could not be reaped after the kernel fault",
+                self.child
+            ));
+        }
+        Box::new(self.ran(Ended::KernelFault(why), None))
     }
 
     /// Everything that can be decided without blocking: a pending signal

@@ -43,6 +43,11 @@ pub enum Ended {
     TimedOut(Duration),
     /// Anything else waitpid reported (never expected).
     Other(String),
+    /// The kernel faulted (Oops, BUG, ...) while the trial ran; the runner
+    /// stopped its processes as far as they could be stopped.
+    KernelFault(String),
+    /// Never started: the kernel had faulted in an earlier trial.
+    NotRun(String),
 }
 
 /// Everything the verdict is formed from.
@@ -113,6 +118,16 @@ fn from_process(obs: &Observations, notes: &mut Vec<String>) -> Outcome {
         (None, Ended::Exited(code)) => Outcome::Fail(format!(
             "trial process exited with status {code} before reporting an outcome"
         )),
+        (reported, Ended::KernelFault(why)) => {
+            if let Some(o) = reported {
+                notes.push(format!("the trial had reported: {o}"));
+            }
+            Outcome::Fail(format!(
+                "the kernel faulted while this trial ran (its processes were stopped; no \
+                 further trial runs on this kernel): {why}"
+            ))
+        }
+        (_, Ended::NotRun(why)) => Outcome::Error(format!("not run: {why}")),
         (reported, Ended::Other(what)) => {
             if let Some(o) = reported {
                 notes.push(format!("the trial had reported: {o}"));

@@ -46,13 +46,15 @@ fn unfit() -> Option<String> {
     if !Path::new(POOL).exists() {
         return Some(format!("no {POOL}"));
     }
-    if count("surplus_hugepages") != 0 || count("resv_hugepages") != 0 {
-        return Some(format!(
-            "the 2 MiB pool is in use by someone else: {}",
-            pool()
-        ));
-    }
     None
+}
+
+/// Whether something else holds pages of the 2 MiB pool (asked under the host lock).
+fn in_use() -> Result<(), Failed> {
+    if count("surplus_hugepages") != 0 || count("resv_hugepages") != 0 {
+        return Err(format!("the 2 MiB pool is in use outside cowgup: {}", pool()).into());
+    }
+    Ok(())
 }
 
 /// A process in its own process group that maps and touches one page of the
@@ -151,9 +153,10 @@ fn acquire(dir: &Path) -> HostGuard {
 /// when this run journals the pool: the journal must hold the persistent
 /// size, and the restore must leave the page surplus, freed when it goes.
 fn surplus_page_of_an_earlier_run_is_not_journaled() -> Result<(), Failed> {
-    if let Some(why) = unfit() {
-        return Err(format!("cannot run: {why}").into());
-    }
+    // Held throughout: other runs on this host change the pool too.
+    let dir = state_dir("surplus");
+    let mut g = acquire(&dir);
+    in_use()?;
     let base = count("nr_hugepages");
     let knob = Path::new(POOL).join("nr_hugepages");
     // The earlier run: grow the pool, fault a page in, restore (the page
@@ -162,13 +165,12 @@ fn surplus_page_of_an_earlier_run_is_not_journaled() -> Result<(), Failed> {
     let holder = hold_a_page();
     set_pool(base);
     let surplus = count("surplus_hugepages");
-    let dir = state_dir("surplus");
-    let mut g = acquire(&dir);
     g.set(&Knob::new(&knob, (base + 2).to_string())).unwrap();
     let report = g.restore();
     holder.release();
     let back = pool_back_at(base);
     set_pool(base);
+    drop(g);
     let _ = fs::remove_dir_all(&dir);
     if surplus != 1 {
         return Err(format!("setup: expected 1 surplus page, the pool was: {}", pool()).into());
@@ -183,10 +185,6 @@ fn surplus_page_of_an_earlier_run_is_not_journaled() -> Result<(), Failed> {
 /// restore` must stop it (it is journaled by process group) and only then
 /// shrink the pool, and say it did.
 fn restore_after_sigkill_stops_the_trial_holding_a_page() -> Result<(), Failed> {
-    if let Some(why) = unfit() {
-        return Err(format!("cannot run: {why}").into());
-    }
-    let base = count("nr_hugepages");
     let knob = Path::new(POOL).join("nr_hugepages");
     let dir = state_dir("sigkill");
     let (ready_r, ready_w) = pipe().unwrap();
@@ -196,10 +194,13 @@ fn restore_after_sigkill_stops_the_trial_holding_a_page() -> Result<(), Failed> 
     let run = match unsafe { fork() }.unwrap() {
         ForkResult::Child => {
             let mut g = acquire(&dir);
+            let base = count("nr_hugepages");
             g.set(&Knob::new(&knob, (base + 1).to_string())).unwrap();
             let holder = hold_a_page();
             g.track_group(holder.pid.as_raw());
-            let _ = write(&ready_w, &holder.pid.as_raw().to_ne_bytes());
+            let mut msg = holder.pid.as_raw().to_ne_bytes().to_vec();
+            msg.extend((base as u32).to_ne_bytes());
+            let _ = write(&ready_w, &msg);
             std::mem::forget(holder); // never released: it outlives the run
             loop {
                 std::thread::sleep(Duration::from_secs(1));
@@ -208,22 +209,35 @@ fn restore_after_sigkill_stops_the_trial_holding_a_page() -> Result<(), Failed> 
         ForkResult::Parent { child } => child,
     };
     drop(ready_w);
-    let mut b = [0u8; 4];
-    assert_eq!(read(&ready_r, &mut b).unwrap(), 4);
-    let holder = Pid::from_raw(i32::from_ne_bytes(b));
+    let mut b = [0u8; 8];
+    assert_eq!(read(&ready_r, &mut b).unwrap(), 8);
+    let holder = Pid::from_raw(i32::from_ne_bytes(b[..4].try_into().unwrap()));
+    let base = u64::from(u32::from_ne_bytes(b[4..].try_into().unwrap()));
+    let held = count("nr_hugepages");
     kill(run, Signal::SIGKILL).unwrap();
     let _ = waitpid(run, None);
-    let orphans_before = count("nr_hugepages") - base;
-    let report = guard::restore_from_journal(&dir);
+    // Another run may take the host first; it leaves our journal alone.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let report = loop {
+        match guard::restore_from_journal(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            other => break other,
+        }
+    };
     // Whatever the restore did, leave no holder behind.
     let _ = kill(holder, Signal::SIGKILL);
+    let check = state_dir("sigkill-check");
+    let g = acquire(&check);
     let back = pool_back_at(base);
     set_pool(base);
+    drop(g);
     let _ = fs::remove_dir_all(&dir);
     let report = report
         .map_err(|e| format!("restore failed: {e}"))?
         .ok_or("the killed run left no journal")?;
-    if orphans_before != 1 {
+    if held != base + 1 {
         return Err(format!("setup: the killed run's page was not there: {}", pool()).into());
     }
     if !report.is_clean() {
