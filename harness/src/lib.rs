@@ -7,6 +7,7 @@ pub mod checks;
 pub mod group;
 pub mod guard;
 pub mod kmsg;
+pub mod libtest;
 pub mod outcome;
 pub mod probe;
 pub mod runner;
