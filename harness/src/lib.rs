@@ -3,7 +3,6 @@
 //! to put the host back afterwards. It knows nothing about memory management:
 //! the catalogue in `tests/` and the backings in `fixtures/` give it meaning.
 
-pub mod checks;
 pub mod group;
 pub mod guard;
 pub mod kmsg;

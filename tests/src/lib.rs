@@ -129,6 +129,18 @@ impl Scenario {
         t.skip = first_unmet(&self.needs, caps);
         t
     }
+
+    /// Whether running it as root changes global host settings: THP, KSM or
+    /// hugetlb knobs held while it runs, or provisioning (a hugetlb pool, a
+    /// swap file, a scratch mount, debugfs for gup_test). `cargo test` names
+    /// these trials `host::...` (cowgup_harness::libtest::HOST).
+    pub fn changes_host(&self) -> bool {
+        !self.knobs.is_empty()
+            || self
+                .needs
+                .iter()
+                .any(|n| n.provisionable() || *n == Need::GupTest)
+    }
 }
 
 fn outcome(step: cowgup_fixtures::Step<Outcome>) -> Outcome {
