@@ -1,37 +1,43 @@
-//! `cargo test` runs the whole catalogue here, through libtest-mimic: the
-//! usual filters (`cargo test -- vmsplice`, `--exact`, `--skip`, `--list`)
-//! work, and so does `cargo nextest run`. Every trial still runs in its own
-//! process. The selected trials run first, through the session, up to
-//! `COWGUP_JOBS` (default: the CPU count) side by side where their families
-//! allow it (see tests/jobs.rs for the proof that results do not change);
-//! libtest then reports each stored result (it runs its closures on the main
-//! thread, one at a time, because the runner forks).
+//! `cargo test` runs the whole catalogue here, through libtest-mimic with
+//! cargo test's filters (cowgup_harness::libtest: several FILTERs, `--exact`,
+//! `--skip`, `--list`), and `cargo nextest run` works too. Trials that change
+//! host settings as root (hugetlb pools, swap, THP and KSM knobs, mounts) are
+//! named `host::<name>`; the others keep upstream's names. Every trial still
+//! runs in its own process. The selected trials run first, through the
+//! session, up to `COWGUP_JOBS` (default: the CPU count) side by side where
+//! their families allow it (see tests/jobs.rs for the proof that results do
+//! not change); libtest then reports each stored result (it runs its
+//! closures on the main thread, one at a time, because the runner forks).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use cowgup_harness::libtest::{self, Args, Completion, Failed, Trial};
 use cowgup_harness::probe::Capabilities;
 use cowgup_harness::Outcome;
 use cowgup_harness::TrialReport;
+use cowgup_tests::catalogue;
 use cowgup_tests::session::{Options, Progress, Session};
-use cowgup_tests::{catalogue, Selection};
-use libtest_mimic::{Arguments, Completion, Failed, Trial};
+
+/// The scenario's name as `cargo test` shows it.
+fn test_name(s: &cowgup_tests::Scenario) -> String {
+    if s.changes_host() {
+        libtest::host(&s.name)
+    } else {
+        s.name.clone()
+    }
+}
 
 fn main() {
-    let mut args = Arguments::from_args();
-    args.test_threads = Some(1);
+    let args = Args::from_env();
     let caps = Capabilities::probe();
     let scenarios = catalogue(&caps);
-    let selection = Selection {
-        filters: args.filter.iter().cloned().collect(),
-        exact: args.exact,
-        skip: args.skip.clone(),
-    };
+    // No catalogue trial is marked ignored.
     let selected: Vec<_> = scenarios
         .iter()
-        .filter(|s| selection.selects(&s.name))
+        .filter(|s| args.selects(&test_name(s), false))
         .collect();
-    let session = if args.list {
+    let session = if args.list || selected.is_empty() {
         None
     } else {
         // Under nextest every test is its own process and several run at
@@ -79,7 +85,7 @@ fn main() {
         .map(|scenario| {
             let results = results.clone();
             let name = scenario.name.clone();
-            Trial::ignorable_test(scenario.name.clone(), move || {
+            Trial::ignorable_test(test_name(scenario), move || {
                 let report = results
                     .lock()
                     .unwrap()
@@ -95,7 +101,7 @@ fn main() {
             })
         })
         .collect();
-    let conclusion = libtest_mimic::run(&args, trials);
+    let conclusion = args.run(trials);
     if let Some(s) = session {
         let mut s = s.lock().unwrap();
         for line in s.kernel_log_between_trials() {

@@ -3,7 +3,10 @@
 //! the same outcomes and reasons, the same kinds of evidence and the same
 //! checks with the same statuses. (1 GiB hugetlb trials are left out: one
 //! of them fails intermittently on some kernels, see the lost-at-fork row.)
+//! One test, `host::jobs: ...` (the session provisions hugetlb pools, swap
+//! and THP settings), run by cowgup_harness::libtest.
 
+use cowgup_harness::libtest::{self, Completion};
 use cowgup_harness::probe::Capabilities;
 use cowgup_harness::TrialReport;
 use cowgup_tests::session::{Options, Progress, Session};
@@ -28,11 +31,22 @@ fn summary(r: &TrialReport) -> String {
 }
 
 fn main() {
-    let caps = Capabilities::probe();
-    if !caps.is_root() {
-        println!("jobs: SKIP: needs root (the trials provision hugetlb pages, swap, THP settings)");
-        return;
-    }
+    libtest::main(vec![libtest::Trial::ignorable_test(
+        libtest::host("jobs: side by side, the trials give what they give one at a time"),
+        || {
+            let caps = Capabilities::probe();
+            if !caps.is_root() {
+                return Ok(Completion::ignored_with(
+                    "needs root (the trials provision hugetlb pages, swap, THP settings)",
+                ));
+            }
+            side_by_side_equals_serial(caps);
+            Ok(Completion::Completed)
+        },
+    )])
+}
+
+fn side_by_side_equals_serial(caps: Capabilities) {
     let scenarios: Vec<Scenario> = catalogue(&caps)
         .into_iter()
         .filter(|s| s.family.concurrent() && !s.name.contains("(1048576 kB)"))
@@ -46,10 +60,7 @@ fn main() {
         jobs,
         ..Options::default()
     };
-    let mut session = Session::start(&opts, &selected).unwrap_or_else(|e| {
-        eprintln!("jobs: {e}");
-        std::process::exit(1)
-    });
+    let mut session = Session::start(&opts, &selected).unwrap_or_else(|e| panic!("jobs: {e}"));
     let mut runs = Vec::new();
     for j in [1, jobs] {
         session.jobs = j;

@@ -10,10 +10,14 @@
 //! the first and the last word of every base page; what an io_uring pin of a
 //! hugetlb page shows, per huge page), so those rounds run in a second
 //! process with a thorough session.
+//!
+//! One test, `host::verifier: ...` (the session provisions hugetlb pools,
+//! swap and THP settings), run by cowgup_harness::libtest.
 
 use std::collections::BTreeMap;
 
 use cowgup_fixtures::damage::VAR;
+use cowgup_harness::libtest::{self, Completion, Failed};
 use cowgup_harness::probe::Capabilities;
 use cowgup_harness::OutcomeKind;
 use cowgup_tests::session::{Options, Progress, Session};
@@ -53,9 +57,11 @@ fn families() -> [Family; 4] {
     ]
 }
 
-/// Run the baseline and every damage round in one session; returns the
-/// baseline outcome per trial and what each damaged round saw.
-fn rounds(thorough: bool, damages: &[&str]) -> (BTreeMap<String, String>, Vec<Seen>) {
+/// The baseline outcome per trial, and what each damaged round saw.
+type Rounds = (BTreeMap<String, String>, Vec<Seen>);
+
+/// Run the baseline and every damage round in one session.
+fn rounds(thorough: bool, damages: &[&str]) -> Result<Rounds, String> {
     let caps = Capabilities::probe();
     let scenarios: Vec<Scenario> = catalogue(&caps)
         .into_iter()
@@ -67,10 +73,7 @@ fn rounds(thorough: bool, damages: &[&str]) -> (BTreeMap<String, String>, Vec<Se
         lock_wait: std::time::Duration::from_secs(600),
         ..Options::default()
     };
-    let mut session = Session::start(&opts, &selected).unwrap_or_else(|e| {
-        eprintln!("verifier: {e}");
-        std::process::exit(1)
-    });
+    let mut session = Session::start(&opts, &selected).map_err(|e| format!("verifier: {e}"))?;
     // Side by side where the families allow it (the verdicts do not change,
     // see tests/jobs.rs): a dozen rounds of the whole cow catalogue.
     session.jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -124,28 +127,47 @@ fn rounds(thorough: bool, damages: &[&str]) -> (BTreeMap<String, String>, Vec<Se
             eprintln!("verifier: could not restore: {p}");
         }
     }
-    (baseline, seen)
+    Ok((baseline, seen))
 }
 
 fn main() {
     if std::env::args().any(|a| a == "--thorough-rounds") {
-        let (baseline, seen) = rounds(true, THOROUGH);
-        println!("{}", serde_json::to_string(&(baseline, seen)).unwrap());
+        match rounds(true, THOROUGH) {
+            Ok(r) => println!("{}", serde_json::to_string(&r).unwrap()),
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+        }
         return;
     }
-    if !nix::unistd::geteuid().is_root() {
-        println!("verifier: skipped: needs root (PFNs, hugetlb pages, swap)");
-        return;
-    }
-    let (baseline, mut seen) = rounds(false, STRUCTURAL);
+    libtest::main(vec![libtest::Trial::ignorable_test(
+        libtest::host("verifier: every damaged trial fails and names the damaged page"),
+        || {
+            if !nix::unistd::geteuid().is_root() {
+                return Ok(Completion::ignored_with(
+                    "needs root (PFNs, hugetlb pages, swap)",
+                ));
+            }
+            verify()
+                .map(|()| Completion::Completed)
+                .map_err(Failed::from)
+        },
+    )])
+}
+
+fn verify() -> Result<(), String> {
+    let (baseline, mut seen) = rounds(false, STRUCTURAL)?;
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .arg("--thorough-rounds")
         .stderr(std::process::Stdio::inherit())
         .output()
         .expect("re-running the verifier test");
-    assert!(out.status.success(), "thorough rounds failed");
+    if !out.status.success() {
+        return Err("thorough rounds failed".into());
+    }
     let line = String::from_utf8_lossy(&out.stdout);
-    let (_, thorough_seen): (BTreeMap<String, String>, Vec<Seen>) =
+    let (_, thorough_seen): Rounds =
         serde_json::from_str(line.trim()).expect("thorough rounds' result");
     seen.extend(thorough_seen);
 
@@ -209,13 +231,18 @@ fn main() {
             ));
         }
     }
-    for p in &problems {
-        println!("WRONG  {p}");
-    }
     println!(
-        "{} passed, {} failed",
+        "verifier: {} of {} damaged-round results as they must be",
         seen.len() - problems.len().min(seen.len()),
-        problems.len()
+        seen.len()
     );
-    std::process::exit(i32::from(!problems.is_empty()));
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} result(s) wrong:\n{}",
+            problems.len(),
+            problems.join("\n")
+        ))
+    }
 }

@@ -1,7 +1,8 @@
 //! The host comes back as it was, whatever happens to a run: SIGTERM in the
 //! middle, SIGKILL followed by `cowgup restore`. And a run without root, and
 //! bad input, change nothing and crash nothing. Runs one test at a time
-//! (harness = false): these tests own the host's global mm settings.
+//! (harness = false, cowgup_harness::libtest): the `host::` tests own the
+//! host's global mm settings.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -204,28 +205,34 @@ fn bad_input_gets_a_short_error_and_changes_nothing() -> Result<(), String> {
         .ok_or_else(|| "bad input changed the host".into())
 }
 
-use cowgup_harness::checks::Check;
+use cowgup_harness::libtest::{self, check, check_unless};
+
+/// Why a test that needs root cannot run here, if it cannot.
+fn not_root(why: &'static str) -> impl FnOnce() -> Option<String> {
+    move || (!is_root()).then(|| format!("needs root ({why})"))
+}
 
 fn main() {
-    let mut tests: Vec<(&str, Check)> = vec![(
-        "bad input gets a short error and changes nothing",
-        bad_input_gets_a_short_error_and_changes_nothing,
-    )];
-    if is_root() {
-        tests.push((
-            "SIGTERM mid-run restores the host",
+    let restores = "it changes and restores global mm settings";
+    libtest::main(vec![
+        check(
+            "bad input gets a short error and changes nothing",
+            bad_input_gets_a_short_error_and_changes_nothing,
+        ),
+        check_unless(
+            libtest::host("SIGTERM mid-run restores the host"),
+            not_root(restores),
             sigterm_mid_run_restores_the_host,
-        ));
-        tests.push((
-            "SIGKILL, then `cowgup restore`, restores the host",
+        ),
+        check_unless(
+            libtest::host("SIGKILL, then `cowgup restore`, restores the host"),
+            not_root(restores),
             sigkill_then_restore_command_restores_the_host,
-        ));
-        tests.push((
+        ),
+        check_unless(
             "non-root runs and every privileged case skips with a reason",
+            not_root("it runs cowgup as another user"),
             non_root_runs_and_every_privileged_case_skips_with_a_reason,
-        ));
-    } else {
-        println!("skip: host-restore tests need root (they change and restore global mm settings)");
-    }
-    cowgup_harness::checks::run_checks(&tests)
+        ),
+    ])
 }

@@ -3,7 +3,8 @@
 //! own types), JUnit with Python's ElementTree (as a CI viewer would parse
 //! it) and quick-junit's reader, TAP and KTAP with our strict parser.
 //! (The writers' unit tests feed them made-up trials with evidence of every
-//! kind; here the real catalogue runs.)
+//! kind; here the real catalogue runs.) As root the runs provision hugetlb
+//! pools, so the tests are named `host::...` (cowgup_harness::libtest).
 
 use std::process::Command;
 
@@ -173,28 +174,30 @@ fn tap_and_ktap_parse_strictly() -> Result<(), String> {
     Ok(())
 }
 
-use cowgup_harness::checks::Check;
+use cowgup_harness::libtest::{self, check};
 use cowgup_harness::{CheckResult, Evidence};
 
 fn main() {
-    let tests: [(&str, Check); 5] = [
-        (
-            "JSON carries the probe and every trial",
+    libtest::main(vec![
+        check(
+            libtest::host("JSON carries the probe and every trial"),
             json_carries_probe_and_every_trial,
         ),
-        (
-            "JUnit loads, one testsuite per family",
+        check(
+            libtest::host("JUnit loads, one testsuite per family"),
             junit_loads_with_a_testsuite_per_family,
         ),
-        (
-            "JUnit reads back with quick-junit",
+        check(
+            libtest::host("JUnit reads back with quick-junit"),
             junit_reads_back_with_quick_junit,
         ),
-        ("TAP and KTAP parse strictly", tap_and_ktap_parse_strictly),
-        (
-            "--format human --output FILE writes the human report",
+        check(
+            libtest::host("TAP and KTAP parse strictly"),
+            tap_and_ktap_parse_strictly,
+        ),
+        check(
+            libtest::host("--format human --output FILE writes the human report"),
             human_report_goes_to_the_output_file,
         ),
-    ];
-    cowgup_harness::checks::run_checks(&tests)
+    ])
 }

@@ -868,39 +868,47 @@ mod tests {
         assert_eq!(Entry::parse("garbage"), None);
     }
 
-    #[test]
-    fn guard_restores_plain_files_it_changed_and_replays_a_journal() {
-        let dir = std::env::temp_dir().join(format!("cowgup-guard-unit-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        let knob_file = dir.join("knob");
-        fs::write(&knob_file, "always [madvise] never\n").unwrap();
-        let state = dir.join("state");
-        {
-            // The host lock is machine-wide: wait for a run that holds it.
-            let (mut g, stale) = HostGuard::acquire(&state, Duration::from_secs(600)).unwrap();
-            assert!(stale.is_none());
-            g.set(&Knob::new(&knob_file, "never")).unwrap();
-            assert_eq!(fs::read_to_string(&knob_file).unwrap(), "never");
-            // Simulate SIGKILL: the guard never runs its restore.
-            g.restored = true;
-        }
-        assert!(state.join(JOURNAL).exists());
-        let deadline = Instant::now() + Duration::from_secs(600);
-        let report = loop {
-            match restore_from_journal(&state) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                other => break other.unwrap().unwrap(),
+    /// Takes the host lock: `host::` (cowgup_harness::libtest::HOST).
+    mod host {
+        use super::*;
+
+        #[test]
+        fn guard_restores_plain_files_it_changed_and_replays_a_journal() {
+            let dir =
+                std::env::temp_dir().join(format!("cowgup-guard-unit-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            let knob_file = dir.join("knob");
+            fs::write(&knob_file, "always [madvise] never\n").unwrap();
+            let state = dir.join("state");
+            {
+                // The host lock is machine-wide: wait for a run that holds it.
+                let (mut g, stale) = HostGuard::acquire(&state, Duration::from_secs(600)).unwrap();
+                assert!(stale.is_none());
+                g.set(&Knob::new(&knob_file, "never")).unwrap();
+                assert_eq!(fs::read_to_string(&knob_file).unwrap(), "never");
+                // Simulate SIGKILL: the guard never runs its restore.
+                g.restored = true;
             }
-        };
-        assert!(report.is_clean(), "{report:?}");
-        assert_eq!(fs::read_to_string(&knob_file).unwrap(), "madvise");
-        assert!(
-            !state.exists(),
-            "a clean restore leaves no state directory behind"
-        );
-        fs::remove_dir_all(&dir).unwrap();
+            assert!(state.join(JOURNAL).exists());
+            let deadline = Instant::now() + Duration::from_secs(600);
+            let report = loop {
+                match restore_from_journal(&state) {
+                    Err(e)
+                        if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    other => break other.unwrap().unwrap(),
+                }
+            };
+            assert!(report.is_clean(), "{report:?}");
+            assert_eq!(fs::read_to_string(&knob_file).unwrap(), "madvise");
+            assert!(
+                !state.exists(),
+                "a clean restore leaves no state directory behind"
+            );
+            fs::remove_dir_all(&dir).unwrap();
+        }
     }
 }

@@ -3,10 +3,10 @@
 //! to put the host back afterwards. It knows nothing about memory management:
 //! the catalogue in `tests/` and the backings in `fixtures/` give it meaning.
 
-pub mod checks;
 pub mod group;
 pub mod guard;
 pub mod kmsg;
+pub mod libtest;
 pub mod outcome;
 pub mod probe;
 pub mod runner;

@@ -1,11 +1,13 @@
 //! A deliberately broken trial costs exactly one result and the run goes on;
 //! no process but the trial's own can report its outcome; processes a trial
 //! leaves behind are named and stopped; checks around a trial take part in
-//! its verdict. Runs without libtest's thread pool (harness = false) because
-//! the runner forks, which is only sound from a single-threaded process.
+//! its verdict. Runs one test at a time on the main thread (harness = false,
+//! cowgup_harness::libtest) because the runner forks, which is only sound
+//! from a single-threaded process.
 
 use std::time::{Duration, Instant};
 
+use cowgup_harness::libtest::{self, check};
 use cowgup_harness::runner::send_record;
 use cowgup_harness::{
     diag, run_trial, signals, CheckResult, CheckStatus, Outcome, OutcomeKind, Record, RunOptions,
@@ -158,6 +160,16 @@ fn left_and_killed(r: &TrialReport, must_need_sigkill: bool) -> Result<(), Strin
     has_diag(r, "LEAK: ")
 }
 
+/// An expectation's result, with what the trial ended as when it was not met.
+fn judged(r: &TrialReport, result: Result<(), String>) -> Result<(), String> {
+    result.map_err(|e| {
+        format!(
+            "{e}\n       got {} {:?} {:?}",
+            r.outcome, r.diagnostics, r.checks
+        )
+    })
+}
+
 fn main() {
     let cases: Vec<(Trial, Expect)> = vec![
         (Trial::new("passes", || Outcome::Pass), |r| {
@@ -308,31 +320,16 @@ fn main() {
         timeout: Duration::from_secs(1),
     };
     let started = Instant::now();
-    let mut failed = 0;
-    let mut ran = 0;
-    let mut check = |name: &str, result: Result<(), String>, r: Option<&TrialReport>| {
-        ran += 1;
-        match result {
-            Ok(()) => println!("ok     {name}"),
-            Err(e) => {
-                failed += 1;
-                println!("FAILED {name}: {e}");
-                if let Some(r) = r {
-                    println!(
-                        "       got {} {:?} {:?}",
-                        r.outcome, r.diagnostics, r.checks
-                    );
-                }
+    let mut tests = Vec::new();
+    for (trial, expect) in cases {
+        tests.push(check(trial.name.clone(), move || {
+            let r = run_trial(&trial, None, &opts, &mut []).expect("not interrupted");
+            let mut result = expect(&r);
+            if r.name != trial.name {
+                result = Err("one result per trial, in order".into());
             }
-        }
-    };
-    for (trial, expect) in &cases {
-        let r = run_trial(trial, None, &opts, &mut []).expect("not interrupted");
-        let mut result = expect(&r);
-        if r.name != trial.name {
-            result = Err("one result per trial, in order".into());
-        }
-        check(&trial.name, result, Some(&r));
+            judged(&r, result)
+        }));
     }
 
     // Checks around a trial: before the fork, after it, and in the verdict.
@@ -345,87 +342,98 @@ fn main() {
         (CheckStatus::Unreliable, Outcome::Pass),
         (CheckStatus::Held, Outcome::Pass),
     ] {
-        let mut watch = FakeCheck {
-            status,
-            calls: vec![],
-        };
-        let trial = Trial::new("passes under a check", || Outcome::Pass);
-        let r = run_trial(&trial, None, &opts, &mut [&mut watch]).expect("not interrupted");
-        let ok = r.outcome == want
-            && watch.calls == ["before", "after"]
-            && r.checks.len() == 1
-            && r.checks[0].status == status;
-        check(
-            &format!("a {status:?} check gives {want}"),
-            ok.then_some(())
-                .ok_or_else(|| format!("calls {:?}", watch.calls)),
-            Some(&r),
-        );
+        tests.push(check(
+            format!("a {status:?} check gives {want}"),
+            move || {
+                let mut watch = FakeCheck {
+                    status,
+                    calls: vec![],
+                };
+                let trial = Trial::new("passes under a check", || Outcome::Pass);
+                let r = run_trial(&trial, None, &opts, &mut [&mut watch]).expect("not interrupted");
+                let ok = r.outcome == want
+                    && watch.calls == ["before", "after"]
+                    && r.checks.len() == 1
+                    && r.checks[0].status == status;
+                judged(
+                    &r,
+                    ok.then_some(())
+                        .ok_or_else(|| format!("calls {:?}", watch.calls)),
+                )
+            },
+        ));
     }
-    let mut watch = FakeCheck {
-        status: CheckStatus::Violated,
-        calls: vec![],
-    };
-    let skipped = Trial::new("skipped", || unreachable!()).skipped_because("plan");
-    let r = run_trial(&skipped, None, &opts, &mut [&mut watch]).expect("not interrupted");
-    check(
+    tests.push(check(
         "a trial that is not forked is not watched",
-        (watch.calls.is_empty() && r.checks.is_empty())
-            .then_some(())
-            .ok_or("watched".into()),
-        Some(&r),
-    );
+        move || {
+            let mut watch = FakeCheck {
+                status: CheckStatus::Violated,
+                calls: vec![],
+            };
+            let skipped = Trial::new("skipped", || unreachable!()).skipped_because("plan");
+            let r = run_trial(&skipped, None, &opts, &mut [&mut watch]).expect("not interrupted");
+            judged(
+                &r,
+                (watch.calls.is_empty() && r.checks.is_empty())
+                    .then_some(())
+                    .ok_or("watched".into()),
+            )
+        },
+    ));
 
     // The grandchild's socket must not make the runner wait for it: the
     // leftover is found and stopped in well under the 1 s time limit.
-    let leak_time = Instant::now();
-    let r = run_trial(
-        &Trial::new("leak timing", || leave_a_sleeper(false)),
-        None,
-        &opts,
-        &mut [],
-    )
-    .expect("not interrupted");
-    let took = leak_time.elapsed();
-    check(
+    tests.push(check(
         "a leftover holding the socket costs well under the time limit",
-        (took < Duration::from_millis(600))
-            .then_some(())
-            .ok_or(format!("took {took:?}")),
-        Some(&r),
-    );
+        move || {
+            let leak_time = Instant::now();
+            let r = run_trial(
+                &Trial::new("leak timing", || leave_a_sleeper(false)),
+                None,
+                &opts,
+                &mut [],
+            )
+            .expect("not interrupted");
+            let took = leak_time.elapsed();
+            judged(
+                &r,
+                (took < Duration::from_millis(600))
+                    .then_some(())
+                    .ok_or(format!("took {took:?}")),
+            )
+        },
+    ));
 
-    // Termination signals: a flag, no SA_RESTART, and the run stops.
-    signals::install();
-    let restarting = signals::TERMINATING
-        .iter()
-        .filter(|s| signals::restarts(**s))
-        .count();
-    let _ = nix::sys::signal::raise(Signal::SIGHUP);
-    let stopped = run_trial(
-        &Trial::new("after SIGHUP", || Outcome::Pass),
-        None,
-        &opts,
-        &mut [],
-    );
-    check(
+    // Termination signals: a flag, no SA_RESTART, and the run stops. (Last
+    // of the tests that run trials: the flag stays raised.)
+    tests.push(check(
         "SIGHUP becomes a flag that stops the run (handlers without SA_RESTART)",
-        (restarting == 0
-            && signals::pending() == Some(Signal::SIGHUP)
-            && matches!(stopped, Err(Stop::Interrupted(Signal::SIGHUP))))
-        .then_some(())
-        .ok_or(format!("{restarting} handler(s) restart; {stopped:?}")),
-        None,
-    );
+        move || {
+            signals::install();
+            let restarting = signals::TERMINATING
+                .iter()
+                .filter(|s| signals::restarts(**s))
+                .count();
+            let _ = nix::sys::signal::raise(Signal::SIGHUP);
+            let stopped = run_trial(
+                &Trial::new("after SIGHUP", || Outcome::Pass),
+                None,
+                &opts,
+                &mut [],
+            );
+            (restarting == 0
+                && signals::pending() == Some(Signal::SIGHUP)
+                && matches!(stopped, Err(Stop::Interrupted(Signal::SIGHUP))))
+            .then_some(())
+            .ok_or(format!("{restarting} handler(s) restart; {stopped:?}"))
+        },
+    ));
 
-    let total = started.elapsed();
-    check(
-        "all of it in under 10 s",
+    tests.push(check("all of it in under 10 s", move || {
+        let total = started.elapsed();
         (total < Duration::from_secs(10))
             .then_some(())
-            .ok_or(format!("{total:?}")),
-        None,
-    );
-    println!("{} passed, {failed} failed", ran - failed);
-    std::process::exit(i32::from(failed > 0));
+            .ok_or(format!("{total:?}"))
+    }));
+    libtest::main(tests)
 }

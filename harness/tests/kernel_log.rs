@@ -6,14 +6,17 @@
 //! The lines are written to /dev/kmsg by this test (root only), so they are
 //! user-facility records that say they were injected; no real kernel warning
 //! is triggered. The host lock is held meanwhile, so that no other cowgup
-//! run's trial is judged while these lines are in the log. Runs without
-//! libtest's threads (harness = false): the runner forks.
+//! run's trial is judged while these lines are in the log: the tests are
+//! named `host::...`. Runs one test at a time on the main thread
+//! (harness = false, cowgup_harness::libtest): the runner forks.
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cowgup_harness::kmsg::CHECK;
+use cowgup_harness::libtest::{self, Args, Completion, Failed};
 use cowgup_harness::{
     run_trial, CheckResult, CheckStatus, HostGuard, KernelLog, Outcome, OutcomeKind, RunOptions,
     Trial, TrialReport, Watch,
@@ -87,13 +90,19 @@ fn quiet_trials_pass(w: &mut KernelLog) -> Result<(), String> {
 }
 
 fn between_trials_fails_none(w: &mut KernelLog) -> Result<(), String> {
-    write_kmsg(WARNING).map_err(|e| e.to_string())?;
-    let r = run(
-        &Trial::new("after a line between trials", || Outcome::Pass),
-        w,
-    );
-    if r.outcome != Outcome::Pass {
-        return Err(format!("outcome {}", r.outcome));
+    // A trial first, so that the line falls between two trials even when
+    // this test runs alone (`--exact`, nextest).
+    for (name, line) in [
+        ("before a line between trials", None),
+        ("after a line between trials", Some(WARNING)),
+    ] {
+        if let Some(line) = line {
+            write_kmsg(line).map_err(|e| e.to_string())?;
+        }
+        let r = run(&Trial::new(name, || Outcome::Pass), w);
+        if r.outcome != Outcome::Pass {
+            return Err(format!("{name}: outcome {}", r.outcome));
+        }
     }
     let between = w.between_trials();
     (between.len() == 1 && between[0].contains(WARNING))
@@ -119,19 +128,21 @@ fn cost(w: &mut KernelLog) -> Result<(), String> {
     Ok(())
 }
 
-fn main() {
+/// Why these tests cannot run here, if they cannot.
+fn unable() -> Option<&'static str> {
     if !nix::unistd::geteuid().is_root() {
-        println!("skipped: writing to /dev/kmsg needs root");
-        return;
+        return Some("writing to /dev/kmsg needs root");
     }
     if std::fs::read_to_string("/proc/sys/kernel/printk_devkmsg").is_ok_and(|s| s.trim() == "off") {
-        println!("skipped: kernel.printk_devkmsg = off (no writes to /dev/kmsg)");
-        return;
+        return Some("kernel.printk_devkmsg = off (no writes to /dev/kmsg)");
     }
-    let dir = std::env::var_os("COWGUP_STATE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/cowgup"));
-    let (mut guard, _) = HostGuard::acquire(&dir, Duration::from_secs(900)).expect("host lock");
+    None
+}
+
+/// The host lock and the watch, taken by the first test that runs.
+type Held = Arc<Mutex<Option<(HostGuard, KernelLog)>>>;
+
+fn main() {
     let checks: [(&str, Check); 4] = [
         (
             "a warning logged during a trial fails it, naming the line",
@@ -147,18 +158,33 @@ fn main() {
         ),
         ("per-trial cost", cost),
     ];
-    let mut w = KernelLog::new();
-    let mut failed = 0;
-    for (name, check) in checks {
-        match check(&mut w) {
-            Ok(()) => println!("ok     {name}"),
-            Err(e) => {
-                failed += 1;
-                println!("FAILED {name}: {e}");
-            }
-        }
+    let held: Held = Arc::default();
+    let tests = checks
+        .into_iter()
+        .map(|(name, check)| {
+            let held = held.clone();
+            libtest::Trial::ignorable_test(libtest::host(name), move || {
+                if let Some(why) = unable() {
+                    return Ok(Completion::ignored_with(why));
+                }
+                let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
+                let (_, w) = held.get_or_insert_with(|| {
+                    let dir = std::env::var_os("COWGUP_STATE_DIR")
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|| PathBuf::from("/var/tmp/cowgup"));
+                    let (guard, _) =
+                        HostGuard::acquire(&dir, Duration::from_secs(900)).expect("host lock");
+                    (guard, KernelLog::new())
+                });
+                check(w)
+                    .map(|()| Completion::Completed)
+                    .map_err(Failed::from)
+            })
+        })
+        .collect();
+    let conclusion = Args::from_env().run(tests);
+    if let Some((mut guard, _)) = held.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        guard.restore();
     }
-    guard.restore();
-    println!("{} passed, {failed} failed", checks.len() - failed);
-    std::process::exit(i32::from(failed > 0))
+    conclusion.exit()
 }

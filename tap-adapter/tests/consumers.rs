@@ -2,7 +2,9 @@
 //! Perl's TAP::Parser (what `prove` uses), the kernel's kselftest runner.sh
 //! and mm/run_vmtests.sh (fetched from Debian's linux-source-6.12 at test
 //! time, cached under target/, never committed). One test at a time
-//! (harness = false): the binaries change and restore global mm settings.
+//! (harness = false, cowgup_harness::libtest): the binaries change and
+//! restore global mm settings as root, and the tests that run them are
+//! named `host::...`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -372,43 +374,42 @@ fn snapshot_diff(before: &str, after: &str) -> String {
     out.join("; ")
 }
 
-use cowgup_harness::checks::Check;
+use cowgup_harness::libtest::{self, check, check_unless};
 
 fn main() {
-    let root = nix::unistd::geteuid().is_root();
-    let mut tests: Vec<(&str, Check)> = vec![
-        (
-            "cow's output is strict kselftest TAP",
+    let not_root = |why: &'static str| {
+        move || (!nix::unistd::geteuid().is_root()).then(|| format!("needs root ({why})"))
+    };
+    libtest::main(vec![
+        check(
+            libtest::host("cow's output is strict kselftest TAP"),
             cow_output_is_strict_kselftest_tap,
         ),
-        (
-            "exit codes follow ksft_finished()",
+        check(
+            libtest::host("exit codes follow ksft_finished()"),
             exit_codes_follow_ksft_finished,
         ),
-        (
+        check(
             "evidence and checks keep TAP strict",
             evidence_and_checks_keep_tap_strict,
         ),
-    ];
-    if perl_tap_parser_available() {
-        tests.push((
-            "Perl's TAP::Parser and prove agree with our totals",
+        check_unless(
+            libtest::host("Perl's TAP::Parser and prove agree with our totals"),
+            || {
+                (!perl_tap_parser_available())
+                    .then(|| "perl's TAP::Parser is not installed (Debian package perl)".into())
+            },
             perl_tap_parser_agrees_with_our_totals,
-        ));
-    } else {
-        println!("skip: perl's TAP::Parser is not installed (Debian package perl)");
-    }
-    if root {
-        tests.push((
-            "the kernel's runner.sh maps exit codes 0, 1, 4 and timeout",
+        ),
+        check_unless(
+            libtest::host("the kernel's runner.sh maps exit codes 0, 1, 4 and timeout"),
+            not_root("runner.sh runs the binaries, which change host settings"),
             kselftest_runner_maps_exit_codes,
-        ));
-        tests.push((
-            "run_vmtests.sh -t cow runs our cow",
+        ),
+        check_unless(
+            libtest::host("run_vmtests.sh -t cow runs our cow"),
+            not_root("run_vmtests.sh writes nr_hugepages"),
             run_vmtests_runs_our_cow,
-        ));
-    } else {
-        println!("skip: runner.sh and run_vmtests.sh tests need root (run_vmtests.sh writes nr_hugepages)");
-    }
-    cowgup_harness::checks::run_checks(&tests)
+        ),
+    ])
 }

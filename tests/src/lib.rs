@@ -129,6 +129,18 @@ impl Scenario {
         t.skip = first_unmet(&self.needs, caps);
         t
     }
+
+    /// Whether running it as root changes global host settings: THP, KSM or
+    /// hugetlb knobs held while it runs, or provisioning (a hugetlb pool, a
+    /// swap file, a scratch mount, debugfs for gup_test). `cargo test` names
+    /// these trials `host::...` (cowgup_harness::libtest::HOST).
+    pub fn changes_host(&self) -> bool {
+        !self.knobs.is_empty()
+            || self
+                .needs
+                .iter()
+                .any(|n| n.provisionable() || *n == Need::GupTest)
+    }
 }
 
 fn outcome(step: cowgup_fixtures::Step<Outcome>) -> Outcome {
@@ -448,34 +460,8 @@ pub fn catalogue(caps: &Capabilities) -> Vec<Scenario> {
     v
 }
 
-/// libtest's selection rules: a name is run if it contains any filter (or
-/// equals one, with `exact`), and contains no skip pattern.
-#[derive(Clone, Debug, Default)]
-pub struct Selection {
-    pub filters: Vec<String>,
-    pub exact: bool,
-    pub skip: Vec<String>,
-}
-
-impl Selection {
-    pub fn selects(&self, name: &str) -> bool {
-        let matches = |f: &String| {
-            if self.exact {
-                name == f
-            } else {
-                name.contains(f.as_str())
-            }
-        };
-        (self.filters.is_empty() || self.filters.iter().any(matches))
-            && !self.skip.iter().any(|s| {
-                if self.exact {
-                    name == s
-                } else {
-                    name.contains(s.as_str())
-                }
-            })
-    }
-}
+/// libtest's selection rules, shared with every test binary's runner.
+pub use cowgup_harness::libtest::Selection;
 
 #[cfg(test)]
 mod tests {
@@ -538,24 +524,5 @@ mod tests {
         caps.thp_sizes.clear();
         caps.hugetlb.clear();
         assert_eq!(cow_catalogue(&caps).len(), 14 * 2 + 3 * 3);
-    }
-
-    #[test]
-    fn selection_follows_libtest() {
-        let s = Selection {
-            filters: vec!["vmsplice".into()],
-            exact: false,
-            skip: vec!["hugetlb".into()],
-        };
-        assert!(s.selects("vmsplice() + unmap in child ... with base page"));
-        assert!(!s.selects("vmsplice() + unmap in child ... with hugetlb (2048 kB)"));
-        assert!(!s.selects("Basic COW ... with memfd"));
-        let exact = Selection {
-            filters: vec!["Basic COW ... with memfd".into()],
-            exact: true,
-            skip: vec![],
-        };
-        assert!(exact.selects("Basic COW ... with memfd"));
-        assert!(!exact.selects("Basic COW ... with memfd hugetlb (2048 kB)"));
     }
 }
