@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cowgup_harness::guard::{self, HostGuard, Knob};
-use libtest_mimic::{Arguments, Failed, Trial};
+use cowgup_harness::libtest;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::{fork, pipe, read, setpgid, write, ForkResult, Pid};
@@ -50,9 +50,12 @@ fn unfit() -> Option<String> {
 }
 
 /// Whether something else holds pages of the 2 MiB pool (asked under the host lock).
-fn in_use() -> Result<(), Failed> {
+fn in_use() -> Result<(), String> {
     if count("surplus_hugepages") != 0 || count("resv_hugepages") != 0 {
-        return Err(format!("the 2 MiB pool is in use outside cowgup: {}", pool()).into());
+        return Err(format!(
+            "the 2 MiB pool is in use outside cowgup: {}",
+            pool()
+        ));
     }
     Ok(())
 }
@@ -125,7 +128,7 @@ impl Holder {
 }
 
 /// Poll until the pool is back at `base` pages with no surplus, or say how it is.
-fn pool_back_at(base: u64) -> Result<(), Failed> {
+fn pool_back_at(base: u64) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if count("nr_hugepages") == base && count("surplus_hugepages") == 0 {
@@ -136,8 +139,7 @@ fn pool_back_at(base: u64) -> Result<(), Failed> {
     Err(format!(
         "the 2 MiB pool was {base} page(s) before and is now: {}",
         pool()
-    )
-    .into())
+    ))
 }
 
 fn state_dir(name: &str) -> PathBuf {
@@ -152,7 +154,7 @@ fn acquire(dir: &Path) -> HostGuard {
 /// An earlier run's process still holds a page that its restore made surplus
 /// when this run journals the pool: the journal must hold the persistent
 /// size, and the restore must leave the page surplus, freed when it goes.
-fn surplus_page_of_an_earlier_run_is_not_journaled() -> Result<(), Failed> {
+fn surplus_page_of_an_earlier_run_is_not_journaled() -> Result<(), String> {
     // Held throughout: other runs on this host change the pool too.
     let dir = state_dir("surplus");
     let mut g = acquire(&dir);
@@ -173,10 +175,13 @@ fn surplus_page_of_an_earlier_run_is_not_journaled() -> Result<(), Failed> {
     drop(g);
     let _ = fs::remove_dir_all(&dir);
     if surplus != 1 {
-        return Err(format!("setup: expected 1 surplus page, the pool was: {}", pool()).into());
+        return Err(format!(
+            "setup: expected 1 surplus page, the pool was: {}",
+            pool()
+        ));
     }
     if !report.is_clean() {
-        return Err(format!("restore reported problems: {:?}", report.problems).into());
+        return Err(format!("restore reported problems: {:?}", report.problems));
     }
     back
 }
@@ -184,7 +189,7 @@ fn surplus_page_of_an_earlier_run_is_not_journaled() -> Result<(), Failed> {
 /// A run killed outright leaves a trial process holding a page; `cowgup
 /// restore` must stop it (it is journaled by process group) and only then
 /// shrink the pool, and say it did.
-fn restore_after_sigkill_stops_the_trial_holding_a_page() -> Result<(), Failed> {
+fn restore_after_sigkill_stops_the_trial_holding_a_page() -> Result<(), String> {
     let knob = Path::new(POOL).join("nr_hugepages");
     let dir = state_dir("sigkill");
     let (ready_r, ready_w) = pipe().unwrap();
@@ -238,10 +243,13 @@ fn restore_after_sigkill_stops_the_trial_holding_a_page() -> Result<(), Failed> 
         .map_err(|e| format!("restore failed: {e}"))?
         .ok_or("the killed run left no journal")?;
     if held != base + 1 {
-        return Err(format!("setup: the killed run's page was not there: {}", pool()).into());
+        return Err(format!(
+            "setup: the killed run's page was not there: {}",
+            pool()
+        ));
     }
     if !report.is_clean() {
-        return Err(format!("restore reported problems: {:?}", report.problems).into());
+        return Err(format!("restore reported problems: {:?}", report.problems));
     }
     if !report
         .changed
@@ -251,31 +259,27 @@ fn restore_after_sigkill_stops_the_trial_holding_a_page() -> Result<(), Failed> 
         return Err(format!(
             "restore does not say it stopped the trial: {:?}",
             report.changed
-        )
-        .into());
+        ));
     }
     back
 }
 
 fn main() {
-    let mut args = Arguments::from_args();
-    args.test_threads = Some(1);
-    let tests = [
+    type Check = fn() -> Result<(), String>;
+    let tests: [(&str, Check); 2] = [
         (
-            "host::surplus_page_of_an_earlier_run_is_not_journaled",
-            surplus_page_of_an_earlier_run_is_not_journaled as fn() -> Result<(), Failed>,
+            "surplus_page_of_an_earlier_run_is_not_journaled",
+            surplus_page_of_an_earlier_run_is_not_journaled,
         ),
         (
-            "host::restore_after_sigkill_stops_the_trial_holding_a_page",
+            "restore_after_sigkill_stops_the_trial_holding_a_page",
             restore_after_sigkill_stops_the_trial_holding_a_page,
         ),
     ];
-    let trials = tests
-        .into_iter()
-        .map(|(name, f)| {
-            let skip = unfit();
-            Trial::test(name, f).with_ignored_flag(skip.is_some())
-        })
-        .collect();
-    libtest_mimic::run(&args, trials).exit()
+    libtest::main(
+        tests
+            .into_iter()
+            .map(|(name, f)| libtest::check_unless(libtest::host(name), unfit, f))
+            .collect(),
+    )
 }

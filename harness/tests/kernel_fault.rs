@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cowgup_harness::kmsg::{Read1, Source};
+use cowgup_harness::libtest::{self, Failed, Trial as Test};
 use cowgup_harness::{
     run_batch, run_trial, KernelLog, Outcome, RunOptions, Trial, TrialReport, Watch,
 };
-use libtest_mimic::{Arguments, Failed, Trial as Test};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::unistd::{pipe, read, write};
 
@@ -172,9 +172,6 @@ fn a_warning_fails_its_trial_and_the_run_goes_on() -> Result<(), Failed> {
 }
 
 fn main() {
-    let mut args = Arguments::from_args();
-    // The runner forks: one thread.
-    args.test_threads = Some(1);
     let tests = [
         (
             "an_oops_fails_its_trial_at_once_and_no_trial_runs_after_it",
@@ -189,6 +186,5 @@ fn main() {
             a_warning_fails_its_trial_and_the_run_goes_on,
         ),
     ];
-    let trials = tests.into_iter().map(|(n, f)| Test::test(n, f)).collect();
-    libtest_mimic::run(&args, trials).exit()
+    libtest::main(tests.into_iter().map(|(n, f)| Test::test(n, f)).collect())
 }
