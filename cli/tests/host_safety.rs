@@ -4,25 +4,35 @@
 //! (harness = false, cowgup_harness::libtest): the `host::` tests own the
 //! host's global mm settings.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use cowgup_fixtures::needs::snapshot_diff;
+
 const COWGUP: &str = env!("CARGO_BIN_EXE_cowgup");
 
 /// The host's mm settings plus what is left in the state directory.
-fn host_state(state_dir: &Path) -> String {
-    let mut s = cowgup_fixtures::needs::host_snapshot();
-    let mut left: Vec<String> = fs::read_dir(state_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    left.sort();
-    s.push_str(&format!("left in state dir: {left:?}\n"));
-    s
+fn host_state(state_dir: &Path) -> BTreeMap<String, String> {
+    cowgup_fixtures::needs::host_settings(&[state_dir])
+}
+
+/// Wait up to 5 s for the host to be as it was `before`: hugetlb pages of
+/// processes that are still exiting are freed a moment later.
+fn settles_to(before: &BTreeMap<String, String>, state: &Path, when: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let diff = snapshot_diff(before, &host_state(state));
+        if diff.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("host differs {when}:\n  {}", diff.join("\n  ")));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn state_dir(tag: &str) -> PathBuf {
@@ -83,11 +93,9 @@ fn sigterm_mid_run_restores_the_host() -> Result<(), String> {
     if status.signal() != Some(libc::SIGTERM) && status.success() {
         return Err(format!("run was not interrupted: {status:?}"));
     }
-    let after = host_state(&state);
+    let settled = settles_to(&before, &state, "after SIGTERM");
     let _ = fs::remove_dir_all(&state);
-    (before == after)
-        .then_some(())
-        .ok_or_else(|| format!("host differs after SIGTERM:\nbefore:\n{before}\nafter:\n{after}"))
+    settled
 }
 
 fn sigkill_then_restore_command_restores_the_host() -> Result<(), String> {
@@ -115,7 +123,7 @@ fn sigkill_then_restore_command_restores_the_host() -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    let after = host_state(&state);
+    let settled = settles_to(&before, &state, "after restore");
     let again = cowgup(&state, &["restore"])
         .output()
         .map_err(|e| e.to_string())?;
@@ -123,9 +131,7 @@ fn sigkill_then_restore_command_restores_the_host() -> Result<(), String> {
     if !String::from_utf8_lossy(&again.stdout).contains("nothing to restore") {
         return Err("a second restore found a journal again".into());
     }
-    (before == after)
-        .then_some(())
-        .ok_or_else(|| format!("host differs after restore:\nbefore:\n{before}\nafter:\n{after}"))
+    settled
 }
 
 fn run_as(uid: u32, args: &[&str]) -> Result<Output, String> {
@@ -145,12 +151,7 @@ fn non_root_runs_and_every_privileged_case_skips_with_a_reason() -> Result<(), S
     let before = host_state(&state);
     let out = run_as(65534, &["run", "--verbose", "Basic COW"])?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let after = host_state(&state);
-    if before != after {
-        return Err(format!(
-            "a non-root run changed the host:\n{before}\n{after}"
-        ));
-    }
+    settles_to(&before, &state, "after a non-root run")?;
     if !out.status.success() {
         return Err(format!(
             "non-root run failed:\n{text}\n{}",
@@ -198,11 +199,9 @@ fn bad_input_gets_a_short_error_and_changes_nothing() -> Result<(), String> {
             ));
         }
     }
-    let after = host_state(&state);
+    let settled = settles_to(&before, &state, "after bad input");
     let _ = fs::remove_dir_all(&state);
-    (before == after)
-        .then_some(())
-        .ok_or_else(|| "bad input changed the host".into())
+    settled
 }
 
 use cowgup_harness::libtest::{self, check, check_unless};
