@@ -1229,11 +1229,11 @@ fn soak() -> Result<(), String> {
 }
 
 fn main() {
-    let args = libtest_mimic::Arguments::from_args();
-    let trial = libtest_mimic::Trial::test(
-        "soak: cowgup run killed by random signals at random times restores the host",
-        || soak().map_err(Into::into),
+    cowgup_harness::libtest::main(vec![cowgup_harness::libtest::check(
+        cowgup_harness::libtest::host(
+            "soak: cowgup run killed by random signals at random times restores the host",
+        ),
+        soak,
     )
-    .with_ignored_flag(true);
-    libtest_mimic::run(&args, vec![trial]).exit();
+    .with_ignored_flag(true)])
 }
