@@ -162,6 +162,53 @@ fn write_setting_settled(path: &Path, value: &str) -> io::Result<()> {
     }
 }
 
+/// Put a hugetlb pool back at `persistent` pages, and wait until it holds
+/// no surplus page either: only then is the memory the run took back with
+/// the host. A surplus page in use goes when its user lets go of it (a
+/// process, or an io_uring ring being torn down after its process exited).
+/// A free surplus page nobody holds is never freed by the kernel on its own
+/// (surplus pages are freed when their user frees them or a reservation is
+/// returned, and a shrink stops at the persistent count); writing the pool's
+/// whole size makes it persistent, and the shrink that follows frees it.
+fn settle_pool(path: &Path, persistent: u64) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let read = |f: &str| read_count(&dir.join(f));
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let (nr, free, resv, surplus) = (
+            read("nr_hugepages")?,
+            read("free_hugepages")?,
+            read("resv_hugepages")?,
+            read("surplus_hugepages")?,
+        );
+        if nr.saturating_sub(surplus) == persistent && surplus == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let held = if surplus > 0 && free <= resv {
+                format!(
+                    "; {surplus} surplus page(s) still in use (a process, or an io_uring ring \
+                     being torn down, holds them; the kernel frees them when they are let go, \
+                     `cowgup restore` checks again)"
+                )
+            } else {
+                String::new()
+            };
+            return Err(io::Error::other(format!(
+                "{} is not back at {persistent} page(s) with no surplus after {} s (pool: nr \
+                 {nr}, free {free}, resv {resv}, surplus {surplus}){held}",
+                path.display(),
+                SETTLE.as_secs()
+            )));
+        }
+        if surplus > 0 && free > resv {
+            write_knob(path, &nr.to_string())?;
+        }
+        write_knob(path, &persistent.to_string())?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Entry {
     Knob {
@@ -216,12 +263,24 @@ impl Entry {
     /// Put this one change back. Idempotent: replaying a journal twice is safe.
     fn undo(&self) -> Result<Option<String>, String> {
         match self {
-            Entry::Knob { path, original } => match read_setting(path) {
-                Ok(now) if now == *original => Ok(None),
-                Ok(now) => write_setting_settled(path, original)
+            Entry::Knob { path, original } => match (read_setting(path), surplus_of(path)) {
+                (Ok(now), Some(_)) => {
+                    let persistent = original.parse().map_err(|_| {
+                        format!(
+                            "{}: journaled size {original:?} is not a count",
+                            path.display()
+                        )
+                    })?;
+                    let moved = now != *original;
+                    settle_pool(path, persistent)
+                        .map(|_| moved.then(|| format!("{}: {now} -> {original}", path.display())))
+                        .map_err(|e| e.to_string())
+                }
+                (Ok(now), None) if now == *original => Ok(None),
+                (Ok(now), None) => write_setting_settled(path, original)
                     .map(|_| Some(format!("{}: {now} -> {original}", path.display())))
                     .map_err(|e| e.to_string()),
-                Err(e) => Err(format!("{}: {e}", path.display())),
+                (Err(e), _) => Err(format!("{}: {e}", path.display())),
             },
             Entry::Swapfile(p) => {
                 let mut did = Vec::new();
