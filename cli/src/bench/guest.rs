@@ -484,6 +484,10 @@ pub struct GuestBench<'a> {
 }
 
 pub fn run(b: &GuestBench) -> ExitCode {
+    // A bad path fails here, before the C programs or a static cowgup are built.
+    if let Err(e) = crate::matrix::spec::check_image("--guest", b.kernel) {
+        return crate::fatal(&e);
+    }
     match run_inner(b) {
         Ok(text) => {
             print!("{text}");

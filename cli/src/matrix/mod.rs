@@ -700,6 +700,14 @@ pub fn matrix(args: &MatrixArgs) -> ExitCode {
         print!("{}", dry_run(args, &cells_planned));
         return ExitCode::SUCCESS;
     }
+    // Bad kernel paths first: nothing is built, probed or booted for them.
+    for k in &args.kernel {
+        if let KernelSpec::Image(p) = k {
+            if let Err(e) = spec::check_image("--kernel", p) {
+                return crate::fatal(&e);
+            }
+        }
+    }
     if let Err(e) = check_selection(args) {
         return crate::fatal(&e);
     }
