@@ -426,6 +426,17 @@ mod tests {
         let doc: serde_json::Value = serde_json::from_str(&document(Format::Json)).unwrap();
         assert_eq!(lines[2]["trial"], doc["trials"][0]);
         assert_eq!(lines[4]["trial"], doc["trials"][1]);
+        // And the matrix's reader of the port takes them back.
+        let mut s = crate::matrix::watch::EventStream::default();
+        s.feed(text.as_bytes());
+        s.end();
+        assert_eq!((s.events, s.garbled, s.lost), (6, 0, 0));
+        assert_eq!(
+            s.raw_trials,
+            [doc["trials"][0].clone(), doc["trials"][1].clone()]
+        );
+        assert_eq!(s.trials[0].outcome, "fail");
+        assert!(s.run_finished && s.running.is_none());
     }
 
     #[test]

@@ -601,6 +601,7 @@ fn run_inner(b: &GuestBench) -> Result<String, String> {
                 match ended {
                     qemu::Ended::TimedOut => format!("stopped after {} s", b.timeout.as_secs()),
                     qemu::Ended::Exited(s) => format!("qemu ended: {s}"),
+                    qemu::Ended::Stopped(why) => why,
                 },
                 crate::matrix::collect::tail(&console, 25).join("\n")
             ))

@@ -1,6 +1,8 @@
 //! A cell's result: the suite's JSON report read back from the result
-//! channel (ttyS1, or the host run's output file), or why there is none,
-//! with the console's last lines.
+//! channel (ttyS1, or the host run's output file); else the results the
+//! suite streamed before it died or hung (`watch`), with the trial left
+//! unfinished; or why there is none, with the console's last lines. A
+//! kernel fault seen on the console is part of the cell whatever else came.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -46,6 +48,59 @@ pub struct Cell {
     pub setup: Vec<Setup>,
     /// Kernel log lines (WARNING, BUG, ...) the suite saw outside any trial.
     pub kernel_log: Vec<String>,
+    /// A kernel fault on the guest's console (Oops, BUG, RCU stall, ...).
+    pub fault: Option<KernelFault>,
+    /// The trial started and never finished, when the cell ended without
+    /// the suite's report.
+    pub unfinished: Option<String>,
+    /// What the streamed event lines came to.
+    pub stream: StreamStats,
+}
+
+/// The event lines of a cell: read, not parsed (ignored), lost (gaps).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    pub events: u64,
+    pub garbled: u64,
+    pub lost: u64,
+}
+
+/// A kernel fault the host saw on a guest's console.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelFault {
+    /// The fault line and the lines after it (`watch::QUOTED` at most).
+    pub lines: Vec<String>,
+    /// Fault lines after the quote (RCU stalls, lockups), the first few,
+    /// and how many there were.
+    pub later: Vec<String>,
+    pub later_count: usize,
+    /// The trial running (started, not finished) when the host saw it.
+    pub trial: Option<String>,
+    /// When none was running: the last one finished before it.
+    pub after: Option<String>,
+    /// Seconds into the cell when the host saw it.
+    pub seen_s: f64,
+    /// Seconds from then to the cell's end.
+    pub ended_after_s: f64,
+}
+
+impl KernelFault {
+    /// The fault line without its timestamp.
+    pub fn headline(&self) -> &str {
+        self.lines
+            .first()
+            .map(|l| super::watch::strip_printk_prefix(l).trim())
+            .unwrap_or("")
+    }
+
+    /// `in trial #20 NAME`, `between trials, after #19 NAME`, or `before any trial`.
+    pub fn place(&self) -> String {
+        match (&self.trial, &self.after) {
+            (Some(t), _) => format!("in trial {t}"),
+            (None, Some(a)) => format!("after trial {a} (no trial announced since: between trials, or in a batch, whose trials are announced when it ends)"),
+            (None, None) => "before any trial finished".into(),
+        }
+    }
 }
 
 pub const OUTCOMES: [&str; 6] = ["pass", "fail", "xfail", "xpass", "skip", "error"];
@@ -63,6 +118,9 @@ impl Cell {
             topology: "base".into(),
             setup: Vec::new(),
             kernel_log: r.kernel_log,
+            fault: None,
+            unfinished: None,
+            stream: StreamStats::default(),
         }
     }
 
@@ -78,6 +136,41 @@ impl Cell {
             topology: "base".into(),
             setup: Vec::new(),
             kernel_log: Vec::new(),
+            fault: None,
+            unfinished: None,
+            stream: StreamStats::default(),
+        }
+    }
+
+    /// No report, but what the suite streamed before it stopped: every
+    /// finished trial and the one left unfinished.
+    pub fn streamed(
+        kernel: &str,
+        wall: Duration,
+        why: String,
+        tail: Vec<String>,
+        s: &super::watch::EventStream,
+    ) -> Cell {
+        let mut c = Cell::broken(kernel, wall, why, tail);
+        c.release = s.release.clone();
+        c.trials = s.trials.clone();
+        c.raw_trials = s.raw_trials.clone();
+        c.kernel_log = s.kernel_log.clone();
+        c.unfinished = s.running.as_ref().map(ToString::to_string);
+        c
+    }
+
+    /// How the cell ended: `complete`, `KERNEL FAULT`, `INCOMPLETE` (no
+    /// report, some results streamed) or `NO RESULT`.
+    pub fn outcome(&self) -> &'static str {
+        if self.fault.is_some() {
+            "KERNEL FAULT"
+        } else if self.broken.is_none() {
+            "complete"
+        } else if self.trials.is_empty() {
+            "NO RESULT"
+        } else {
+            "INCOMPLETE"
         }
     }
 
@@ -104,6 +197,7 @@ impl Cell {
 
     pub fn ok(&self) -> bool {
         self.broken.is_none()
+            && self.fault.is_none()
             && !self.trials.iter().any(Trial::unexpected)
             && self.setup_failures().next().is_none()
     }
