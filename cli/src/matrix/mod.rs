@@ -460,11 +460,17 @@ fn boot(shared: &Shared, label: &str, kernel: &Path, topology: &Topology, dir: &
         .zip(watch.seen.as_ref())
         .map(|(f, seen)| {
             let seen_s = (booted.duration_since(start) + seen.at).as_secs_f64();
+            // The guest's own kernel-log check names the trial for sure; the
+            // stream's running trial at the time may already be the next one
+            // (the guest went on after the fault before the host looked).
+            let quoted =
+                collect::quoted_by(&f.lines[0], &watch.port.raw_trials, &watch.port.numbers);
             collect::KernelFault {
                 lines: f.lines.clone(),
                 later: f.later.clone(),
                 later_count: f.later_count,
-                trial: seen.running.as_ref().map(ToString::to_string),
+                by_check: quoted.is_some(),
+                trial: quoted.or_else(|| seen.running.as_ref().map(ToString::to_string)),
                 after: seen.last_finished.as_ref().map(ToString::to_string),
                 seen_s,
                 ended_after_s: (wall.as_secs_f64() - seen_s).max(0.0),
@@ -474,7 +480,11 @@ fn boot(shared: &Shared, label: &str, kernel: &Path, topology: &Topology, dir: &
     let mut cell = match (&ended, collect::unframe(&channel)) {
         (Err(e), _) => Cell::broken(label, wall, e.clone(), tail),
         (_, Some(json)) => match collect::parse_report(json) {
-            Ok(r) => Cell::ran(label, wall, r),
+            Ok(r) => {
+                let mut c = Cell::ran(label, wall, r);
+                c.planned = watch.port.planned;
+                c
+            }
             Err(e) => Cell::streamed(label, wall, e, tail, &watch.port),
         },
         (Ok(ended), None) => {

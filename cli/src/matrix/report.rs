@@ -58,7 +58,13 @@ fn ending_lines(c: &Cell) -> Vec<String> {
     let streamed = if c.broken.is_none() || (c.trials.is_empty() && c.stream.events == 0) {
         String::new()
     } else {
-        let mut s = format!("; {} result(s) streamed before the end", c.trials.len());
+        let mut s = format!(
+            "; {}{} result(s) streamed before the end",
+            c.trials.len(),
+            c.planned
+                .map(|p| format!(" of {p} planned"))
+                .unwrap_or_default()
+        );
         if c.stream.garbled + c.stream.lost > 0 {
             s.push_str(&format!(
                 " ({} garbled line(s) ignored, {} event(s) lost)",
@@ -78,7 +84,10 @@ fn ending_lines(c: &Cell) -> Vec<String> {
             f.headline()
         ));
         v.push(format!(
-            "  seen {:.0} s into the cell; the cell ended {:.0} s later, {}{streamed}",
+            "  {}seen {:.0} s into the cell; the cell ended {:.0} s later, {}{streamed}",
+            f.named_by()
+                .map(|n| format!("the trial: {n}; "))
+                .unwrap_or_default(),
             f.seen_s,
             f.ended_after_s,
             match &c.broken {
@@ -226,12 +235,23 @@ pub fn render(cells: &[Cell]) -> String {
                 .entry(t.reason.as_deref().unwrap_or("(no reason given)"))
                 .or_default() += 1;
         }
+        let cut = if c.broken.is_some() && !c.trials.is_empty() {
+            format!(
+                " (cut short: {}{} trial(s) reported)",
+                c.trials.len(),
+                c.planned.map(|p| format!(" of {p}")).unwrap_or_default()
+            )
+        } else {
+            String::new()
+        };
         if c.broken.is_some() && c.trials.is_empty() {
             let _ = writeln!(out, "- {}: nothing (no result)", c.label());
-        } else if reasons.is_empty() {
+        } else if reasons.is_empty() && cut.is_empty() {
             let _ = writeln!(out, "- {}: everything ran", c.label());
+        } else if reasons.is_empty() {
+            let _ = writeln!(out, "- {}: no skips{cut}", c.label());
         } else {
-            let _ = writeln!(out, "- {}:", c.label());
+            let _ = writeln!(out, "- {}:{cut}", c.label());
             let mut by_count: Vec<_> = reasons.into_iter().collect();
             by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
             for (why, n) in by_count {
@@ -417,11 +437,14 @@ pub fn html(cells: &[Cell]) -> String {
         if let Some(f) = &c.fault {
             let _ = writeln!(
                 out,
-                "<h3>Kernel fault</h3>\n<p class=\"fault\">{} {}: <code>{}</code>; seen {:.0} s into the \
-                 cell, which ended {:.0} s later {}.</p>\n<pre class=\"oops\">{}</pre>",
+                "<h3>Kernel fault</h3>\n<p class=\"fault\">{} {}: <code>{}</code>{}; seen {:.0} s \
+                 into the cell, which ended {:.0} s later {}.</p>\n<pre class=\"oops\">{}</pre>",
                 esc(c.outcome()),
                 esc(&f.place()),
                 esc(f.headline()),
+                f.named_by()
+                    .map(|n| format!(" (the trial: {n})"))
+                    .unwrap_or_default(),
                 f.seen_s,
                 f.ended_after_s,
                 if c.broken.is_none() {
@@ -569,6 +592,7 @@ pub(crate) mod tests {
             kernel_log: vec![],
             fault: None,
             unfinished: None,
+            planned: None,
             stream: Default::default(),
         };
         let hung = Cell::broken(
@@ -660,6 +684,7 @@ pub(crate) mod tests {
             kernel_log: vec![],
             fault: None,
             unfinished: None,
+            planned: None,
             stream: Default::default(),
         });
         c[0].trials
@@ -770,6 +795,7 @@ pub(crate) mod tests {
         ];
         c.raw_trials = vec![json!({"name": "a"}), json!({"name": "b"})];
         c.unfinished = Some("#3 c".into());
+        c.planned = Some(245);
         c.stream = StreamStats {
             events: 6,
             garbled: 1,
@@ -784,6 +810,7 @@ pub(crate) mod tests {
             later: vec!["[  115.0] rcu: INFO: rcu_sched self-detected stall on CPU".into()],
             later_count: 1,
             trial: Some("#3 c".into()),
+            by_check: false,
             after: Some("#2 b".into()),
             seen_s: 52.4,
             ended_after_s: 15.2,
@@ -812,13 +839,14 @@ pub(crate) mod tests {
         assert!(
             r.contains(
                 "- bzImage-fault: KERNEL FAULT in trial #3 c: kernel BUG at mm/gup_test.c:42!\n\
-                 \x20 seen 52 s into the cell; the cell ended 15 s later, without the suite's report \
-                 (stopped 15 s after a kernel fault showed on the console); 2 result(s) streamed"
+                 \x20 the trial: started and not finished when the host saw the fault; seen 52 s into \
+                 the cell; the cell ended 15 s later, without the suite's report \
+                 (stopped 15 s after a kernel fault showed on the console); 2 of 245 planned result(s)"
             ),
             "{r}"
         );
         assert!(r.contains(
-            "; 2 result(s) streamed before the end (1 garbled line(s) ignored, 0 event(s) lost); \
+            "; 2 of 245 planned result(s) streamed before the end (1 garbled line(s) ignored, 0 event(s) lost); \
              unfinished: #3 c\n  kernel fault (3 lines):\n  > [   52.1] kernel BUG at mm/gup_test.c:42!\n"
         ));
         assert!(r.contains(
@@ -826,6 +854,7 @@ pub(crate) mod tests {
         ));
         assert!(r.contains("- bzImage-fault: FAIL b -- pin balance: violated\n"));
         assert!(!r.contains("- bzImage-fault: NO RESULT"));
+        assert!(r.contains("- bzImage-fault: no skips (cut short: 2 of 245 trial(s) reported)\n"));
         assert!(!cells[2].ok());
 
         let doc = json(&cells);
@@ -893,7 +922,7 @@ pub(crate) mod tests {
         assert!(
             r.contains(
                 "- bzImage-fault: INCOMPLETE: no result within 600 s (the cell's time limit): the \
-             guest was stopped; 2 result(s) streamed before the end (1 garbled line(s) ignored, \
+             guest was stopped; 2 of 245 planned result(s) streamed before the end (1 garbled line(s) ignored, \
              0 event(s) lost); unfinished: #3 c\n  console tail (1 lines):\n"
             ),
             "{r}"

@@ -87,6 +87,8 @@ pub struct EventStream {
     /// trial object as the JSON report has it.
     pub trials: Vec<Trial>,
     pub raw_trials: Vec<Value>,
+    /// Their numbers in the run.
+    pub numbers: Vec<u64>,
     /// Started and not (yet) finished.
     pub running: Option<TrialRef>,
     pub last_finished: Option<TrialRef>,
@@ -190,6 +192,7 @@ impl EventStream {
                 }
                 self.trials.push(trial);
                 self.raw_trials.push(v["trial"].clone());
+                self.numbers.push(t.number);
                 self.last_finished = Some(t);
             }
             Some("interrupted") => {
