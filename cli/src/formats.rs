@@ -2,7 +2,9 @@
 //! the event stream: kselftest TAP and KTAP (`cowgup_tap::TapReporter`,
 //! written as the run goes), and JSON and JUnit XML (`Document`, written
 //! once the run finished). JSON carries each trial's evidence and checks as
-//! structured fields; JUnit has one testsuite per family.
+//! structured fields; JUnit has one testsuite per family. `Events` (`run
+//! --events FILE`) writes each event as one JSON line the moment it is
+//! formed, so a run that dies keeps every result before it.
 
 use std::io::{self, Write};
 use std::time::Duration;
@@ -102,6 +104,27 @@ fn totals_json(t: &Totals) -> serde_json::Value {
     json!({"pass": t.pass, "fail": t.fail, "xfail": t.xfail, "xpass": t.xpass, "skip": t.skip, "error": t.error})
 }
 
+fn json_trial(t: &TrialEnd) -> JsonTrial<'_> {
+    JsonTrial {
+        name: &t.trial.name,
+        family: t.trial.family.id(),
+        backing: &t.trial.group,
+        outcome: t.report.outcome.kind().as_str(),
+        reason: t.report.outcome.reason(),
+        duration_ms: ms(t.report.duration),
+        diagnostics: &t.report.diagnostics,
+        evidence: &t.report.evidence,
+        checks: &t.report.checks,
+    }
+}
+
+fn restore_json(end: &RunEnd) -> serde_json::Value {
+    json!(end
+        .restore
+        .as_ref()
+        .map(|r| json!({"changed": r.changed, "problems": r.problems})))
+}
+
 pub fn json(start: &RunStart, trials: &[TrialEnd], end: &RunEnd) -> String {
     let c = &start.caps;
     let doc = json!({
@@ -126,23 +149,129 @@ pub fn json(start: &RunStart, trials: &[TrialEnd], end: &RunEnd) -> String {
         "host_changes": start.host_changes,
         "totals": totals_json(&end.totals),
         "duration_s": end.elapsed.as_secs_f64(),
-        "trials": trials.iter().map(|t| JsonTrial {
-            name: &t.trial.name,
-            family: t.trial.family.id(),
-            backing: &t.trial.group,
-            outcome: t.report.outcome.kind().as_str(),
-            reason: t.report.outcome.reason(),
-            duration_ms: ms(t.report.duration),
-            diagnostics: &t.report.diagnostics,
-            evidence: &t.report.evidence,
-            checks: &t.report.checks,
-        }).collect::<Vec<_>>(),
-        "restore": end.restore.as_ref().map(|r| json!({"changed": r.changed, "problems": r.problems})),
+        "trials": trials.iter().map(json_trial).collect::<Vec<_>>(),
+        "restore": restore_json(end),
         "kernel_log_outside_trials": end.kernel_log,
     });
     let mut text = serde_json::to_string_pretty(&doc).expect("JSON values always serialise");
     text.push('\n');
     text
+}
+
+/// `run --events FILE`: every event as one line of JSON, written and
+/// flushed when it is formed (a line never waits for the next event):
+///
+/// ```text
+/// {"event":"run_started","seq":1,"tool":"cowgup","version":..,"kernel":..,"planned":N,"host_changes":[..]}
+/// {"event":"trial_started","seq":2,"number":1,"name":..,"family":..,"backing":..}
+/// {"event":"trial_finished","seq":3,"number":1,"trial":{..the JSON report's trial object..}}
+/// {"event":"interrupted","seq":..,"signal":"SIGTERM","done":N,"planned":N}
+/// {"event":"run_finished","seq":..,"totals":{..},"duration_s":..,"restore":..,"kernel_log_outside_trials":[..]}
+/// ```
+///
+/// `event` and `seq` (1, 2, ...: a gap is a lost line) come first in every
+/// line, so a reader can find `{"event":"` in a line a noisy port prefixed
+/// with something else. On a terminal (a serial port) each `trial_started`
+/// line is drained (tcdrain) before the trial runs: the reader knows which
+/// trial was running when the machine dies.
+pub struct Events<W: Write> {
+    out: W,
+    seq: u64,
+    /// Drain the line to the device after `trial_started` (a tty's fd).
+    drain: Option<std::os::fd::RawFd>,
+}
+
+#[derive(Serialize)]
+struct EventLine<'a, T: Serialize> {
+    event: &'a str,
+    seq: u64,
+    #[serde(flatten)]
+    body: T,
+}
+
+impl<W: Write> Events<W> {
+    pub fn new(out: W) -> Self {
+        Events {
+            out,
+            seq: 0,
+            drain: None,
+        }
+    }
+
+    /// After each `trial_started`, wait until the device sent it (`fd` is a terminal's).
+    pub fn draining(mut self, fd: std::os::fd::RawFd) -> Self {
+        self.drain = Some(fd);
+        self
+    }
+
+    fn line<T: Serialize>(&mut self, event: &str, body: T) -> io::Result<()> {
+        self.seq += 1;
+        let mut text = serde_json::to_string(&EventLine {
+            event,
+            seq: self.seq,
+            body,
+        })
+        .map_err(io::Error::other)?;
+        text.push('\n');
+        self.out.write_all(text.as_bytes())?;
+        self.out.flush()
+    }
+}
+
+impl<W: Write> Reporter for Events<W> {
+    fn on(&mut self, event: &Event) -> io::Result<()> {
+        match event {
+            Event::RunStarted(s) => self.line(
+                "run_started",
+                json!({
+                    "tool": "cowgup",
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "kernel": s.caps.kernel_release,
+                    "planned": s.planned,
+                    "host_changes": s.host_changes,
+                }),
+            ),
+            Event::TrialStarted(t) => {
+                self.line(
+                    "trial_started",
+                    json!({
+                        "number": t.number,
+                        "name": t.name,
+                        "family": t.family.id(),
+                        "backing": t.group,
+                    }),
+                )?;
+                if let Some(fd) = self.drain {
+                    // SAFETY: tcdrain only reads the fd, owned by our writer.
+                    if unsafe { libc::tcdrain(fd) } != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            }
+            Event::TrialFinished(t) => self.line(
+                "trial_finished",
+                json!({"number": t.trial.number, "trial": json_trial(t)}),
+            ),
+            Event::Interrupted {
+                signal,
+                done,
+                planned,
+            } => self.line(
+                "interrupted",
+                json!({"signal": signal.as_str(), "done": done, "planned": planned}),
+            ),
+            Event::RunFinished(end) => self.line(
+                "run_finished",
+                json!({
+                    "totals": totals_json(&end.totals),
+                    "duration_s": end.elapsed.as_secs_f64(),
+                    "restore": restore_json(end),
+                    "kernel_log_outside_trials": end.kernel_log,
+                }),
+            ),
+        }
+    }
 }
 
 fn testcase(t: &TrialEnd) -> TestCase {
@@ -257,6 +386,57 @@ mod tests {
         assert_eq!(checks[0].status, CheckStatus::NotChecked);
         assert_eq!(doc["totals"]["fail"], 1);
         assert_eq!(doc["totals"]["pass"], 1);
+    }
+
+    #[test]
+    fn events_are_one_json_line_each_and_read_back_as_the_report_has_them() {
+        let mut buf = Vec::new();
+        let mut e = Events::new(&mut buf);
+        for ev in &sample_run() {
+            e.on(ev).unwrap();
+        }
+        let text = String::from_utf8(buf).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let names: Vec<&str> = lines.iter().map(|l| l["event"].as_str().unwrap()).collect();
+        assert_eq!(
+            names,
+            [
+                "run_started",
+                "trial_started",
+                "trial_finished",
+                "trial_started",
+                "trial_finished",
+                "run_finished"
+            ]
+        );
+        for (i, l) in text.lines().enumerate() {
+            assert!(
+                l.starts_with(&format!("{{\"event\":\"{}\",\"seq\":{},", names[i], i + 1)),
+                "{l}"
+            );
+        }
+        assert_eq!(lines[0]["planned"], 2);
+        assert_eq!(lines[1]["number"], 1);
+        assert_eq!(lines[1]["family"], "cow_anon");
+        assert_eq!(lines[5]["totals"]["fail"], 1);
+        // The trial object is the JSON report's, field for field.
+        let doc: serde_json::Value = serde_json::from_str(&document(Format::Json)).unwrap();
+        assert_eq!(lines[2]["trial"], doc["trials"][0]);
+        assert_eq!(lines[4]["trial"], doc["trials"][1]);
+        // And the matrix's reader of the port takes them back.
+        let mut s = crate::matrix::watch::EventStream::default();
+        s.feed(text.as_bytes());
+        s.end();
+        assert_eq!((s.events, s.garbled, s.lost), (6, 0, 0));
+        assert_eq!(
+            s.raw_trials,
+            [doc["trials"][0].clone(), doc["trials"][1].clone()]
+        );
+        assert_eq!(s.trials[0].outcome, "fail");
+        assert!(s.run_finished && s.running.is_none());
     }
 
     #[test]

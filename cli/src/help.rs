@@ -150,6 +150,11 @@ Reports (--format):
           their messages, evidence and checks go to system-out
   With --output FILE the report goes to FILE; for tap, ktap, json and junit the human
   report still goes to the terminal.
+  --events FILE (with any format) also writes each event the moment it happens, one JSON
+  object a line, flushed per line: run_started, trial_started (number, name, family),
+  trial_finished (the json report's trial object), run_finished (totals); each with
+  \"event\" and \"seq\" first. A run that dies or hangs keeps every result before it, and
+  the last trial_started names the trial it was in. FILE may be a serial port.
 ";
 
 const RUNNING: &str = "\

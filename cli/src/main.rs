@@ -128,6 +128,11 @@ struct RunArgs {
     /// Write the report to FILE (for tap, ktap, json and junit the human report still goes to the terminal).
     #[arg(long, short, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// Also write every event to FILE as it happens, one JSON object a line, flushed per line
+    /// (run_started, trial_started, trial_finished, run_finished; any format). A run that
+    /// dies keeps every result before it there; a serial port works (`cowgup matrix` uses ttyS1).
+    #[arg(long, value_name = "FILE")]
+    events: Option<PathBuf>,
     /// Test-only: keep every io_uring fixed buffer's pins after its trial, as a kernel
     /// that leaks pins would (what `matrix --simulate-leak` runs in guests).
     #[arg(long, hide = true)]
@@ -246,6 +251,26 @@ fn restore(state: &StateArgs) -> ExitCode {
     }
 }
 
+/// `--events FILE`: a file (truncated) or a device such as a serial port
+/// (never made our controlling terminal); a terminal gets its
+/// `trial_started` lines drained before the trial runs.
+fn open_events(p: &std::path::Path) -> Result<formats::Events<std::fs::File>, String> {
+    use std::io::IsTerminal;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(p)
+        .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+    let fd = f.as_raw_fd();
+    let tty = f.is_terminal();
+    let events = formats::Events::new(f);
+    Ok(if tty { events.draining(fd) } else { events })
+}
+
 /// Run the selection, every report a consumer of the one event stream
 /// (`cowgup_tap::stream`): the human report on the terminal (or in FILE), and
 /// the machine-readable one on stdout or in FILE.
@@ -264,6 +289,10 @@ fn run(args: &RunArgs) -> ExitCode {
             Err(e) => return fatal(&format!("cannot write {}: {e}", p.display())),
         },
         None => Box::new(std::io::stdout()),
+    };
+    let events = match args.events.as_deref().map(open_events).transpose() {
+        Ok(e) => e,
+        Err(e) => return fatal(&e),
     };
     let refs: Vec<&Scenario> = chosen.iter().collect();
     let opts = Options {
@@ -308,6 +337,10 @@ fn run(args: &RunArgs) -> ExitCode {
                 _ => Box::new(Document::new(sink, machine)),
             });
         }
+    }
+    // First: a result leaves on the events line before anything else is written.
+    if let Some(e) = events {
+        reporters.insert(0, Box::new(e));
     }
     let mut refs: Vec<&mut dyn Reporter> = reporters.iter_mut().map(|r| r.as_mut()).collect();
     match drive(&mut session, &chosen, &mut refs) {

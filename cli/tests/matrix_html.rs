@@ -18,6 +18,9 @@ mod report;
 #[allow(dead_code)]
 #[path = "../src/matrix/topology.rs"]
 mod topology;
+#[allow(dead_code)]
+#[path = "../src/matrix/watch.rs"]
+mod watch;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -484,6 +484,10 @@ pub struct GuestBench<'a> {
 }
 
 pub fn run(b: &GuestBench) -> ExitCode {
+    // A bad path fails here, before the C programs or a static cowgup are built.
+    if let Err(e) = crate::matrix::spec::check_image("--guest", b.kernel) {
+        return crate::fatal(&e);
+    }
     match run_inner(b) {
         Ok(text) => {
             print!("{text}");
@@ -597,6 +601,7 @@ fn run_inner(b: &GuestBench) -> Result<String, String> {
                 match ended {
                     qemu::Ended::TimedOut => format!("stopped after {} s", b.timeout.as_secs()),
                     qemu::Ended::Exited(s) => format!("qemu ended: {s}"),
+                    qemu::Ended::Stopped(why) => why,
                 },
                 crate::matrix::collect::tail(&console, 25).join("\n")
             ))

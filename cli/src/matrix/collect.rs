@@ -1,6 +1,8 @@
 //! A cell's result: the suite's JSON report read back from the result
-//! channel (ttyS1, or the host run's output file), or why there is none,
-//! with the console's last lines.
+//! channel (ttyS1, or the host run's output file); else the results the
+//! suite streamed before it died or hung (`watch`), with the trial left
+//! unfinished; or why there is none, with the console's last lines. A
+//! kernel fault seen on the console is part of the cell whatever else came.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -46,6 +48,109 @@ pub struct Cell {
     pub setup: Vec<Setup>,
     /// Kernel log lines (WARNING, BUG, ...) the suite saw outside any trial.
     pub kernel_log: Vec<String>,
+    /// A kernel fault on the guest's console (Oops, BUG, RCU stall, ...).
+    pub fault: Option<KernelFault>,
+    /// The trial started and never finished, when the cell ended without
+    /// the suite's report.
+    pub unfinished: Option<String>,
+    /// How many trials the suite planned (its `run_started`), when known.
+    pub planned: Option<u64>,
+    /// What the streamed event lines came to.
+    pub stream: StreamStats,
+}
+
+/// The event lines of a cell: read, not parsed (ignored), lost (gaps).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    pub events: u64,
+    pub garbled: u64,
+    pub lost: u64,
+}
+
+/// A kernel fault the host saw on a guest's console.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelFault {
+    /// The fault line and the lines after it (`watch::QUOTED` at most).
+    pub lines: Vec<String>,
+    /// Fault lines after the quote (RCU stalls, lockups), the first few,
+    /// and how many there were.
+    pub later: Vec<String>,
+    pub later_count: usize,
+    /// The trial it hit: the one whose own kernel-log check quotes the
+    /// fault line (`by_check`), else the one running (started, not
+    /// finished) when the host saw it.
+    pub trial: Option<String>,
+    pub by_check: bool,
+    /// When none was running: the last one finished before it.
+    pub after: Option<String>,
+    /// Seconds into the cell when the host saw it.
+    pub seen_s: f64,
+    /// Seconds from then to the cell's end.
+    pub ended_after_s: f64,
+}
+
+impl KernelFault {
+    /// The fault line without its timestamp.
+    pub fn headline(&self) -> &str {
+        self.lines
+            .first()
+            .map(|l| super::watch::strip_printk_prefix(l).trim())
+            .unwrap_or("")
+    }
+
+    /// `in trial #20 NAME`, `after trial #19 NAME (...)`, or `before any trial finished`.
+    pub fn place(&self) -> String {
+        match (&self.trial, &self.after) {
+            (Some(t), _) => format!("in trial {t}"),
+            (None, Some(a)) => format!(
+                "after trial {a} (no trial announced since: between trials, or in a batch, \
+                 whose trials are announced when it ends)"
+            ),
+            (None, None) => "before any trial finished".into(),
+        }
+    }
+
+    /// How the trial was told, when there is one.
+    pub fn named_by(&self) -> Option<&'static str> {
+        self.trial.as_ref().map(|_| {
+            if self.by_check {
+                "its own kernel-log check quotes the fault line"
+            } else {
+                "started and not finished when the host saw the fault"
+            }
+        })
+    }
+}
+
+/// The trial (`#N name`) whose kernel-log check quotes `line`, a console
+/// line: as the check quotes it, `[sec.usec] text` (console and check
+/// carry the same printk timestamp). `trials` as the JSON report has them,
+/// with their numbers in the run.
+pub fn quoted_by(line: &str, trials: &[serde_json::Value], numbers: &[u64]) -> Option<String> {
+    let text = super::watch::strip_printk_prefix(line).trim();
+    let stamp = line
+        .trim_start()
+        .strip_prefix('[')
+        .and_then(|r| r.split_once(']'))
+        .map(|(s, _)| s.trim())
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'.'));
+    let needle = match stamp {
+        Some(s) => format!("[{s}] {text}"),
+        None => text.to_string(),
+    };
+    if text.is_empty() {
+        return None;
+    }
+    trials.iter().enumerate().find_map(|(i, t)| {
+        let quotes = t["checks"].as_array()?.iter().any(|c| {
+            c["check"] == cowgup_harness::kmsg::CHECK
+                && c["detail"].as_str().is_some_and(|d| d.contains(&needle))
+        });
+        quotes.then(|| {
+            let n = numbers.get(i).copied().unwrap_or(i as u64 + 1);
+            format!("#{n} {}", t["name"].as_str().unwrap_or("?"))
+        })
+    })
 }
 
 pub const OUTCOMES: [&str; 6] = ["pass", "fail", "xfail", "xpass", "skip", "error"];
@@ -63,6 +168,10 @@ impl Cell {
             topology: "base".into(),
             setup: Vec::new(),
             kernel_log: r.kernel_log,
+            fault: None,
+            unfinished: None,
+            planned: None,
+            stream: StreamStats::default(),
         }
     }
 
@@ -78,6 +187,43 @@ impl Cell {
             topology: "base".into(),
             setup: Vec::new(),
             kernel_log: Vec::new(),
+            fault: None,
+            unfinished: None,
+            planned: None,
+            stream: StreamStats::default(),
+        }
+    }
+
+    /// No report, but what the suite streamed before it stopped: every
+    /// finished trial and the one left unfinished.
+    pub fn streamed(
+        kernel: &str,
+        wall: Duration,
+        why: String,
+        tail: Vec<String>,
+        s: &super::watch::EventStream,
+    ) -> Cell {
+        let mut c = Cell::broken(kernel, wall, why, tail);
+        c.release = s.release.clone();
+        c.trials = s.trials.clone();
+        c.raw_trials = s.raw_trials.clone();
+        c.kernel_log = s.kernel_log.clone();
+        c.unfinished = s.running.as_ref().map(ToString::to_string);
+        c.planned = s.planned;
+        c
+    }
+
+    /// How the cell ended: `complete`, `KERNEL FAULT`, `INCOMPLETE` (no
+    /// report, some results streamed) or `NO RESULT`.
+    pub fn outcome(&self) -> &'static str {
+        if self.fault.is_some() {
+            "KERNEL FAULT"
+        } else if self.broken.is_none() {
+            "complete"
+        } else if self.trials.is_empty() {
+            "NO RESULT"
+        } else {
+            "INCOMPLETE"
         }
     }
 
@@ -104,6 +250,7 @@ impl Cell {
 
     pub fn ok(&self) -> bool {
         self.broken.is_none()
+            && self.fault.is_none()
             && !self.trials.iter().any(Trial::unexpected)
             && self.setup_failures().next().is_none()
     }
@@ -229,6 +376,36 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.kernel_log, ["[3.1] WARNING: at mm/gup.c:99"]);
+    }
+
+    #[test]
+    fn the_trial_whose_kernel_log_check_quotes_the_fault_is_the_one_it_hit() {
+        let trial = |name: &str, detail: &str| {
+            serde_json::json!({"name": name, "checks": [
+                {"check": "pin balance", "status": "held", "detail": "[34.131699] BUG: x"},
+                {"check": "kernel log", "status": "violated", "detail": detail},
+            ]})
+        };
+        let trials = [
+            trial("a", "0 records logged during the trial"),
+            trial(
+                "b",
+                "the kernel logged 2 error lines during the trial: [34.131699] BUG: kernel NULL \
+                 pointer dereference, address: 0000000000000010 | [34.132990] Oops: Oops: 0002",
+            ),
+            trial("c", "0 records"),
+        ];
+        let line = "[   34.131699] BUG: kernel NULL pointer dereference, address: 0000000000000010";
+        assert_eq!(
+            quoted_by(line, &trials, &[7, 8, 9]).as_deref(),
+            Some("#8 b")
+        );
+        assert_eq!(quoted_by(line, &trials, &[]).as_deref(), Some("#2 b"));
+        // Another moment, or a line no check quotes: not told this way.
+        let other =
+            "[   99.000001] BUG: kernel NULL pointer dereference, address: 0000000000000010";
+        assert_eq!(quoted_by(other, &trials, &[]), None);
+        assert_eq!(quoted_by("[ 1.0] kernel BUG at x", &trials, &[]), None);
     }
 
     #[test]

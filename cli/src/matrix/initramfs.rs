@@ -1,6 +1,6 @@
 //! The guest's root: busybox, a static cowgup and an `/init` that runs the
-//! suite and writes its JSON report to the second serial port (ttyS1), where
-//! kernel messages never go. Written as an uncompressed newc cpio archive.
+//! suite, streams each event and then writes its JSON report to the second
+//! serial port (ttyS1), where kernel messages never go. Written as an uncompressed newc cpio archive.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -35,7 +35,8 @@ fn quote(s: &str) -> String {
 /// `/init`: mount the basics and the ext4 disk on `/var/tmp` (NVMe, built
 /// into Debian's cloud kernels, or virtio-blk), set up the cell's topology
 /// (named on the kernel command line), run `cowgup run` with `args`, its
-/// human report on the console; the topology's setup lines, then the JSON
+/// human report on the console, each event (a result as it is formed) on
+/// ttyS1 as one JSON line; then the topology's setup lines and the JSON
 /// report framed, on ttyS1.
 pub fn init_script(args: &[String]) -> String {
     let args: Vec<String> = args.iter().map(|a| quote(a)).collect();
@@ -49,10 +50,10 @@ for d in /dev/nvme0n1 $(by_serial cowgup-state); do [ -b $d ] && mount -t ext4 $
 cd /tmp
 echo "{START} $(uname -r)"
 {topology}set -o pipefail
-/bin/cowgup run --format json --output /tmp/result.json {args} 2>&1 | cat
+stty -F /dev/ttyS1 raw -echo
+/bin/cowgup run --format json --output /tmp/result.json --events /dev/ttyS1 {args} 2>&1 | cat
 rc=$?
 echo "{EXIT} rc=$rc"
-stty -F /dev/ttyS1 raw -echo
 {{ cat /tmp/topology.txt; echo "{RESULT} rc=$rc release=$(uname -r)"; cat /tmp/result.json; echo; echo "{RESULT_END}"; }} > /dev/ttyS1
 sync; reboot -f
 "#,
@@ -186,7 +187,8 @@ mod tests {
         };
         assert!(init.starts_with("#!/bin/busybox sh\n"));
         assert!(init.contains(
-            "/bin/cowgup run --format json --output /tmp/result.json '--skip' '1048576 kB' 2>&1 | cat"
+            "stty -F /dev/ttyS1 raw -echo\n/bin/cowgup run --format json --output /tmp/result.json \
+             --events /dev/ttyS1 '--skip' '1048576 kB' 2>&1 | cat"
         ));
         assert!(init.contains("> /dev/ttyS1"));
         assert!(init.contains(

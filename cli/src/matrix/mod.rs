@@ -5,7 +5,10 @@
 //! - `initramfs`: the guest's root and `/init`;
 //! - `topology`: what a cell sets up besides the kernel (zram, ext4, fsdax, movable);
 //! - `qemu`: the command line, the KVM probe, and a child process under a time limit;
-//! - `collect`: a cell's result (the suite's JSON from ttyS1) or why none;
+//! - `watch`: the console and result port read while the guest runs: event
+//!   lines as the suite forms them, and a kernel fault, which ends the cell;
+//! - `collect`: a cell's result (the suite's JSON from ttyS1, else what it
+//!   streamed) or why none;
 //! - `report`: the table, the JSON document and the HTML page.
 
 pub mod build;
@@ -16,6 +19,7 @@ pub mod qemu;
 pub mod report;
 pub mod spec;
 pub mod topology;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -427,11 +431,19 @@ fn boot(shared: &Shared, label: &str, kernel: &Path, topology: &Topology, dir: &
         return Cell::broken(label, start.elapsed(), e, vec![]);
     }
     let limit = Duration::from_secs(shared.args.timeout_cell);
-    let ended = qemu::run_limited(
+    // A file of an earlier boot of this cell must not be read as this one's.
+    for f in [&g.console, &g.result] {
+        let _ = std::fs::remove_file(f);
+    }
+    let mut watch = watch::GuestWatch::new(&g.console, &g.result);
+    let booted = Instant::now();
+    let ended = qemu::run_watched(
         Command::new("qemu-system-x86_64").args(qemu::argv(&g)),
         &dir.join("qemu.log"),
         limit,
+        |t| watch.poll(t),
     );
+    watch.finish(booted.elapsed());
     let wall = start.elapsed();
     remove();
     let console = read_lossy(&g.console);
@@ -441,37 +453,69 @@ fn boot(shared: &Shared, label: &str, kernel: &Path, topology: &Topology, dir: &
     let channel =
         String::from_utf8_lossy(&std::fs::read(&g.result).unwrap_or_default()).into_owned();
     let setup = topology::parse_setup(&channel);
-    let why = match (&ended, collect::unframe(&channel)) {
-        (Err(e), _) => e.clone(),
+    let fault = watch
+        .console
+        .fault
+        .as_ref()
+        .zip(watch.seen.as_ref())
+        .map(|(f, seen)| {
+            let seen_s = (booted.duration_since(start) + seen.at).as_secs_f64();
+            // The guest's own kernel-log check names the trial for sure; the
+            // stream's running trial at the time may already be the next one
+            // (the guest went on after the fault before the host looked).
+            let quoted =
+                collect::quoted_by(&f.lines[0], &watch.port.raw_trials, &watch.port.numbers);
+            collect::KernelFault {
+                lines: f.lines.clone(),
+                later: f.later.clone(),
+                later_count: f.later_count,
+                by_check: quoted.is_some(),
+                trial: quoted.or_else(|| seen.running.as_ref().map(ToString::to_string)),
+                after: seen.last_finished.as_ref().map(ToString::to_string),
+                seen_s,
+                ended_after_s: (wall.as_secs_f64() - seen_s).max(0.0),
+            }
+        });
+    let stream = watch.port.stats();
+    let mut cell = match (&ended, collect::unframe(&channel)) {
+        (Err(e), _) => Cell::broken(label, wall, e.clone(), tail),
         (_, Some(json)) => match collect::parse_report(json) {
             Ok(r) => {
-                let mut cell = Cell::ran(label, wall, r);
-                cell.setup = setup;
-                return cell;
+                let mut c = Cell::ran(label, wall, r);
+                c.planned = watch.port.planned;
+                c
             }
-            Err(e) => e,
+            Err(e) => Cell::streamed(label, wall, e, tail, &watch.port),
         },
-        (Ok(qemu::Ended::TimedOut), None) => format!(
-            "no result within {} s (the cell's time limit): the guest was stopped{}",
-            limit.as_secs(),
-            if collect::reached_init(&console) {
-                ""
-            } else {
-                "; /init never started"
-            }
-        ),
-        (Ok(qemu::Ended::Exited(status)), None) => format!(
-            "qemu ended ({status}) without a result{}",
-            if collect::reached_init(&console) {
-                ""
-            } else if console.trim().is_empty() {
-                "; nothing on the console (qemu could not start the kernel?)"
-            } else {
-                "; the kernel died before /init started"
-            }
-        ),
+        (Ok(ended), None) => {
+            let how = match ended {
+                qemu::Ended::TimedOut => format!(
+                    "no result within {} s (the cell's time limit): the guest was stopped",
+                    limit.as_secs()
+                ),
+                qemu::Ended::Exited(status) => format!("qemu ended ({status}) without a result"),
+                qemu::Ended::Stopped(why) => why.clone(),
+            };
+            // A fault is reported as such (`KernelFault`): here only how the guest ended.
+            let why = match &fault {
+                Some(_) => how,
+                None if collect::reached_init(&console) => how,
+                None if matches!(ended, qemu::Ended::TimedOut) => {
+                    format!("{how}; /init never started")
+                }
+                None if console.trim().is_empty() => {
+                    format!("{how}; nothing on the console (qemu could not start the kernel?)")
+                }
+                None => format!("{how}; the kernel died before /init started"),
+            };
+            Cell::streamed(label, wall, why, tail, &watch.port)
+        }
     };
-    let mut cell = Cell::broken(label, wall, why, tail);
+    if let (Some(n), Some(why)) = (&watch.port.interrupted, &mut cell.broken) {
+        why.push_str(&format!(" (the suite was interrupted by {n})"));
+    }
+    cell.fault = fault;
+    cell.stream = stream;
     // The topology lines come on the console too when the result port has none.
     cell.setup = if setup.is_empty() {
         topology::parse_setup(&console)
@@ -522,12 +566,15 @@ fn host_cell(shared: &Shared, index: usize) -> Cell {
     let dir = shared.work.join(format!("cell-{index}"));
     let _ = std::fs::create_dir_all(&dir);
     let report = dir.join("result.json");
+    let events = dir.join("events.jsonl");
     let log = dir.join("console.log");
     let me = std::env::current_exe().unwrap_or_else(|_| "cowgup".into());
     let ended = qemu::run_limited(
         Command::new(me)
             .args(["run", "--lock-wait", "600", "--format", "json", "--output"])
             .arg(&report)
+            .arg("--events")
+            .arg(&events)
             .args(suite_args(&shared.args, false)),
         &log,
         Duration::from_secs(shared.args.timeout_cell),
@@ -535,25 +582,36 @@ fn host_cell(shared: &Shared, index: usize) -> Cell {
     let wall = start.elapsed();
     let tail = collect::tail(&read_lossy(&log), 25);
     let text = std::fs::read_to_string(&report).unwrap_or_default();
-    match (ended, collect::parse_report(&text)) {
+    let mut stream = watch::EventStream::default();
+    stream.feed(&std::fs::read(&events).unwrap_or_default());
+    stream.end();
+    let mut cell = match (ended, collect::parse_report(&text)) {
         (Ok(_), Ok(r)) => Cell::ran("host", wall, r),
         (Err(e), _) => Cell::broken("host", wall, e, tail),
-        (Ok(qemu::Ended::TimedOut), _) => Cell::broken(
+        (Ok(qemu::Ended::TimedOut), _) => Cell::streamed(
             "host",
             wall,
             format!("no result within {} s", shared.args.timeout_cell),
             tail,
+            &stream,
         ),
-        (Ok(qemu::Ended::Exited(s)), r) => Cell::broken(
+        (Ok(ended), r) => Cell::streamed(
             "host",
             wall,
             format!(
-                "cowgup run ended ({s}) without a report{}",
+                "cowgup run ended ({}) without a report{}",
+                match ended {
+                    qemu::Ended::Exited(s) => s.to_string(),
+                    _ => "stopped".into(),
+                },
                 r.err().map(|e| format!(": {e}")).unwrap_or_default()
             ),
             tail,
+            &stream,
         ),
-    }
+    };
+    cell.stream = stream.stats();
+    cell
 }
 
 fn default_jobs() -> usize {
@@ -700,6 +758,14 @@ pub fn matrix(args: &MatrixArgs) -> ExitCode {
         print!("{}", dry_run(args, &cells_planned));
         return ExitCode::SUCCESS;
     }
+    // Bad kernel paths first: nothing is built, probed or booted for them.
+    for k in &args.kernel {
+        if let KernelSpec::Image(p) = k {
+            if let Err(e) = spec::check_image("--kernel", p) {
+                return crate::fatal(&e);
+            }
+        }
+    }
     if let Err(e) = check_selection(args) {
         return crate::fatal(&e);
     }
@@ -776,15 +842,16 @@ pub fn matrix(args: &MatrixArgs) -> ExitCode {
                     (_, None) => unreachable!("guest kernels are resolved"),
                 };
                 cell.topology = p.topology.to_string();
+                let summary = match (&cell.fault, &cell.broken) {
+                    (Some(f), _) => format!("KERNEL FAULT {}: {}", f.place(), f.headline()),
+                    (None, Some(why)) => why.clone(),
+                    (None, None) if cell.ok() => "no unexpected result".into(),
+                    (None, None) => "unexpected results".into(),
+                };
                 eprintln!(
-                    "cowgup: cell {} done in {:.0} s: {}",
+                    "cowgup: cell {} done in {:.0} s: {summary}",
                     labels[i],
                     cell.wall.as_secs_f64(),
-                    cell.broken.as_deref().unwrap_or(if cell.ok() {
-                        "no unexpected result"
-                    } else {
-                        "unexpected results"
-                    })
                 );
                 results.lock().unwrap()[i] = Some(cell);
             });

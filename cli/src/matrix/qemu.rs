@@ -126,6 +126,7 @@ pub fn probe_verdict(console: &str, ended: &Ended, limit: Duration) -> Result<()
             limit.as_secs()
         ),
         Ended::Exited(st) => format!("qemu -accel kvm ended ({st}) before /init{last}"),
+        Ended::Stopped(why) => format!("stopped: {why}{last}"),
     })
 }
 
@@ -183,10 +184,26 @@ pub fn probe_kvm(kernel: &Path, busybox: &Path, dir: &Path, limit: Duration) -> 
 pub enum Ended {
     Exited(ExitStatus),
     TimedOut,
+    /// The watcher stopped it (the reason).
+    Stopped(String),
 }
+
+/// How often `run_watched` looks at the child and calls its watcher.
+pub const POLL: Duration = Duration::from_millis(100);
 
 /// Run `cmd` (stdin closed, stdout and stderr to `log`), killing it after `limit`.
 pub fn run_limited(cmd: &mut Command, log: &Path, limit: Duration) -> Result<Ended, String> {
+    run_watched(cmd, log, limit, |_| None)
+}
+
+/// `run_limited`, and every `POLL` `watch` is called with the time since
+/// the start: a reason it returns stops the child at once.
+pub fn run_watched(
+    cmd: &mut Command,
+    log: &Path,
+    limit: Duration,
+    mut watch: impl FnMut(Duration) -> Option<String>,
+) -> Result<Ended, String> {
     let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
     let mut child: Child = cmd
@@ -200,12 +217,17 @@ pub fn run_limited(cmd: &mut Command, log: &Path, limit: Duration) -> Result<End
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
             return Ok(Ended::Exited(status));
         }
+        if let Some(why) = watch(start.elapsed()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(Ended::Stopped(why));
+        }
         if start.elapsed() >= limit {
             let _ = child.kill();
             let _ = child.wait();
             return Ok(Ended::TimedOut);
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(POLL);
     }
 }
 
@@ -323,6 +345,25 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(ended, Ended::TimedOut));
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_watcher_stops_a_child_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Instant::now();
+        let mut calls = 0;
+        let ended = run_watched(
+            Command::new("sleep").arg("30"),
+            &dir.path().join("log"),
+            Duration::from_secs(30),
+            |_| {
+                calls += 1;
+                (calls == 3).then(|| "seen enough".to_string())
+            },
+        )
+        .unwrap();
+        assert!(matches!(ended, Ended::Stopped(ref w) if w == "seen enough"));
         assert!(t.elapsed() < Duration::from_secs(5));
     }
 }

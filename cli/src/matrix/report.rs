@@ -10,7 +10,7 @@ use serde_json::json;
 use super::collect::Cell;
 
 fn counts(cell: &Cell, family: Option<&str>) -> String {
-    if cell.broken.is_some() {
+    if cell.broken.is_some() && cell.trials.is_empty() {
         return "no result".into();
     }
     let mut c: BTreeMap<&str, usize> = BTreeMap::new();
@@ -40,6 +40,83 @@ fn counts(cell: &Cell, family: Option<&str>) -> String {
         }
     }
     s
+}
+
+/// The `all` row: the counts, after the cell's outcome when it ended
+/// abnormally with results (`KERNEL FAULT: 19 / 0 / 0 / 0`).
+fn all_counts(cell: &Cell) -> String {
+    match cell.outcome() {
+        "complete" | "NO RESULT" => counts(cell, None),
+        o => format!("{o}: {}", counts(cell, None)),
+    }
+}
+
+/// The lines of the unexpected-results section for a cell that faulted or
+/// ended without its report (none otherwise).
+fn ending_lines(c: &Cell) -> Vec<String> {
+    let mut v = Vec::new();
+    let streamed = if c.broken.is_none() || (c.trials.is_empty() && c.stream.events == 0) {
+        String::new()
+    } else {
+        let mut s = format!(
+            "; {}{} result(s) streamed before the end",
+            c.trials.len(),
+            c.planned
+                .map(|p| format!(" of {p} planned"))
+                .unwrap_or_default()
+        );
+        if c.stream.garbled + c.stream.lost > 0 {
+            s.push_str(&format!(
+                " ({} garbled line(s) ignored, {} event(s) lost)",
+                c.stream.garbled, c.stream.lost
+            ));
+        }
+        if let Some(t) = &c.unfinished {
+            s.push_str(&format!("; unfinished: {t}"));
+        }
+        s
+    };
+    if let Some(f) = &c.fault {
+        v.push(format!(
+            "- {}: KERNEL FAULT {}: {}",
+            c.label(),
+            f.place(),
+            f.headline()
+        ));
+        v.push(format!(
+            "  {}seen {:.0} s into the cell; the cell ended {:.0} s later, {}{streamed}",
+            f.named_by()
+                .map(|n| format!("the trial: {n}; "))
+                .unwrap_or_default(),
+            f.seen_s,
+            f.ended_after_s,
+            match &c.broken {
+                None => "with the suite's report".to_string(),
+                Some(why) => format!("without the suite's report ({why})"),
+            }
+        ));
+        v.push(format!("  kernel fault ({} lines):", f.lines.len()));
+        v.extend(f.lines.iter().map(|l| format!("  > {l}")));
+        if f.later_count > 0 {
+            v.push(format!(
+                "  then {} more fault line(s){}:",
+                f.later_count,
+                if f.later.len() < f.later_count {
+                    format!(", the first {}", f.later.len())
+                } else {
+                    String::new()
+                }
+            ));
+            v.extend(f.later.iter().map(|l| format!("  > {l}")));
+        }
+    } else if let Some(why) = &c.broken {
+        v.push(format!("- {}: {}: {why}{streamed}", c.label(), c.outcome()));
+        if !c.console_tail.is_empty() {
+            v.push(format!("  console tail ({} lines):", c.console_tail.len()));
+            v.extend(c.console_tail.iter().map(|l| format!("  > {l}")));
+        }
+    }
+    v
 }
 
 fn row(out: &mut String, cells: &[String]) {
@@ -79,7 +156,7 @@ pub fn render(cells: &[Cell]) -> String {
         row(&mut out, &line);
     }
     let mut line = vec!["**all**".to_string()];
-    line.extend(cells.iter().map(|c| format!("**{}**", counts(c, None))));
+    line.extend(cells.iter().map(|c| format!("**{}**", all_counts(c))));
     row(&mut out, &line);
     let mut line = vec!["wall".to_string()];
     line.extend(
@@ -104,14 +181,8 @@ pub fn render(cells: &[Cell]) -> String {
                     f.detail
                 );
             }
-            if let Some(why) = &c.broken {
-                let _ = writeln!(out, "- {}: NO RESULT: {why}", c.label());
-                if !c.console_tail.is_empty() {
-                    let _ = writeln!(out, "  console tail ({} lines):", c.console_tail.len());
-                    for l in &c.console_tail {
-                        let _ = writeln!(out, "  > {l}");
-                    }
-                }
+            for l in ending_lines(c) {
+                let _ = writeln!(out, "{l}");
             }
             for t in c.trials.iter().filter(|t| t.unexpected()) {
                 let _ = writeln!(
@@ -164,12 +235,23 @@ pub fn render(cells: &[Cell]) -> String {
                 .entry(t.reason.as_deref().unwrap_or("(no reason given)"))
                 .or_default() += 1;
         }
-        if c.broken.is_some() {
-            let _ = writeln!(out, "- {}: nothing (no result)", c.label());
-        } else if reasons.is_empty() {
-            let _ = writeln!(out, "- {}: everything ran", c.label());
+        let cut = if c.broken.is_some() && !c.trials.is_empty() {
+            format!(
+                " (cut short: {}{} trial(s) reported)",
+                c.trials.len(),
+                c.planned.map(|p| format!(" of {p}")).unwrap_or_default()
+            )
         } else {
-            let _ = writeln!(out, "- {}:", c.label());
+            String::new()
+        };
+        if c.broken.is_some() && c.trials.is_empty() {
+            let _ = writeln!(out, "- {}: nothing (no result)", c.label());
+        } else if reasons.is_empty() && cut.is_empty() {
+            let _ = writeln!(out, "- {}: everything ran", c.label());
+        } else if reasons.is_empty() {
+            let _ = writeln!(out, "- {}: no skips{cut}", c.label());
+        } else {
+            let _ = writeln!(out, "- {}:{cut}", c.label());
             let mut by_count: Vec<_> = reasons.into_iter().collect();
             by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
             for (why, n) in by_count {
@@ -180,7 +262,8 @@ pub fn render(cells: &[Cell]) -> String {
     out
 }
 
-/// `{"cells": [{"kernel", "topology", "release", "wall_s", "totals", "unexpected", "trials", ...}]}`
+/// `{"cells": [{"kernel", "topology", "release", "wall_s", "totals", "unexpected",
+/// "outcome", "no_result", "unfinished_trial", "kernel_fault", "stream", "trials", ...}]}`
 pub fn json(cells: &[Cell]) -> serde_json::Value {
     json!({
         "cells": cells.iter().map(|c| json!({
@@ -196,7 +279,29 @@ pub fn json(cells: &[Cell]) -> serde_json::Value {
             "unexpected": c.trials.iter().filter(|t| t.unexpected()).map(|t| json!({
                 "name": t.name, "family": t.family, "outcome": t.outcome, "reason": t.reason,
             })).collect::<Vec<_>>(),
+            "outcome": match c.outcome() {
+                "KERNEL FAULT" => "kernel_fault",
+                "NO RESULT" => "no_result",
+                "INCOMPLETE" => "incomplete",
+                _ => "complete",
+            },
             "no_result": c.broken,
+            "unfinished_trial": c.unfinished,
+            "kernel_fault": c.fault.as_ref().map(|f| json!({
+                "headline": f.headline(),
+                "trial": f.trial,
+                "after_trial": f.after,
+                "seen_s": f.seen_s,
+                "ended_after_s": f.ended_after_s,
+                "lines": f.lines,
+                "later": f.later,
+                "later_count": f.later_count,
+            })),
+            "stream": {
+                "events": c.stream.events,
+                "garbled": c.stream.garbled,
+                "lost": c.stream.lost,
+            },
             "console_tail": c.console_tail,
             "trials": c.raw_trials,
         })).collect::<Vec<_>>(),
@@ -223,8 +328,15 @@ fn esc(s: &str) -> String {
 /// result at all), `ok` when everything passed, xfailed or skipped, `none`
 /// when the cell has no trial of the family.
 fn class(cell: &Cell, family: Option<&str>) -> &'static str {
-    if cell.broken.is_some() {
+    if family.is_none() && cell.fault.is_some() {
+        return "fault";
+    }
+    if cell.broken.is_some() && cell.trials.is_empty() {
         return "none";
+    }
+    // A cell cut short is red in its all row, whatever it streamed.
+    if family.is_none() && cell.broken.is_some() {
+        return "bad";
     }
     // The whole cell is red when its topology could not be set up.
     if family.is_none() && cell.setup_failures().next().is_some() {
@@ -253,6 +365,7 @@ th,td{border:1px solid #bbb;padding:.3em .6em;text-align:left;vertical-align:top
 td.ok{background:#b7e4b0}
 td.bad{background:#f2a7a0;font-weight:bold}
 td.none{background:#ddd;color:#555}
+td.fault{background:#7a1010;color:#fff;font-weight:bold}
 li.bad{color:#a00}
 tr.unexpected td.outcome{color:#a00;font-weight:bold}
 pre{background:#f5f5f5;border:1px solid #ccc;padding:.5em;overflow-x:auto}
@@ -275,7 +388,8 @@ pub fn html(cells: &[Cell]) -> String {
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <title>cowgup matrix</title>\n<style>\n{STYLE}</style>\n</head>\n<body>\n\
          <h1>cowgup matrix</h1>\n<p>{} cell(s): {verdict}. Cells: pass / fail / xfail / skip; \
-         green: all pass, xfail or skip; red: any fail, xpass or error; grey: no result.</p>\n",
+         green: all pass, xfail or skip; red: any fail, xpass or error, or cut short; dark red: \
+         a kernel fault; grey: no result.</p>\n",
         cells.len()
     );
     let _ = writeln!(out, "<table id=\"matrix\">\n<thead><tr><th>family</th>");
@@ -306,7 +420,7 @@ pub fn html(cells: &[Cell]) -> String {
             out,
             "<td class=\"{}\">{}<br><small>{:.0} s</small></td>",
             class(c, None),
-            esc(&counts(c, None)),
+            esc(&all_counts(c)),
             c.wall.as_secs_f64()
         );
     }
@@ -320,8 +434,45 @@ pub fn html(cells: &[Cell]) -> String {
             esc(c.release.as_deref().unwrap_or("release unknown")),
             c.wall.as_secs_f64()
         );
+        if let Some(f) = &c.fault {
+            let _ = writeln!(
+                out,
+                "<h3>Kernel fault</h3>\n<p class=\"fault\">{} {}: <code>{}</code>{}; seen {:.0} s \
+                 into the cell, which ended {:.0} s later {}.</p>\n<pre class=\"oops\">{}</pre>",
+                esc(c.outcome()),
+                esc(&f.place()),
+                esc(f.headline()),
+                f.named_by()
+                    .map(|n| format!(" (the trial: {n})"))
+                    .unwrap_or_default(),
+                f.seen_s,
+                f.ended_after_s,
+                if c.broken.is_none() {
+                    "with the suite's report"
+                } else {
+                    "without the suite's report"
+                },
+                esc(&f.lines.join("\n"))
+            );
+            if f.later_count > 0 {
+                let _ = writeln!(
+                    out,
+                    "<p>Then {} more fault line(s):</p>\n<pre class=\"later\">{}</pre>",
+                    f.later_count,
+                    esc(&f.later.join("\n"))
+                );
+            }
+        }
         if let Some(why) = &c.broken {
-            let _ = writeln!(out, "<p class=\"no-result\">No result: {}</p>", esc(why));
+            let what = if c.trials.is_empty() {
+                "No result".to_string()
+            } else {
+                format!("Cut short ({} result(s) streamed)", c.trials.len())
+            };
+            let _ = writeln!(out, "<p class=\"no-result\">{what}: {}</p>", esc(why));
+            if let Some(t) = &c.unfinished {
+                let _ = writeln!(out, "<p class=\"unfinished\">Unfinished: {}</p>", esc(t));
+            }
             if c.console_tail.is_empty() {
                 let _ = writeln!(out, "<p>No console output.</p>");
             } else {
@@ -360,7 +511,7 @@ pub fn html(cells: &[Cell]) -> String {
             );
         }
         let unexpected: Vec<_> = c.trials.iter().filter(|t| t.unexpected()).collect();
-        if c.broken.is_none() {
+        if c.broken.is_none() || !c.trials.is_empty() {
             if unexpected.is_empty() {
                 let _ = writeln!(out, "<p>Unexpected results: none.</p>");
             } else {
@@ -396,7 +547,7 @@ pub fn html(cells: &[Cell]) -> String {
                 let _ = writeln!(out, "<li>&times;{n} {}</li>", esc(why));
             }
             let _ = writeln!(out, "</ul>");
-        } else if c.broken.is_none() {
+        } else if c.broken.is_none() && c.fault.is_none() {
             let _ = writeln!(out, "<p>Everything ran.</p>");
         }
         let _ = writeln!(out, "</section>");
@@ -439,6 +590,10 @@ pub(crate) mod tests {
             topology: "base".into(),
             setup: vec![],
             kernel_log: vec![],
+            fault: None,
+            unfinished: None,
+            planned: None,
+            stream: Default::default(),
         };
         let hung = Cell::broken(
             "debian:6.1",
@@ -527,6 +682,10 @@ pub(crate) mod tests {
             topology: "base".into(),
             setup: vec![],
             kernel_log: vec![],
+            fault: None,
+            unfinished: None,
+            planned: None,
+            stream: Default::default(),
         });
         c[0].trials
             .push(trial("z", "only_here", "xfail", Some("known")));
@@ -617,6 +776,160 @@ pub(crate) mod tests {
         c[0].setup.pop();
         assert!(c[0].ok(), "kernel log lines outside trials fail nothing");
         assert_eq!(class(&c[0], None), "ok");
+    }
+
+    /// A guest whose kernel hit a BUG in its third trial: two results
+    /// streamed, the fault quoted, no report.
+    pub(crate) fn faulted() -> Cell {
+        use super::super::collect::{KernelFault, StreamStats};
+        let mut c = Cell::broken(
+            "bzImage-fault",
+            Duration::from_secs(75),
+            "stopped 15 s after a kernel fault showed on the console".into(),
+            vec!["[   52.1] kernel BUG at mm/gup_test.c:42!".into()],
+        );
+        c.release = Some("6.12.118".into());
+        c.trials = vec![
+            trial("a", "gup_test", "pass", None),
+            trial("b", "gup_test", "fail", Some("pin balance: violated")),
+        ];
+        c.raw_trials = vec![json!({"name": "a"}), json!({"name": "b"})];
+        c.unfinished = Some("#3 c".into());
+        c.planned = Some(245);
+        c.stream = StreamStats {
+            events: 6,
+            garbled: 1,
+            lost: 0,
+        };
+        c.fault = Some(KernelFault {
+            lines: vec![
+                "[   52.1] kernel BUG at mm/gup_test.c:42!".into(),
+                "[   52.1] Oops: invalid opcode: 0000 [#1] PREEMPT SMP NOPTI".into(),
+                "[   52.1] <script>".into(),
+            ],
+            later: vec!["[  115.0] rcu: INFO: rcu_sched self-detected stall on CPU".into()],
+            later_count: 1,
+            trial: Some("#3 c".into()),
+            by_check: false,
+            after: Some("#2 b".into()),
+            seen_s: 52.4,
+            ended_after_s: 15.2,
+        });
+        c
+    }
+
+    #[test]
+    fn a_kernel_fault_cell_keeps_its_streamed_results_and_quotes_the_fault() {
+        let mut cells = cells();
+        cells.push(faulted());
+        let r = render(&cells);
+        let lines: Vec<&str> = r.lines().collect();
+        assert_eq!(
+            lines[2],
+            "| family | bzImage-6.12 | debian:6.1 | bzImage-fault |"
+        );
+        assert_eq!(
+            lines[6],
+            "| gup_test | 0 / 1 / 0 / 2 | no result | 1 / 1 / 0 / 0 |"
+        );
+        assert_eq!(
+            lines[7],
+            "| **all** | **1 / 1 / 1 / 2** | **no result** | **KERNEL FAULT: 1 / 1 / 0 / 0** |"
+        );
+        assert!(
+            r.contains(
+                "- bzImage-fault: KERNEL FAULT in trial #3 c: kernel BUG at mm/gup_test.c:42!\n\
+                 \x20 the trial: started and not finished when the host saw the fault; seen 52 s into \
+                 the cell; the cell ended 15 s later, without the suite's report \
+                 (stopped 15 s after a kernel fault showed on the console); 2 of 245 planned result(s)"
+            ),
+            "{r}"
+        );
+        assert!(r.contains(
+            "; 2 of 245 planned result(s) streamed before the end (1 garbled line(s) ignored, 0 event(s) lost); \
+             unfinished: #3 c\n  kernel fault (3 lines):\n  > [   52.1] kernel BUG at mm/gup_test.c:42!\n"
+        ));
+        assert!(r.contains(
+            "  then 1 more fault line(s):\n  > [  115.0] rcu: INFO: rcu_sched self-detected stall on CPU\n"
+        ));
+        assert!(r.contains("- bzImage-fault: FAIL b -- pin balance: violated\n"));
+        assert!(!r.contains("- bzImage-fault: NO RESULT"));
+        assert!(r.contains("- bzImage-fault: no skips (cut short: 2 of 245 trial(s) reported)\n"));
+        assert!(!cells[2].ok());
+
+        let doc = json(&cells);
+        let c = &doc["cells"][2];
+        assert_eq!(c["outcome"], "kernel_fault");
+        assert_eq!(doc["cells"][0]["outcome"], "complete");
+        assert_eq!(doc["cells"][1]["outcome"], "no_result");
+        assert_eq!(c["kernel_fault"]["trial"], "#3 c");
+        assert_eq!(
+            c["kernel_fault"]["headline"],
+            "kernel BUG at mm/gup_test.c:42!"
+        );
+        assert_eq!(c["kernel_fault"]["lines"].as_array().unwrap().len(), 3);
+        assert_eq!(c["kernel_fault"]["ended_after_s"], 15.2);
+        assert_eq!(c["unfinished_trial"], "#3 c");
+        assert_eq!(c["stream"]["garbled"], 1);
+        assert_eq!(c["totals"]["fail"], 1);
+        assert_eq!(c["trials"][1]["name"], "b");
+        assert!(doc["cells"][0]["kernel_fault"].is_null());
+
+        let h = html(&cells);
+        assert!(h.contains(
+            "<td class=\"fault\">KERNEL FAULT: 1 / 1 / 0 / 0<br><small>75 s</small></td>"
+        ));
+        assert!(
+            h.contains("<td class=\"bad\">1 / 1 / 0 / 0</td>"),
+            "the family row"
+        );
+        let s = &h[h.find("<section id=\"cell-2\">").unwrap()..];
+        assert!(s.contains("<h3>Kernel fault</h3>"));
+        assert!(
+            s.contains("KERNEL FAULT in trial #3 c: <code>kernel BUG at mm/gup_test.c:42!</code>")
+        );
+        assert!(s.contains("[   52.1] &lt;script&gt;</pre>"));
+        assert!(s.contains("Cut short (2 result(s) streamed)"));
+        assert!(s.contains("<p class=\"unfinished\">Unfinished: #3 c</p>"));
+        assert!(s.contains("<td>b</td><td class=\"outcome\">fail</td>"));
+
+        // The suite reported after all (its own watch stopped it): the
+        // cell has its report and is still a kernel fault.
+        let mut c = faulted();
+        c.broken = None;
+        c.unfinished = None;
+        assert_eq!(c.outcome(), "KERNEL FAULT");
+        assert!(!c.ok());
+        let r = render(&[c]);
+        assert!(
+            r.contains("the cell ended 15 s later, with the suite's report\n"),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn a_cell_cut_short_keeps_what_it_streamed() {
+        let mut c = faulted();
+        c.fault = None;
+        c.broken =
+            Some("no result within 600 s (the cell's time limit): the guest was stopped".into());
+        assert_eq!(c.outcome(), "INCOMPLETE");
+        let r = render(&[c.clone()]);
+        assert!(
+            r.contains("| **all** | **INCOMPLETE: 1 / 1 / 0 / 0** |"),
+            "{r}"
+        );
+        assert!(
+            r.contains(
+                "- bzImage-fault: INCOMPLETE: no result within 600 s (the cell's time limit): the \
+             guest was stopped; 2 of 245 planned result(s) streamed before the end (1 garbled line(s) ignored, \
+             0 event(s) lost); unfinished: #3 c\n  console tail (1 lines):\n"
+            ),
+            "{r}"
+        );
+        assert_eq!(json(&[c.clone()])["cells"][0]["outcome"], "incomplete");
+        assert_eq!(class(&c, None), "bad");
+        assert_eq!(class(&c, Some("gup_test")), "bad");
     }
 
     #[test]

@@ -65,6 +65,33 @@ impl KernelSpec {
     }
 }
 
+/// A kernel image named by path (`flag` is the option that named it) must
+/// be a readable, non-empty regular file; checked before anything is built,
+/// probed or booted. What is in it is qemu's to judge (a cell of its own).
+pub fn check_image(flag: &str, p: &Path) -> Result<(), String> {
+    use std::io::Read;
+    let what = |why: &str| format!("{flag} {}: {why}", p.display());
+    let io = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => what("no such file"),
+        std::io::ErrorKind::PermissionDenied => what("not readable (permission denied)"),
+        _ => what(&e.to_string()),
+    };
+    let meta = std::fs::metadata(p).map_err(io)?;
+    if meta.is_dir() {
+        return Err(what("a directory, not a kernel image"));
+    }
+    if !meta.is_file() {
+        return Err(what("not a regular file"));
+    }
+    if meta.len() == 0 {
+        return Err(what("an empty file, not a kernel image"));
+    }
+    std::fs::File::open(p)
+        .and_then(|mut f| f.read(&mut [0u8; 1]))
+        .map_err(io)?;
+    Ok(())
+}
+
 /// apt's name pattern for the cloud kernel packages of a series.
 pub fn debian_pattern(series: &str) -> String {
     match series {
@@ -184,6 +211,33 @@ mod tests {
         assert_eq!(b.label(), "build:6.12+debug_vm");
         assert!("build:4.19".parse::<KernelSpec>().is_err());
         assert!("".parse::<KernelSpec>().is_err());
+    }
+
+    #[test]
+    fn a_kernel_path_must_be_a_readable_non_empty_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let e = check_image("--kernel", &d.join("nonexistent")).unwrap_err();
+        assert_eq!(
+            e,
+            format!("--kernel {}/nonexistent: no such file", d.display())
+        );
+        let e = check_image("--kernel", d).unwrap_err();
+        assert!(e.ends_with(": a directory, not a kernel image"), "{e}");
+        std::fs::write(d.join("empty"), "").unwrap();
+        let e = check_image("--guest", &d.join("empty")).unwrap_err();
+        assert!(e.starts_with("--guest ") && e.ends_with(": an empty file, not a kernel image"));
+        let e = check_image("--kernel", Path::new("/dev/null")).unwrap_err();
+        assert!(e.ends_with("not a regular file"), "{e}");
+        std::fs::write(d.join("k"), "not a kernel, but qemu's to judge").unwrap();
+        assert_eq!(check_image("--kernel", &d.join("k")), Ok(()));
+        // Unreadable: only when not root (root reads a 0000 file).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d.join("k"), std::fs::Permissions::from_mode(0o000)).unwrap();
+        if !nix::unistd::geteuid().is_root() {
+            let e = check_image("--kernel", &d.join("k")).unwrap_err();
+            assert!(e.ends_with("not readable (permission denied)"), "{e}");
+        }
     }
 
     #[test]
