@@ -22,6 +22,11 @@ pub struct Human<W: Write> {
     unsuccessful: Vec<(OutcomeKind, String)>,
 }
 
+/// A trial the run never started (the kernel faulted before it).
+pub fn is_not_run(o: &Outcome) -> bool {
+    matches!(o, Outcome::Error(r) if r.starts_with("not run: "))
+}
+
 fn label(kind: OutcomeKind) -> &'static str {
     match kind {
         OutcomeKind::Pass => "PASS ",
@@ -161,7 +166,10 @@ impl<W: Write> Reporter for Human<W> {
             Event::TrialFinished(t) => {
                 let r = &t.report;
                 let kind = r.outcome.kind();
-                if !r.outcome.is_success() || self.verbose || !self.progress {
+                // After a kernel fault every later trial is "not run" for one
+                // reason: said once, grouped, not line by line.
+                let not_run = is_not_run(&r.outcome);
+                if (!r.outcome.is_success() && !not_run) || self.verbose || !self.progress {
                     self.clear_progress();
                     let reason = match &r.outcome {
                         Outcome::Pass => String::new(),
@@ -180,13 +188,13 @@ impl<W: Write> Reporter for Human<W> {
                         }
                     }
                 }
-                if matches!(kind, OutcomeKind::Skip | OutcomeKind::Xfail) {
+                if matches!(kind, OutcomeKind::Skip | OutcomeKind::Xfail) || not_run {
                     *self
                         .grouped
                         .entry((kind, r.outcome.reason().to_string()))
                         .or_default() += 1;
                 }
-                if !r.outcome.is_success() {
+                if !r.outcome.is_success() && !not_run {
                     self.unsuccessful.push((kind, t.trial.name.clone()));
                 }
                 self.caveats.add(r);

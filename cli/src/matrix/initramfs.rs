@@ -37,7 +37,9 @@ fn quote(s: &str) -> String {
 /// (named on the kernel command line), run `cowgup run` with `args`, its
 /// human report on the console, each event (a result as it is formed) on
 /// ttyS1 as one JSON line; then the topology's setup lines and the JSON
-/// report framed, on ttyS1.
+/// report framed, on ttyS1, compacted on the way (pretty-printed JSON never
+/// has a raw newline inside a string, so dropping each line's indentation
+/// and the newlines keeps it intact; the port moves ~180 KB/s under TCG).
 pub fn init_script(args: &[String]) -> String {
     let args: Vec<String> = args.iter().map(|a| quote(a)).collect();
     format!(
@@ -54,7 +56,7 @@ stty -F /dev/ttyS1 raw -echo
 /bin/cowgup run --format json --output /tmp/result.json --events /dev/ttyS1 {args} 2>&1 | cat
 rc=$?
 echo "{EXIT} rc=$rc"
-{{ cat /tmp/topology.txt; echo "{RESULT} rc=$rc release=$(uname -r)"; cat /tmp/result.json; echo; echo "{RESULT_END}"; }} > /dev/ttyS1
+{{ cat /tmp/topology.txt; echo "{RESULT} rc=$rc release=$(uname -r)"; sed 's/^ *//' /tmp/result.json | tr -d '\n'; echo; echo "{RESULT_END}"; }} > /dev/ttyS1
 sync; reboot -f
 "#,
         args = args.join(" "),

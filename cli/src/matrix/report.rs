@@ -184,15 +184,26 @@ pub fn render(cells: &[Cell]) -> String {
             for l in ending_lines(c) {
                 let _ = writeln!(out, "{l}");
             }
+            // Trials never started after a kernel fault share one reason:
+            // one line with their count, not one line each.
+            let mut not_run: std::collections::BTreeMap<&str, usize> = Default::default();
             for t in c.trials.iter().filter(|t| t.unexpected()) {
+                let reason = t.reason.as_deref().unwrap_or("(no reason given)");
+                if t.outcome == "error" && reason.starts_with("not run: ") {
+                    *not_run.entry(reason).or_default() += 1;
+                    continue;
+                }
                 let _ = writeln!(
                     out,
                     "- {}: {} {} -- {}",
                     c.label(),
                     t.outcome.to_uppercase(),
                     t.name,
-                    t.reason.as_deref().unwrap_or("(no reason given)")
+                    reason
                 );
+            }
+            for (reason, n) in not_run {
+                let _ = writeln!(out, "- {}: ERROR x{n} {reason}", c.label());
             }
         }
     }
