@@ -23,7 +23,7 @@ use nix::sys::mman::MapFlags;
 fn scenario(name: &str) -> Scenario {
     Scenario {
         name: name.into(),
-        family: Family::CowAnon,
+        family: Family::COW_ANON,
         group: "test".into(),
         needs: vec![],
         knobs: vec![],

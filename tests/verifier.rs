@@ -50,10 +50,10 @@ struct Seen {
 
 fn families() -> [Family; 4] {
     [
-        Family::CowAnon,
-        Family::CowAnonThp,
-        Family::CowNonAnon,
-        Family::BeyondUpstream,
+        Family::COW_ANON,
+        Family::COW_ANON_THP,
+        Family::COW_NON_ANON,
+        Family::BEYOND_UPSTREAM,
     ]
 }
 

@@ -340,7 +340,7 @@ fn harness_floor(session: &mut Session) -> Duration {
     let noop: Vec<Scenario> = (0..FLOOR_TRIALS)
         .map(|i| Scenario {
             name: format!("bench: a trial that does nothing #{i}"),
-            family: cowgup_tests::Family::CowAnon,
+            family: cowgup_tests::Family::COW_ANON,
             group: "no-op".into(),
             needs: vec![],
             knobs: vec![],

@@ -325,7 +325,7 @@ pub fn junit(start: &RunStart, trials: &[TrialEnd], end: &RunEnd) -> io::Result<
         }
     }
     for fam in families {
-        let mut suite = TestSuite::new(fam.name());
+        let mut suite = TestSuite::new(fam.title());
         suite
             .add_property(Property::new("kernel", &start.caps.kernel_release))
             .add_property(Property::new("family", fam.id()));
@@ -445,7 +445,7 @@ mod tests {
         let report = Report::deserialize_from_str(&xml).unwrap_or_else(|e| panic!("{e}\n{xml}"));
         assert_eq!((report.tests, report.failures, report.errors), (2, 1, 0));
         let suite = &report.test_suites[0];
-        assert_eq!(suite.name.as_str(), Family::CowAnon.name());
+        assert_eq!(suite.name.as_str(), Family::COW_ANON.title());
         let failed = &suite.test_cases[0];
         let TestCaseStatus::NonSuccess {
             kind: NonSuccessKind::Failure,
@@ -489,7 +489,7 @@ mod tests {
         );
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
-            format!("{} 2\n", Family::CowAnon.name())
+            format!("{} 2\n", Family::COW_ANON.title())
         );
     }
 }

@@ -1,97 +1,13 @@
-//! What `cowgup --help` and `cowgup run --help` teach: the families (from
-//! `cowgup_tests::Family`, so the list cannot drift from the catalogue), how
+//! What `cowgup --help` and `cowgup run --help` teach: the families (the
+//! rows of the registry, `cowgup_tests::FAMILIES`, which also builds the
+//! catalogue, so the list cannot drift from it), how
 //! names are selected, the report formats, host settings, exit codes.
 
 use cowgup_tests::Family;
 
-/// Every family, in catalogue order.
-pub const FAMILIES: [Family; 13] = [
-    Family::CowAnon,
-    Family::CowAnonThp,
-    Family::CowNonAnon,
-    Family::GupLongterm,
-    Family::GupTest,
-    Family::BeyondUpstream,
-    Family::RemoteAccess,
-    Family::LargeFolioPins,
-    Family::ForceWrite,
-    Family::PinsUnderReclaim,
-    Family::FileLargeFolios,
-    Family::MovablePins,
-    Family::FsdaxPins,
-];
-
-/// What a family runs, in a line. Exhaustive on purpose: a new family does
-/// not build until it is described here (and added to FAMILIES).
-fn covers(f: Family) -> &'static str {
-    match f {
-        Family::CowAnon => {
-            "cow.c's anonymous cases (fork, vmsplice, io_uring fixed buffers, R/O GUP pins) on \
-             base pages, every THP size and shape, every hugetlb size, swapped-out variants"
-        }
-        Family::CowAnonThp => "cow.c's COW after MADV_COLLAPSE, before and after fork()",
-        Family::CowNonAnon => {
-            "cow.c's private mappings of the shared and huge zeropage, memfd, tmpfile, memfd hugetlb"
-        }
-        Family::GupLongterm => {
-            "gup_longterm.c: which long-term pins of file pages must be granted or refused \
-             (memfd, tmpfile, memfd hugetlb; files on a tmpfs and an ext4 the suite controls)"
-        }
-        Family::GupTest => {
-            "run_vmtests.sh's gup_test invocations, named by their command lines (needs \
-             CONFIG_GUP_TEST; as root the run mounts debugfs for them); each maps 4 PMDs \
-             (hugetlb: 4 huge pages), the paths upstream's 128/256 MiB cover; --thorough \
-             maps upstream's sizes"
-        }
-        Family::BeyondUpstream => {
-            "MAP_SHARED anonymous memory, KSM-merged pages, memfd_secret, O_DIRECT, through \
-             every pin source"
-        }
-        Family::RemoteAccess => {
-            "process_vm_writev() into a child's COW-shared pages changes only the child; \
-             process_vm_readv() returns the child's data, never the parent's; a remote R/O read \
-             unshares (FOLL_REMOTE pins), on every anonymous backing"
-        }
-        Family::LargeFolioPins => {
-            "io_uring fixed buffers on parts of one THP/hugetlb folio (unregister one, fork), 64 \
-             rings on one folio released in random order, fork with a live pin and a writer \
-             thread (no torn snapshot), buffers over several folios and one page mapped twice \
-             (CVE-2023-2598 shape): WRITE_FIXED equals the mapping byte for byte"
-        }
-        Family::ForceWrite => {
-            "FOLL_FORCE writes (/proc/self/mem, PTRACE_POKEDATA) into PROT_READ mappings: a \
-             private copy in COW mappings (file, memfd, uffd-minor memfd, zeropages, THP, pages \
-             shared with a child), EIO in MAP_SHARED and hugetlb (before 6.14); a Dirty COW race \
-             against MADV_DONTNEED"
-        }
-        Family::PinsUnderReclaim => {
-            "pinned anonymous pages (io_uring fixed buffer; gup_test R/O pin where available) under \
-             MADV_PAGEOUT, MADV_COLD, move_pages(), mbind(), MADV_COLLAPSE, KSM and compaction: \
-             the PFN must stay and the pin must still see the process's writes, both ways"
-        }
-        Family::FileLargeFolios => {
-            "a MAP_PRIVATE PROT_READ mapping of a large file folio (PMD-sized on a huge=always \
-             tmpfs and in a memfd; every per-size shmem knob's size): R/O longterm GUP pins (the \
-             2025 livelock), COW by mprotect and forced write, io_uring, vmsplice, O_DIRECT; the \
-             page cache must stay unchanged"
-        }
-        Family::MovablePins => {
-            "memory proved in ZONE_MOVABLE (PFN in the zone's /proc/zoneinfo span) is migrated \
-             out before a long-term pin (io_uring, gup_test R/O and R/W, GUP and GUP-fast) \
-             succeeds, data intact; O_DIRECT and vmsplice may leave it (recorded); base pages, \
-             THP/mTHP, hugetlb. Needs a Movable zone: cowgup matrix --topology movable"
-        }
-        Family::FsdaxPins => {
-            "on an ext4 mounted -o dax (statx STATX_ATTR_DAX): long-term pins of a MAP_SHARED \
-             file mapping are refused with EOPNOTSUPP; O_DIRECT, vmsplice and short-term \
-             gup_test pins work and see the file; MAP_PRIVATE after a write fault pins. Needs \
-             $COWGUP_FSDAX_DIR: cowgup matrix --topology fsdax"
-        }
-    }
-}
-
+/// Every family's id, in catalogue order (`--family`'s values).
 pub fn family_ids() -> Vec<&'static str> {
-    FAMILIES.iter().map(|f| f.id()).collect()
+    Family::all().map(Family::id).collect()
 }
 
 pub const ABOUT: &str = "Runs the Linux kernel's COW/GUP selftests (tools/testing/selftests/mm \
@@ -102,9 +18,9 @@ fn families() -> String {
     let mut s = String::from(
         "Families (select with --family ID; `cowgup list --family ID` prints a family's trials):\n",
     );
-    for f in FAMILIES {
-        s.push_str(&format!("  {:<16} {}\n", f.id(), f.name()));
-        for line in wrap(covers(f), 70) {
+    for f in Family::all() {
+        s.push_str(&format!("  {:<16} {}\n", f.id(), f.title()));
+        for line in wrap(f.covers(), 70) {
             s.push_str(&format!("  {:<16}   {line}\n", ""));
         }
     }
@@ -248,14 +164,14 @@ mod tests {
         let caps = cowgup_harness::probe::Capabilities::probe();
         for s in cowgup_tests::catalogue(&caps) {
             assert!(
-                FAMILIES.contains(&s.family),
-                "{} not in FAMILIES",
+                family_ids().contains(&s.family.id()),
+                "{} not in the registry",
                 s.family.id()
             );
         }
         for text in [top(), run(), list()] {
-            for f in FAMILIES {
-                assert!(text.contains(f.id()) && text.contains(f.name()));
+            for f in Family::all() {
+                assert!(text.contains(f.id()) && text.contains(f.title()));
             }
             assert!(!text.to_lowercase().contains("issue"));
             assert!(text.lines().all(|l| l.chars().count() <= 100), "{text}");

@@ -28,19 +28,10 @@ pub struct Program {
 /// cow.c's section lines.
 pub fn cow_section(f: Family) -> Option<&'static str> {
     match f {
-        Family::CowAnon => Some("[INFO] Anonymous memory tests in private mappings"),
-        Family::CowAnonThp => Some("[INFO] Anonymous THP tests"),
-        Family::CowNonAnon => Some("[RUN] Non-anonymous memory tests in private mappings"),
-        Family::GupLongterm
-        | Family::GupTest
-        | Family::BeyondUpstream
-        | Family::RemoteAccess
-        | Family::LargeFolioPins
-        | Family::PinsUnderReclaim
-        | Family::MovablePins
-        | Family::FsdaxPins => None,
-        Family::ForceWrite => None,
-        Family::FileLargeFolios => None,
+        Family::COW_ANON => Some("[INFO] Anonymous memory tests in private mappings"),
+        Family::COW_ANON_THP => Some("[INFO] Anonymous THP tests"),
+        Family::COW_NON_ANON => Some("[RUN] Non-anonymous memory tests in private mappings"),
+        _ => None,
     }
 }
 
@@ -124,7 +115,7 @@ fn injected() -> Option<Scenario> {
     };
     Some(Scenario {
         name: format!("cowgup injected {what} (COWGUP_INJECT={what})"),
-        family: Family::CowNonAnon,
+        family: Family::COW_NON_ANON,
         group: "injected".into(),
         needs: vec![],
         knobs: vec![],

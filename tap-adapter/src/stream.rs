@@ -415,7 +415,7 @@ pub mod examples {
         let info = |number, name: &str| TrialInfo {
             number,
             name: name.into(),
-            family: Family::CowAnon,
+            family: Family::COW_ANON,
             group: "base page".into(),
         };
         let failing = sample_report();

@@ -13,12 +13,15 @@ use cowgup_fixtures::proc::{spawn, Pipe};
 use cowgup_fixtures::special::{self, KSM_FILL};
 use cowgup_fixtures::stamp::{Pattern, Writer};
 use cowgup_fixtures::{fail, skip, Step};
+use cowgup_harness::probe::Capabilities;
 use cowgup_harness::{diag, Knob, Outcome};
 
 use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Arc;
 
 use crate::common::{child_body, collect, write_and_check_own, Checker, ORIGINAL};
 use crate::expectations::Observed;
+use crate::scenario::{Family, Scenario};
 
 pub const SHARED_ANON: &str = "MAP_SHARED|MAP_ANONYMOUS";
 pub const SECRET: &str = "memfd_secret";
@@ -304,4 +307,67 @@ pub fn odirect_read_into_shared_page() -> Outcome {
 
 pub fn ext4_scratch() -> Vec<Need> {
     vec![Need::Scratch(ScratchFs::Ext4)]
+}
+
+/// Memory types and pin sources upstream never covers.
+pub fn scenarios(_caps: &Capabilities) -> Vec<Scenario> {
+    let scenario = |name: String,
+                    needs: Vec<Need>,
+                    knobs: Vec<Knob>,
+                    pins: bool,
+                    body: Arc<dyn Fn() -> Outcome + Send + Sync>| Scenario {
+        name,
+        family: Family::BEYOND_UPSTREAM,
+        group: "beyond upstream".into(),
+        needs,
+        knobs,
+        pins,
+        body,
+    };
+    let mut v = vec![scenario(
+        format!("Shared memory stays shared after fork() ... with {SHARED_ANON}"),
+        vec![],
+        vec![],
+        false,
+        Arc::new(shared_stays_shared),
+    )];
+    for source in PinSource::ALL
+        .into_iter()
+        .filter(|s| *s != PinSource::ODirect)
+    {
+        v.push(scenario(
+            format!(
+                "{} sees the child's write after fork() ... with {SHARED_ANON}",
+                source.name()
+            ),
+            source.needs(),
+            vec![],
+            source.pins(),
+            Arc::new(move || pin_sees_childs_write(source)),
+        ));
+    }
+    for source in PinSource::ALL {
+        v.push(scenario(
+            format!("{} is refused ... with {SECRET}", source.name()),
+            source.needs(),
+            vec![],
+            source.pins(),
+            Arc::new(move || secret_refuses(source)),
+        ));
+    }
+    v.push(scenario(
+        format!("Basic COW after fork() ... with {KSM}"),
+        vec![],
+        ksm_knobs(),
+        false,
+        Arc::new(ksm_cow),
+    ));
+    v.push(scenario(
+        "O_DIRECT read into a page shared with a child after fork() ... with base page".into(),
+        ext4_scratch(),
+        vec![],
+        true,
+        Arc::new(odirect_read_into_shared_page),
+    ));
+    v
 }

@@ -3,7 +3,9 @@
 //! parent after fork()" on hugetlb is `VMSPLICE_BEFORE_FORK` below, on
 //! `AnonBacking::Hugetlb` from fixtures/src/anon.rs.
 
-use cowgup_fixtures::anon::AnonMemory;
+use std::sync::Arc;
+
+use cowgup_fixtures::anon::{AnonBacking, AnonMemory};
 use cowgup_fixtures::evidence::{self, View};
 use cowgup_fixtures::mem::{Region, RW};
 use cowgup_fixtures::needs::Need;
@@ -12,13 +14,15 @@ use cowgup_fixtures::pin_source::{Held, PinSource};
 use cowgup_fixtures::proc::{spawn, Pipe};
 use cowgup_fixtures::stamp::{Content, Mismatch, Pattern, Writer};
 use cowgup_fixtures::{fail, skip, Step};
+use cowgup_harness::probe::Capabilities;
 use nix::sys::mman::ProtFlags;
 
 use crate::common::{
     child_body, child_first_look, clear_softdirty, collect, lost_at_fork, write_and_check_own,
     Bystander, Checker, FIRST_LOOK_LOST, FIRST_LOOK_OK, ORIGINAL,
 };
-use crate::expectations::{Mechanism, Observed};
+use crate::expectations::{self, judge, Mapping, Mechanism, MemoryClass, Observed, Subject};
+use crate::scenario::{outcome, Family, Scenario};
 
 pub struct AnonCase {
     pub desc: &'static str,
@@ -374,4 +378,59 @@ pub fn ro_pin_and_check(
         Err(e) => return fail(format!("PIN_LONGTERM_TEST_START failed: {e}")),
     };
     write_and_look_through(&mut held, region, pattern, original, "R/O")
+}
+
+/// The family's trials: every case with every anonymous backing, in cow.c's order.
+pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
+    entries(caps).into_iter().map(|(s, _)| s).collect()
+}
+
+/// The trials, each with the subject it hands the expectation table.
+pub fn entries(caps: &Capabilities) -> Vec<(Scenario, Subject)> {
+    let kernel = expectations::parse_version(&caps.kernel_release);
+    let hugetlb: Vec<usize> = caps.hugetlb.iter().map(|p| p.size).collect();
+    let anon = AnonBacking::all(&caps.thp_sizes, caps.pmd_size, &hugetlb);
+    let mut out = Vec::new();
+    for case in &CASES {
+        for &backing in &anon {
+            let subject = Subject {
+                mechanism: case.mechanism,
+                memory: if backing.is_hugetlb() {
+                    MemoryClass::AnonHugetlb
+                } else {
+                    MemoryClass::Anon
+                },
+                size: match backing {
+                    AnonBacking::Thp { size, .. } | AnonBacking::Hugetlb { size } => Some(size),
+                    _ => None,
+                },
+                mapping: Mapping::Private,
+                kernel,
+            };
+            let mechanism = case.mechanism;
+            let run = case.run;
+            let scenario = Scenario {
+                name: format!("{} ... with {}", case.desc, backing.suffix()),
+                family: Family::COW_ANON,
+                group: backing.group(),
+                needs: backing
+                    .needs()
+                    .into_iter()
+                    .chain(case.needs.iter().copied())
+                    .collect(),
+                knobs: backing.knobs(caps.pmd_size),
+                pins: mechanism.pins(),
+                body: Arc::new(move || {
+                    outcome(
+                        backing
+                            .setup()
+                            .and_then(|m| run(&m))
+                            .map(|o| judge(&subject, o)),
+                    )
+                }),
+            };
+            out.push((scenario, subject));
+        }
+    }
+    out
 }

@@ -2,14 +2,18 @@
 //! MADV_COLLAPSE of a PTE-mapped THP that is (partly) shared with a child.
 //! They always run on one PMD-sized THP, and their names have no suffix.
 
-use cowgup_fixtures::anon::{pte_map, AnonMemory};
+use std::sync::Arc;
+
+use cowgup_fixtures::anon::{pte_map, AnonBacking, AnonMemory, ThpShape};
 use cowgup_fixtures::pagemap;
 use cowgup_fixtures::stamp::Writer;
 use cowgup_fixtures::{fail, skip, Step};
+use cowgup_harness::probe::Capabilities;
 use nix::sys::mman::MmapAdvise;
 
 use crate::common::Checker;
-use crate::expectations::Observed;
+use crate::expectations::{self, judge, Mapping, Mechanism, MemoryClass, Observed, Subject};
+use crate::scenario::{outcome, Family, Scenario};
 
 #[derive(Clone, Copy, Debug)]
 pub enum Collapse {
@@ -84,4 +88,50 @@ pub fn run(case: &ThpCase, m: &AnonMemory) -> Step<Observed> {
     }
     m.pattern.write(m.region, Writer::Parent);
     checker.judge_parents_write(m.region)
+}
+
+/// The family's trials: every case on one PMD THP (none without PMD THP).
+pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
+    entries(caps).into_iter().map(|(s, _)| s).collect()
+}
+
+/// The trials, each with the subject it hands the expectation table.
+pub fn entries(caps: &Capabilities) -> Vec<(Scenario, Subject)> {
+    let Some(pmd) = caps.pmd_size else {
+        return vec![];
+    };
+    let kernel = expectations::parse_version(&caps.kernel_release);
+    let backing = AnonBacking::Thp {
+        shape: ThpShape::Pmd,
+        size: pmd,
+    };
+    let subject = Subject {
+        mechanism: Mechanism::Collapse,
+        memory: MemoryClass::Anon,
+        size: Some(pmd),
+        mapping: Mapping::Private,
+        kernel,
+    };
+    let mut out = Vec::new();
+    for (i, case) in CASES.iter().enumerate() {
+        let scenario = Scenario {
+            name: case.desc.to_string(),
+            family: Family::COW_ANON_THP,
+            group: backing.group(),
+            needs: backing.needs(),
+            knobs: backing.knobs(caps.pmd_size),
+            pins: false,
+            body: Arc::new(move || {
+                let case = &CASES[i];
+                outcome(
+                    backing
+                        .setup()
+                        .and_then(|m| run(case, &m))
+                        .map(|o| judge(&subject, o)),
+                )
+            }),
+        };
+        out.push((scenario, subject));
+    }
+    out
 }

@@ -2,16 +2,20 @@
 //! of a zeropage or of file data must COW away from the other view, and a
 //! R/O long-term pin on it must stay reliable.
 
+use std::sync::Arc;
+
 use cowgup_fixtures::damage::{self, Side};
 use cowgup_fixtures::evidence::{self, View};
 use cowgup_fixtures::needs::Need;
-use cowgup_fixtures::non_anon::NonAnonMemory;
+use cowgup_fixtures::non_anon::{NonAnonBacking, NonAnonMemory};
 use cowgup_fixtures::stamp::{Content, Writer};
 use cowgup_fixtures::{fail, Step};
+use cowgup_harness::probe::Capabilities;
 
 use crate::common::write_and_check_own;
 use crate::cow_anon::ro_pin_and_check;
-use crate::expectations::{Mechanism, Observed};
+use crate::expectations::{self, judge, Mapping, Mechanism, MemoryClass, Observed, Subject};
+use crate::scenario::{outcome, Family, Scenario};
 
 pub struct NonAnonCase {
     pub desc: &'static str,
@@ -81,4 +85,66 @@ fn basic_cow(m: &NonAnonMemory) -> Step<Observed> {
 
 fn ro_pin(m: &NonAnonMemory, fast: bool) -> Step<Observed> {
     ro_pin_and_check(m.mem, m.pattern, ORIGINAL, fast)
+}
+
+/// The family's trials: every case with every non-anonymous backing.
+pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
+    entries(caps).into_iter().map(|(s, _)| s).collect()
+}
+
+/// The trials, each with the subject it hands the expectation table.
+pub fn entries(caps: &Capabilities) -> Vec<(Scenario, Subject)> {
+    let kernel = expectations::parse_version(&caps.kernel_release);
+    let hugetlb: Vec<usize> = caps.hugetlb.iter().map(|p| p.size).collect();
+    let mut out = Vec::new();
+    for case in &CASES {
+        for backing in NonAnonBacking::all(caps.pmd_size, &hugetlb) {
+            let subject = Subject {
+                mechanism: case.mechanism,
+                memory: MemoryClass::NonAnon,
+                size: match backing {
+                    NonAnonBacking::MemfdHugetlb { size } => Some(size),
+                    NonAnonBacking::HugeZeropage => caps.pmd_size,
+                    _ => None,
+                },
+                mapping: Mapping::Private,
+                kernel,
+            };
+            let mechanism = case.mechanism;
+            let run = case.run;
+            let knobs = match (backing, caps.pmd_size) {
+                (NonAnonBacking::HugeZeropage, Some(pmd)) => {
+                    cowgup_fixtures::thp::pmd_inherits(pmd)
+                }
+                (NonAnonBacking::MemfdHugetlb { size }, _)
+                    if case.mechanism == Mechanism::RoPin =>
+                {
+                    crate::movable_pins::unshare_headroom(size, caps.pmd_size)
+                }
+                _ => vec![],
+            };
+            let scenario = Scenario {
+                name: format!("{} ... with {}", case.desc, backing.suffix()),
+                family: Family::COW_NON_ANON,
+                group: backing.group(),
+                needs: backing
+                    .needs()
+                    .into_iter()
+                    .chain(case.needs.iter().copied())
+                    .collect(),
+                knobs,
+                pins: mechanism.pins(),
+                body: Arc::new(move || {
+                    outcome(
+                        backing
+                            .setup()
+                            .and_then(|m| run(&m))
+                            .map(|o| judge(&subject, o)),
+                    )
+                }),
+            };
+            out.push((scenario, subject));
+        }
+    }
+    out
 }

@@ -916,9 +916,11 @@ mod tests {
     fn xfail_reach(
         caps: &cowgup_harness::probe::Capabilities,
     ) -> BTreeMap<String, Vec<&'static str>> {
-        crate::cow_entries(caps)
+        crate::cow_anon::entries(caps)
             .into_iter()
-            .chain(crate::gup_longterm_entries(caps, true))
+            .chain(crate::cow_anon_thp::entries(caps))
+            .chain(crate::cow_non_anon::entries(caps))
+            .chain(crate::gup_longterm::entries(caps, true))
             .filter_map(|(scenario, subject)| {
                 let ids: Vec<_> = rows_for(&subject).map(|r| r.id.as_str()).collect();
                 (!ids.is_empty()).then_some((scenario.name, ids))

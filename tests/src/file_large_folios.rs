@@ -40,13 +40,14 @@ use cowgup_fixtures::pin::{FixedBuffer, GupTest};
 use cowgup_fixtures::pin_source::PinSource;
 use cowgup_fixtures::stamp::{Pattern, Writer};
 use cowgup_fixtures::{env, fail, kb, skip, Step};
-use cowgup_harness::probe::THP_DIR;
+use cowgup_harness::probe::{Capabilities, THP_DIR};
 use cowgup_harness::{diag, Knob, Outcome};
 use nix::sys::mman::{MapFlags, ProtFlags};
 use procfs::PhysicalPageFlags;
 
 use crate::common::{check_own_write, write_and_check_own, ORIGINAL};
 use crate::expectations::{judge, Mapping, Mechanism, MemoryClass, Observed, Subject, Version};
+use crate::scenario::{Family, Scenario};
 
 /// Where the PMD-sized folio comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -832,20 +833,29 @@ fn odirect_write(m: &FolioMemory) -> Step<Outcome> {
 }
 
 /// The family's trials: every case with every backing this kernel has.
+pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
+    catalogue(
+        caps.pmd_size,
+        &caps.thp_sizes,
+        crate::expectations::parse_version(&caps.kernel_release),
+    )
+}
+
+/// The trials for this PMD size, these mTHP sizes and this kernel.
 pub fn catalogue(
     pmd_size: Option<usize>,
     thp_sizes: &[usize],
     kernel: Option<Version>,
-) -> Vec<crate::Scenario> {
+) -> Vec<Scenario> {
     let Some(pmd) = pmd_size else {
         return vec![];
     };
     let mut v = Vec::new();
     for case in Case::ALL {
         for backing in FolioBacking::all(pmd, thp_sizes) {
-            v.push(crate::Scenario {
+            v.push(Scenario {
                 name: format!("{} ... with {}", case.desc(), backing.suffix(pmd)),
-                family: crate::Family::FileLargeFolios,
+                family: Family::FILE_LARGE_FOLIOS,
                 group: "file large folios".into(),
                 needs: backing.needs().into_iter().chain(case.needs()).collect(),
                 knobs: backing.knobs(pmd),

@@ -31,7 +31,7 @@ use nix::sys::mman::{MapFlags, ProtFlags};
 
 use crate::common::{check_own_write, child_body, collect, Checker, ORIGINAL};
 use crate::expectations::{Observed, Version};
-use crate::{Family, Scenario};
+use crate::scenario::{Family, Scenario};
 use cowgup_harness::probe::Capabilities;
 
 /// Who makes the forced write.
@@ -634,7 +634,7 @@ impl Drop for Tracing {
 /// bounded race for each writer. Names: `Forced write via <writer> ... with
 /// <target>`; the expectation (private copy or EIO) is the kernel's, not
 /// part of the name.
-pub fn force_write_catalogue(caps: &Capabilities) -> Vec<Scenario> {
+pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
     let kernel = crate::expectations::parse_version(&caps.kernel_release);
     let hugetlb: Vec<usize> = caps.hugetlb.iter().map(|p| p.size).collect();
     let mut v = Vec::new();
@@ -647,7 +647,7 @@ pub fn force_write_catalogue(caps: &Capabilities) -> Vec<Scenario> {
                     forcer.name(),
                     target.suffix()
                 ),
-                family: Family::ForceWrite,
+                family: Family::FORCE_WRITE,
                 group: target.group(),
                 needs: target.needs(),
                 knobs: target.knobs(caps.pmd_size),
@@ -663,7 +663,7 @@ pub fn force_write_catalogue(caps: &Capabilities) -> Vec<Scenario> {
                 forcer.name(),
                 Target::PrivateFile.suffix()
             ),
-            family: Family::ForceWrite,
+            family: Family::FORCE_WRITE,
             group: Target::PrivateFile.group(),
             needs: Target::PrivateFile.needs(),
             knobs: vec![],

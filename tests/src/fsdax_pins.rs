@@ -29,7 +29,7 @@ use cowgup_harness::{diag, Outcome};
 use crate::expectations::{
     self, judge, Mapping, Mechanism, MemoryClass, Observed, Subject, Version,
 };
-use crate::{Family, Scenario};
+use crate::scenario::{Family, Scenario};
 
 pub const SHORT_TERM: [PinSource; 2] = [PinSource::ODirect, PinSource::Vmsplice];
 
@@ -48,7 +48,7 @@ const BACKING: FileBacking = FileBacking::Fsdax;
 /// The errno check_vma_flags() refuses a FOLL_LONGTERM pin of fsdax with.
 pub const REFUSAL: nix::errno::Errno = nix::errno::Errno::EOPNOTSUPP;
 
-pub fn fsdax_pins_catalogue(caps: &Capabilities) -> Vec<Scenario> {
+pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
     let kernel = expectations::parse_version(&caps.kernel_release);
     let suffix = BACKING.suffix();
     let scenario = |name: String,
@@ -56,7 +56,7 @@ pub fn fsdax_pins_catalogue(caps: &Capabilities) -> Vec<Scenario> {
                     pins: bool,
                     body: Arc<dyn Fn() -> Outcome + Send + Sync>| Scenario {
         name,
-        family: Family::FsdaxPins,
+        family: Family::FSDAX_PINS,
         group: BACKING.group(),
         needs,
         knobs: vec![],
@@ -303,12 +303,12 @@ mod tests {
 
     #[test]
     fn fifteen_trials_named_from_their_values() {
-        let c = fsdax_pins_catalogue(&crate::tests::reference_host());
+        let c = scenarios(&crate::tests::reference_host());
         assert_eq!(c.len(), 15);
         assert_eq!(
             c[0].name,
             "io_uring fixed buffer (R/W longterm pin) of a MAP_SHARED file mapping is refused ... with file on fsdax"
         );
-        assert!(c.iter().all(|s| s.family == Family::FsdaxPins));
+        assert!(c.iter().all(|s| s.family == Family::FSDAX_PINS));
     }
 }

@@ -5,13 +5,17 @@
 //! refused (6.5+). Read-only pins, and pins of MAP_PRIVATE mappings (which
 //! COW into anonymous memory first), must always work.
 
+use std::sync::Arc;
+
 use cowgup_fixtures::file::{FileBacking, FileMemory, FsClass};
-use cowgup_fixtures::needs::Need;
+use cowgup_fixtures::needs::{Need, ScratchFs};
 use cowgup_fixtures::pin::{FixedBuffer, GupTest};
 use cowgup_fixtures::{fail, skip, Step};
+use cowgup_harness::probe::Capabilities;
 use cowgup_harness::{diag, Outcome};
 
 use crate::expectations::{judge, Mapping, Mechanism, MemoryClass, Observed, Subject, Version};
+use crate::scenario::{Family, Scenario};
 
 #[derive(Clone, Copy, Debug)]
 pub enum LongtermPin {
@@ -277,4 +281,57 @@ fn memlock() -> String {
         Ok((soft, hard)) => format!("{} (hard {})", kb(soft), kb(hard)),
         Err(e) => format!("unreadable ({e})"),
     }
+}
+
+/// The family's trials: upstream's backings, a file on a tmpfs and on an
+/// ext4 the suite controls, and on fsdax.
+pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
+    catalogue(caps, true)
+}
+
+/// gup_longterm's trials: upstream's backings, and with `extra` a file on a
+/// tmpfs and on an ext4 the suite controls, so that both expectations (pin
+/// allowed, pin refused) are exercised on every host.
+pub fn catalogue(caps: &Capabilities, extra: bool) -> Vec<Scenario> {
+    entries(caps, extra).into_iter().map(|(s, _)| s).collect()
+}
+
+/// gup_longterm's trials, each with the subject the table is told before
+/// the trial runs (the filesystem as probed; the trial measures its file).
+pub fn entries(caps: &Capabilities, extra: bool) -> Vec<(Scenario, Subject)> {
+    let kernel = crate::expectations::parse_version(&caps.kernel_release);
+    let hugetlb: Vec<usize> = caps.hugetlb.iter().map(|p| p.size).collect();
+    let mut backings = FileBacking::upstream(&hugetlb);
+    if extra {
+        backings.extend([
+            FileBacking::Scratch(ScratchFs::Tmpfs),
+            FileBacking::Scratch(ScratchFs::Ext4),
+            FileBacking::Fsdax,
+        ]);
+    }
+    let mut out = Vec::new();
+    for (i, case) in CASES.iter().enumerate() {
+        for &backing in &backings {
+            let subject = case.subject(
+                if backing == FileBacking::Fsdax {
+                    MemoryClass::FsdaxFile
+                } else {
+                    MemoryClass::of_file(backing.filesystem(caps))
+                },
+                backing.huge_size(),
+                kernel,
+            );
+            let scenario = Scenario {
+                name: format!("{} ... with {}", case.desc, backing.suffix()),
+                family: Family::GUP_LONGTERM,
+                group: backing.group(),
+                needs: backing.needs().into_iter().chain(case.needs()).collect(),
+                knobs: vec![],
+                pins: true,
+                body: Arc::new(move || run(&CASES[i], backing, kernel)),
+            };
+            out.push((scenario, subject));
+        }
+    }
+    out
 }

@@ -41,8 +41,14 @@
 //! The pool need of hugetlb trials stays upstream's count, so `--thorough`
 //! finds its 256 MiB.
 
+use std::sync::Arc;
+
 use cowgup_fixtures::gup_bench::GupRun;
+use cowgup_fixtures::needs::Need;
+use cowgup_harness::probe::Capabilities;
 use cowgup_harness::{diag, Outcome};
+
+use crate::scenario::{Family, Scenario};
 
 /// run_vmtests.sh's default gup_test runs.
 const DEFAULT_RUNS: [&str; 5] = [
@@ -148,6 +154,38 @@ pub fn run(args: &str, default_huge: usize) -> Outcome {
         }
         Err(e) => Outcome::Fail(e),
     }
+}
+
+/// run_vmtests.sh's gup_test runs, named by their command lines.
+pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
+    let default_huge = caps.hugetlb_default_size.unwrap_or(2 << 20);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mb = hugetlb_mb(default_huge, cpus);
+    invocations(mb)
+        .into_iter()
+        .map(|args| {
+            let words: Vec<&str> = args.split_whitespace().collect();
+            let (run, _) = GupRun::from_args(&words).expect("catalogue entries parse");
+            let mut needs = vec![Need::GupTest];
+            if run.hugetlb {
+                let count = (mb << 20).div_ceil(default_huge) as u64;
+                // After GupTest: without gup_test, the pool is not what is missing.
+                needs.push(Need::HugetlbPages {
+                    size: default_huge,
+                    count,
+                });
+            }
+            Scenario {
+                name: format!("gup_test {args}"),
+                family: Family::GUP_TEST,
+                group: "gup_test".into(),
+                needs,
+                knobs: vec![],
+                pins: run.cmd.pins(),
+                body: Arc::new(move || self::run(&args, default_huge)),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

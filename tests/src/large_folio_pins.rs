@@ -36,7 +36,7 @@ use nix::sys::mman::{MapFlags, MmapAdvise, ProtFlags};
 
 use crate::common::{child_body, collect, Checker, ORIGINAL};
 use crate::expectations::{self, judge, Mapping, Mechanism, MemoryClass, Observed, Subject};
-use crate::{Family, Scenario};
+use crate::scenario::{Family, Scenario};
 
 /// One large folio kind the cases run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -232,7 +232,7 @@ impl TornBacking {
 const TORN_BASE_LEN: usize = 2 << 20;
 
 /// The family's trials on this host.
-pub fn large_folio_pins_catalogue(caps: &Capabilities) -> Vec<Scenario> {
+pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
     let kernel = expectations::parse_version(&caps.kernel_release);
     let pmd = caps.pmd_size;
     let scenario = |name: String,
@@ -241,7 +241,7 @@ pub fn large_folio_pins_catalogue(caps: &Capabilities) -> Vec<Scenario> {
                     knobs: Vec<Knob>,
                     body: Arc<dyn Fn() -> Outcome + Send + Sync>| Scenario {
         name,
-        family: Family::LargeFolioPins,
+        family: Family::LARGE_FOLIO_PINS,
         group,
         needs,
         knobs,
@@ -1102,7 +1102,7 @@ mod tests {
     #[test]
     fn the_catalogue_covers_every_size() {
         let caps = crate::tests::reference_host();
-        let all = large_folio_pins_catalogue(&caps);
+        let all = scenarios(&caps);
         // (a), (b): PMD THP + 2 hugetlb; (c): + base pages; (d): 8 THP sizes,
         // 2 hugetlb, 2 mixed, 1 memfd, 2 memfd hugetlb.
         assert_eq!(all.len(), 3 + 3 + 4 + (8 + 2 + 2 + 1 + 2));

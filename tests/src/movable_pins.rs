@@ -27,7 +27,7 @@ use cowgup_fixtures::{env, fail, skip, Step};
 use cowgup_harness::probe::Capabilities;
 use cowgup_harness::{diag, Knob, Outcome};
 
-use crate::{Family, Scenario};
+use crate::scenario::{Family, Scenario};
 
 /// Every pin source, long-term ones first.
 pub fn sources() -> impl Iterator<Item = PinSource> {
@@ -63,13 +63,13 @@ pub fn name(source: PinSource, backing: AnonBacking) -> String {
     format!("{} {what} ... with {}", source.name(), backing.suffix())
 }
 
-pub fn movable_pins_catalogue(caps: &Capabilities) -> Vec<Scenario> {
+pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
     let mut out = Vec::new();
     for backing in backings(caps) {
         for source in sources() {
             out.push(Scenario {
                 name: name(source, backing),
-                family: Family::MovablePins,
+                family: Family::MOVABLE_PINS,
                 group: backing.group(),
                 needs: backing.needs().into_iter().chain(source.needs()).collect(),
                 knobs: backing.knobs(caps.pmd_size),
@@ -141,7 +141,7 @@ pub fn grow_pools(catalogue: &mut [Scenario], caps: &Capabilities) {
         let base = pool.total + most(catalogue, pool.size) + 2;
         let suffix = AnonBacking::Hugetlb { size: pool.size }.suffix();
         let trials = catalogue.iter_mut().filter(|s| {
-            s.family == Family::MovablePins && s.name.ends_with(&format!("with {suffix}"))
+            s.family == Family::MOVABLE_PINS && s.name.ends_with(&format!("with {suffix}"))
         });
         // One more page per trial: consecutive trials with equal knobs keep
         // them set, and the page the previous trial's pin migrated out of

@@ -29,7 +29,7 @@ use nix::errno::Errno;
 use nix::sys::mman::{MapFlags, MmapAdvise};
 
 use crate::common::{write_and_check_own, ORIGINAL};
-use crate::{Family, Scenario};
+use crate::scenario::{Family, Scenario};
 
 /// What the kernel may do to the mapping of a pinned page under a pressure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -232,7 +232,7 @@ fn source_label(source: PinSource) -> &'static str {
 }
 
 /// The family's trials: pressure x pin source x anonymous backing.
-pub fn pins_under_reclaim_catalogue(caps: &Capabilities) -> Vec<Scenario> {
+pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
     let hugetlb: Vec<usize> = caps.hugetlb.iter().map(|p| p.size).collect();
     let anon = AnonBacking::all(&caps.thp_sizes, caps.pmd_size, &hugetlb);
     let pmd = caps.pmd_size;
@@ -249,7 +249,7 @@ pub fn pins_under_reclaim_catalogue(caps: &Capabilities) -> Vec<Scenario> {
                         source_label(source),
                         backing.suffix()
                     ),
-                    family: Family::PinsUnderReclaim,
+                    family: Family::PINS_UNDER_RECLAIM,
                     group: backing.group(),
                     needs: backing
                         .needs()
@@ -935,7 +935,7 @@ mod tests {
     #[test]
     fn names_are_derived_and_unique() {
         let caps = crate::tests::reference_host();
-        let all = pins_under_reclaim_catalogue(&caps);
+        let all = scenarios(&caps);
         let backings = AnonBacking::all(&caps.thp_sizes, caps.pmd_size, &[2 << 20, 1 << 30]).len();
         assert_eq!(all.len(), PRESSURES.len() * SOURCES.len() * backings);
         let names: std::collections::BTreeSet<&str> = all.iter().map(|s| s.name.as_str()).collect();

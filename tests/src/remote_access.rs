@@ -25,7 +25,7 @@ use crate::common::{
     FIRST_LOOK_LOST, FIRST_LOOK_OK, ORIGINAL,
 };
 use crate::expectations::{self, judge, Mapping, Mechanism, MemoryClass, Observed, Subject};
-use crate::{Family, Scenario};
+use crate::scenario::{Family, Scenario};
 
 /// Which side acts, and how.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +63,7 @@ pub const CASES: [RemoteCase; 3] = [
 ];
 
 /// Every case on every anonymous backing of this host.
-pub fn remote_access_catalogue(caps: &Capabilities) -> Vec<Scenario> {
+pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
     let kernel = expectations::parse_version(&caps.kernel_release);
     let hugetlb: Vec<usize> = caps.hugetlb.iter().map(|p| p.size).collect();
     let mut out = Vec::new();
@@ -88,7 +88,7 @@ pub fn remote_access_catalogue(caps: &Capabilities) -> Vec<Scenario> {
             let direction = case.direction;
             out.push(Scenario {
                 name: format!("{} ... with {}", case.desc, backing.suffix()),
-                family: Family::RemoteAccess,
+                family: Family::REMOTE_ACCESS,
                 group: backing.group(),
                 needs: backing.needs(),
                 knobs: backing.knobs(caps.pmd_size),
@@ -404,7 +404,7 @@ mod tests {
     #[test]
     fn every_case_runs_on_every_backing() {
         let caps = crate::tests::reference_host();
-        let all = remote_access_catalogue(&caps);
+        let all = scenarios(&caps);
         assert_eq!(all.len(), 3 * (2 + 6 * 8 + 2 + 2));
         assert!(all.iter().all(|s| s.pins));
         assert_eq!(
