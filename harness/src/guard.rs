@@ -551,29 +551,7 @@ impl HostGuard {
     /// is replayed first; its report is returned so the caller can say so.
     /// `wait`: how long to wait for another holder (zero: fail at once).
     pub fn acquire(dir: &Path, wait: Duration) -> io::Result<(HostGuard, Option<RestoreReport>)> {
-        let deadline = Instant::now() + wait;
-        let mut waited = false;
-        let lock = loop {
-            match lock_state_dir(dir) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
-                    waited = true;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Asked once, when giving up: every connect() queues on
-                    // the holder's listener, which never accepts, so asking
-                    // on each retry would fill its backlog and block us.
-                    return Err(io::Error::new(
-                        io::ErrorKind::WouldBlock,
-                        format!(
-                            "another cowgup (pid {}) is changing this host's settings",
-                            lock_holder()
-                        ),
-                    ));
-                }
-                other => break other?,
-            }
-        };
+        let (lock, waited) = wait_for_lock(dir, wait)?;
         let stale = replay_journal(dir)?;
         let journal = OpenOptions::new()
             .create(true)
@@ -797,6 +775,33 @@ fn lock_state_dir(dir: &Path) -> io::Result<UnixListener> {
     Ok(lock)
 }
 
+/// Take the host lock, waiting up to `wait` for another holder; whether we waited.
+fn wait_for_lock(dir: &Path, wait: Duration) -> io::Result<(UnixListener, bool)> {
+    let deadline = Instant::now() + wait;
+    let mut waited = false;
+    loop {
+        match lock_state_dir(dir) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                waited = true;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Asked once, when giving up: every connect() queues on
+                // the holder's listener, which never accepts, so asking
+                // on each retry would fill its backlog and block us.
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!(
+                        "another cowgup (pid {}) is changing this host's settings",
+                        lock_holder()
+                    ),
+                ));
+            }
+            other => return other.map(|l| (l, waited)),
+        }
+    }
+}
+
 /// Leave nothing behind: the state directory, if it is empty.
 fn remove_lock(dir: &Path) {
     let _ = fs::remove_dir(dir);
@@ -834,24 +839,7 @@ pub fn restore_from_journal(dir: &Path) -> io::Result<Option<RestoreReport>> {
     }
     // A run killed a moment ago holds the lock until the kernel has finished
     // tearing it down (freeing a 1 GiB page takes a while): wait for that.
-    let deadline = Instant::now() + SETTLE;
-    let _lock = loop {
-        match lock_state_dir(dir) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Err(io::Error::new(
-                    io::ErrorKind::WouldBlock,
-                    format!(
-                        "another cowgup (pid {}) is changing this host's settings",
-                        lock_holder()
-                    ),
-                ))
-            }
-            other => break other?,
-        }
-    };
+    let (_lock, _) = wait_for_lock(dir, SETTLE)?;
     let report = replay_journal(dir)?;
     if report.as_ref().is_none_or(|r| r.is_clean()) {
         remove_lock(dir);
