@@ -652,6 +652,9 @@ CATEGORY="gup_test" run_test ./gup_longterm
             128,
             &["--skip".into(), "1048576 kB".into()],
         );
+        assert!(s.starts_with(&initramfs::preamble(
+            "mount -t debugfs debugfs /sys/kernel/debug\n"
+        )));
         assert!(s.contains("echo 128 > /proc/sys/vm/nr_hugepages"));
         assert!(s.contains("timed gup_test '-u -n 1' '-ct -F 0x1 0 19 0x1000'"));
         assert!(s.contains("--jobs $j '--skip' '1048576 kB'"));

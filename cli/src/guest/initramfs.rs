@@ -232,6 +232,21 @@ mod tests {
     }
 
     #[test]
+    fn every_init_starts_with_the_preamble() {
+        let p = preamble("");
+        assert!(init_script(&[]).starts_with(&p));
+        assert!(p.ends_with(&super::super::topology::init_fragment()));
+        let with = preamble("mount -t debugfs debugfs /sys/kernel/debug\n");
+        assert!(with.contains(
+            "mount -t tmpfs tmpfs /tmp\nmount -t debugfs debugfs /sys/kernel/debug\nby_serial()"
+        ));
+        assert_eq!(
+            with.len(),
+            p.len() + "mount -t debugfs debugfs /sys/kernel/debug\n".len()
+        );
+    }
+
+    #[test]
     fn arguments_are_quoted_for_the_shell() {
         assert_eq!(quote("it's"), r"'it'\''s'");
     }
