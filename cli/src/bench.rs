@@ -2,6 +2,10 @@
 //! sum of its trials' durations, which overlap with `--jobs`), over repeated
 //! runs of the same selection, optionally next to upstream's C `cow` run on
 //! the same provisioned host. Figures are printed, never asserted.
+//!
+//! `bench()` runs the session: [`measure`] times the rounds, [`result`]
+//! reduces them to medians and minima, [`render`] writes the table;
+//! `--guest` is `guest`'s, `--simulate-leak` [`simulate_leak`]'s.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -103,18 +107,82 @@ pub fn bench(args: &BenchArgs) -> ExitCode {
     for line in &session.log {
         println!("cowgup: {line}");
     }
+    let m = measure(&mut session, &chosen, args.repeat, started);
+    let r = result(&m, chosen.len());
+    print!("{}", render(&r, args.lines, args.repeat, session.jobs));
+    if let Some(path) = &args.against {
+        let mut runs = Vec::new();
+        for _ in 0..args.repeat {
+            let t0 = Instant::now();
+            let status = Command::new(path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            match status {
+                Ok(_) => runs.push(t0.elapsed()),
+                Err(e) => {
+                    session.finish();
+                    return fatal(&format!("cannot run {}: {e}", path.display()));
+                }
+            }
+        }
+        let theirs = median(runs);
+        let compared = if r.cow_only.is_zero() {
+            r.total
+        } else {
+            r.cow_only
+        };
+        println!(
+            "{:<28} {:>8} {:>9.1} ms                ratio cowgup cow families / C = {:.3}",
+            format!("total ({})", path.display()),
+            "-",
+            theirs.as_secs_f64() * 1e3,
+            compared.as_secs_f64() / theirs.as_secs_f64()
+        );
+    }
+    if let Some(r) = session.finish() {
+        for p in r.problems {
+            eprintln!("cowgup: could not restore: {p}");
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// What `repeat` rounds of the selection took, as measured.
+struct Measured {
+    /// Backing group -> its trials' summed durations, one per round.
+    per_group: BTreeMap<String, Vec<Duration>>,
+    /// Backing group -> trials executed (first round).
+    executed: BTreeMap<String, usize>,
+    /// Wall time of each round.
+    totals: Vec<Duration>,
+    /// Family -> its wall time, one per round (the pin-balance check included:
+    /// what a user waits for).
+    per_family: BTreeMap<&'static str, Vec<Duration>>,
+    /// Family -> trials executed (first round).
+    family_executed: BTreeMap<&'static str, usize>,
+    /// Profile of the first round: probe + provisioning, the trials' own
+    /// time (spawn, scenario, checks), and the pin-balance waits they report.
+    start_time: Duration,
+    trial_time: Duration,
+    pin_wait: Duration,
+    /// Wall time of a trial that does nothing.
+    floor: Duration,
+}
+
+/// Run the selection `repeat` times in `session` (started at `started`),
+/// after timing the harness floor.
+fn measure(session: &mut Session, chosen: &[Scenario], repeat: u32, started: Instant) -> Measured {
+    let refs: Vec<&Scenario> = chosen.iter().collect();
     let mut per_group: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
     let mut executed: BTreeMap<String, usize> = BTreeMap::new();
     let mut totals = Vec::new();
-    // Profile of the first round: probe + provisioning, the trials' own
-    // time (spawn, scenario, checks), and the pin-balance waits they report.
     let start_time = started.elapsed();
-    let floor = harness_floor(&mut session);
+    let floor = harness_floor(session);
     let (mut trial_time, mut pin_wait) = (Duration::ZERO, Duration::ZERO);
-    // Wall time per family, the pin-balance check included: what a user waits for.
     let mut per_family: BTreeMap<&'static str, Vec<Duration>> = BTreeMap::new();
     let mut family_executed: BTreeMap<&'static str, usize> = BTreeMap::new();
-    for round in 0..args.repeat {
+    for round in 0..repeat {
         let mut sums: BTreeMap<String, Duration> = BTreeMap::new();
         let mut fam: BTreeMap<&'static str, Duration> = BTreeMap::new();
         let t0 = Instant::now();
@@ -152,108 +220,149 @@ pub fn bench(args: &BenchArgs) -> ExitCode {
             per_family.entry(f).or_default().push(d);
         }
     }
-    println!(
-        "{:<28} {:>8} {:>12} {:>12}",
-        "backing group", "executed", "median", "min"
-    );
-    for (g, v) in &per_group {
-        let min = *v.iter().min().expect("at least one round");
-        println!(
-            "{g:<28} {:>8} {:>9.1} ms {:>9.1} ms",
-            executed.get(g).copied().unwrap_or(0),
-            median(v.clone()).as_secs_f64() * 1e3,
-            min.as_secs_f64() * 1e3
-        );
+    Measured {
+        per_group,
+        executed,
+        totals,
+        per_family,
+        family_executed,
+        start_time,
+        trial_time,
+        pin_wait,
+        floor,
     }
-    for (f, v) in &per_family {
-        println!(
-            "{:<28} {:>8} {:>9.1} ms",
-            format!("family {f}"),
-            "",
-            median(v.clone()).as_secs_f64() * 1e3
-        );
-    }
-    let ours = median(totals.clone());
-    if args.lines {
-        for (f, v) in &per_family {
-            println!(
-                "BENCH family {f} {:.3} {}",
-                median(v.clone()).as_secs_f64(),
-                family_executed.get(f).copied().unwrap_or(0)
-            );
-        }
-        println!("BENCH total {:.3} {}", ours.as_secs_f64(), chosen.len());
-        println!(
-            "BENCH phase start {:.3} trials {:.3} pin_wait {:.3}",
-            start_time.as_secs_f64(),
-            trial_time.as_secs_f64(),
-            pin_wait.as_secs_f64()
-        );
-        println!("BENCH floor {:.4}", floor.as_secs_f64() * 1e3);
-    }
-    let ran: usize = executed.values().sum();
-    println!(
-        "profile: probe+provisioning {:.2} s; a trial that does nothing takes {:.2} ms of wall \
-         time here (fork, report, reap, checks; {FLOOR_TRIALS} at --jobs {}): {:.2} s of the {ran} \
-         executed trials, the scenarios the rest; pin-balance waits {:.2} s (per batch member)",
-        start_time.as_secs_f64(),
-        floor.as_secs_f64() * 1e3,
-        session.jobs,
-        floor.as_secs_f64() * ran as f64,
-        pin_wait.as_secs_f64()
-    );
-    // Upstream's `cow` runs the cow families only: compare like with like.
-    let cow_only: Duration = per_family
+}
+
+/// The figures of a bench: medians and minima of what was measured.
+struct BenchResult {
+    /// Backing group, trials executed, median, min.
+    groups: Vec<(String, usize, Duration, Duration)>,
+    /// Family, median, trials executed.
+    families: Vec<(&'static str, Duration, usize)>,
+    /// Median and min of the rounds' wall time.
+    total: Duration,
+    total_min: Duration,
+    /// Trials executed, and selected.
+    executed: usize,
+    selected: usize,
+    /// Upstream's `cow` runs the cow families only: the sum of their medians,
+    /// to compare like with like.
+    cow_only: Duration,
+    start_time: Duration,
+    trial_time: Duration,
+    pin_wait: Duration,
+    floor: Duration,
+}
+
+fn result(m: &Measured, selected: usize) -> BenchResult {
+    let groups = m
+        .per_group
+        .iter()
+        .map(|(g, v)| {
+            let min = *v.iter().min().expect("at least one round");
+            (
+                g.clone(),
+                m.executed.get(g).copied().unwrap_or(0),
+                median(v.clone()),
+                min,
+            )
+        })
+        .collect();
+    let families = m
+        .per_family
+        .iter()
+        .map(|(f, v)| {
+            (
+                *f,
+                median(v.clone()),
+                m.family_executed.get(f).copied().unwrap_or(0),
+            )
+        })
+        .collect();
+    let cow_only: Duration = m
+        .per_family
         .iter()
         .filter(|(f, _)| f.starts_with("cow_"))
         .map(|(_, v)| median(v.clone()))
         .sum();
-    println!(
-        "{:<28} {:>8} {:>9.1} ms {:>9.1} ms   ({} runs, {} trials each)",
-        "total (cowgup)",
-        executed.values().sum::<usize>(),
-        ours.as_secs_f64() * 1e3,
-        totals
-            .iter()
-            .min()
-            .expect("at least one round")
-            .as_secs_f64()
-            * 1e3,
-        args.repeat,
-        chosen.len()
+    BenchResult {
+        groups,
+        families,
+        total: median(m.totals.clone()),
+        total_min: *m.totals.iter().min().expect("at least one round"),
+        executed: m.executed.values().sum(),
+        selected,
+        cow_only,
+        start_time: m.start_time,
+        trial_time: m.trial_time,
+        pin_wait: m.pin_wait,
+        floor: m.floor,
+    }
+}
+
+/// The table (per backing group, per family), with `lines` the `BENCH`
+/// lines `--guest` reads back, the profile and the total; `jobs` is the
+/// session's.
+fn render(r: &BenchResult, lines: bool, repeat: u32, jobs: usize) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<28} {:>8} {:>12} {:>12}",
+        "backing group", "executed", "median", "min"
     );
-    if let Some(path) = &args.against {
-        let mut runs = Vec::new();
-        for _ in 0..args.repeat {
-            let t0 = Instant::now();
-            let status = Command::new(path)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            match status {
-                Ok(_) => runs.push(t0.elapsed()),
-                Err(e) => {
-                    session.finish();
-                    return fatal(&format!("cannot run {}: {e}", path.display()));
-                }
-            }
-        }
-        let theirs = median(runs);
-        let compared = if cow_only.is_zero() { ours } else { cow_only };
-        println!(
-            "{:<28} {:>8} {:>9.1} ms                ratio cowgup cow families / C = {:.3}",
-            format!("total ({})", path.display()),
-            "-",
-            theirs.as_secs_f64() * 1e3,
-            compared.as_secs_f64() / theirs.as_secs_f64()
+    for (g, executed, median, min) in &r.groups {
+        let _ = writeln!(
+            s,
+            "{g:<28} {executed:>8} {:>9.1} ms {:>9.1} ms",
+            median.as_secs_f64() * 1e3,
+            min.as_secs_f64() * 1e3
         );
     }
-    if let Some(r) = session.finish() {
-        for p in r.problems {
-            eprintln!("cowgup: could not restore: {p}");
-        }
+    for (f, median, _) in &r.families {
+        let _ = writeln!(
+            s,
+            "{:<28} {:>8} {:>9.1} ms",
+            format!("family {f}"),
+            "",
+            median.as_secs_f64() * 1e3
+        );
     }
-    ExitCode::SUCCESS
+    if lines {
+        for (f, median, executed) in &r.families {
+            let _ = writeln!(s, "BENCH family {f} {:.3} {executed}", median.as_secs_f64());
+        }
+        let _ = writeln!(s, "BENCH total {:.3} {}", r.total.as_secs_f64(), r.selected);
+        let _ = writeln!(
+            s,
+            "BENCH phase start {:.3} trials {:.3} pin_wait {:.3}",
+            r.start_time.as_secs_f64(),
+            r.trial_time.as_secs_f64(),
+            r.pin_wait.as_secs_f64()
+        );
+        let _ = writeln!(s, "BENCH floor {:.4}", r.floor.as_secs_f64() * 1e3);
+    }
+    let ran = r.executed;
+    let _ = writeln!(
+        s,
+        "profile: probe+provisioning {:.2} s; a trial that does nothing takes {:.2} ms of wall \
+         time here (fork, report, reap, checks; {FLOOR_TRIALS} at --jobs {jobs}): {:.2} s of the {ran} \
+         executed trials, the scenarios the rest; pin-balance waits {:.2} s (per batch member)",
+        r.start_time.as_secs_f64(),
+        r.floor.as_secs_f64() * 1e3,
+        r.floor.as_secs_f64() * ran as f64,
+        r.pin_wait.as_secs_f64()
+    );
+    let _ = writeln!(
+        s,
+        "{:<28} {:>8} {:>9.1} ms {:>9.1} ms   ({repeat} runs, {} trials each)",
+        "total (cowgup)",
+        ran,
+        r.total.as_secs_f64() * 1e3,
+        r.total_min.as_secs_f64() * 1e3,
+        r.selected
+    );
+    s
 }
 
 /// One timed run of `refs` in a session of its own (a fresh pin-balance
@@ -354,4 +463,53 @@ fn harness_floor(session: &mut Session) -> Duration {
         session.abort(stop)
     }
     t0.elapsed() / FLOOR_TRIALS as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_are_medians_and_render_as_the_table_then_lines_profile_total() {
+        let ms = Duration::from_millis;
+        let m = Measured {
+            per_group: [("anon".to_string(), vec![ms(30), ms(10), ms(20)])].into(),
+            executed: [("anon".to_string(), 4)].into(),
+            totals: vec![ms(300), ms(100), ms(200)],
+            per_family: [
+                ("cow_anon", vec![ms(9), ms(7), ms(8)]),
+                ("gup_test", vec![ms(5); 3]),
+            ]
+            .into(),
+            family_executed: [("cow_anon", 3), ("gup_test", 1)].into(),
+            start_time: ms(1500),
+            trial_time: ms(40),
+            pin_wait: ms(2),
+            floor: Duration::from_micros(12_500),
+        };
+        let r = result(&m, 6);
+        assert_eq!(r.cow_only, ms(8));
+        assert_eq!((r.total, r.total_min, r.executed), (ms(200), ms(100), 4));
+        let text = render(&r, true, 3, 2);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "backing group                executed       median          min",
+                "anon                                4      20.0 ms      10.0 ms",
+                "family cow_anon                             8.0 ms",
+                "family gup_test                             5.0 ms",
+                "BENCH family cow_anon 0.008 3",
+                "BENCH family gup_test 0.005 1",
+                "BENCH total 0.200 6",
+                "BENCH phase start 1.500 trials 0.040 pin_wait 0.002",
+                "BENCH floor 12.5000",
+                "profile: probe+provisioning 1.50 s; a trial that does nothing takes 12.50 ms of wall \
+                 time here (fork, report, reap, checks; 64 at --jobs 2): 0.05 s of the 4 executed \
+                 trials, the scenarios the rest; pin-balance waits 0.00 s (per batch member)",
+                "total (cowgup)                      4     200.0 ms     100.0 ms   (3 runs, 6 trials each)",
+            ]
+        );
+        assert!(!render(&r, false, 3, 2).contains("BENCH"));
+    }
 }

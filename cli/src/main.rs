@@ -3,6 +3,7 @@
 
 mod bench;
 mod formats;
+mod guest;
 mod help;
 mod matrix;
 mod report;

@@ -3,24 +3,35 @@
 //! dumps its DOM, which must hold the heat map and the failure's row.
 //! Skipped (with the reason) when `/usr/bin/chromium` is not installed.
 //!
-//! The matrix's report modules are compiled in here as they are in the
-//! binary (the crate has no library); their own unit tests come along.
+//! The matrix's report modules (and the guest modules they use) are
+//! compiled in here as they are in the binary (the crate has no library); their own unit tests come along.
 
 #[allow(dead_code)]
 #[path = "../src/matrix/collect.rs"]
 mod collect;
 #[allow(dead_code)]
-#[path = "../src/matrix/initramfs.rs"]
+#[path = "../src/guest/disk.rs"]
+mod disk;
+#[allow(dead_code)]
+#[path = "../src/guest/initramfs.rs"]
 mod initramfs;
+#[allow(dead_code)]
+#[path = "../src/guest/qemu.rs"]
+mod qemu;
 #[allow(dead_code)]
 #[path = "../src/matrix/report.rs"]
 mod report;
 #[allow(dead_code)]
-#[path = "../src/matrix/topology.rs"]
+#[path = "../src/guest/topology.rs"]
 mod topology;
 #[allow(dead_code)]
 #[path = "../src/matrix/watch.rs"]
 mod watch;
+
+/// `crate::guest` of the binary: the guest modules these use.
+mod guest {
+    pub(crate) use super::{initramfs, qemu, topology};
+}
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -1,6 +1,6 @@
 //! `cowgup bench --guest KERNEL --c-from LINUX_SRC`: upstream's C programs
 //! and the whole cowgup catalogue, timed in one guest boot (the matrix's
-//! guest machinery: initramfs, qemu, the result port ttyS1).
+//! guest boot, `crate::guest`: initramfs, qemu, the result port ttyS1).
 //!
 //! The C side is built from the given tree (`make -C tools/testing/selftests/mm
 //! USERLDFLAGS=-static OUTPUT=<cache>`), never vendored, and runs what
@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-use crate::matrix::{initramfs, qemu};
+use crate::guest::initramfs::{self, quote};
+use crate::guest::{disk, qemu, spec, tools};
 
 /// The C programs built from the tree, in the order the guest runs them.
 pub const PROGRAMS: [&str; 3] = ["cow", "gup_longterm", "gup_test"];
@@ -137,12 +138,8 @@ pub fn needmem_kb(hpgsize_kb: usize, cpus: usize) -> usize {
     (hpgsize_kb * cpus * 2).max(256 * 1024)
 }
 
-/// Quote one argument for the guest's shell.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// The bench's `/init`. C programs live in `/c`. Result lines (on ttyS1):
+/// The bench's `/init`: the guest's [`initramfs::preamble`] (and debugfs),
+/// then the C programs and cowgup. C programs live in `/c`. Result lines (on ttyS1):
 /// `C <program> <seconds> <runs> <failed runs>`, then cowgup's
 /// `BENCH ...` lines of each `--jobs` run prefixed with `J<jobs> `.
 pub fn init_script(
@@ -153,16 +150,7 @@ pub fn init_script(
     let gup_list: Vec<String> = gup_test_args.iter().map(|a| quote(a)).collect();
     let ours: Vec<String> = cowgup_args.iter().map(|a| quote(a)).collect();
     format!(
-        r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev; mount -t tmpfs tmpfs /tmp
-mount -t debugfs debugfs /sys/kernel/debug
-by_serial() {{ for b in /sys/block/*; do [ "$(cat $b/serial 2>/dev/null)" = "$1" ] && echo /dev/${{b##*/}} && return 0; done; return 1; }}
-for d in /dev/nvme0n1 $(by_serial cowgup-state); do [ -b $d ] && mount -t ext4 $d /var/tmp && break; done
-cd /tmp
-echo "{START} $(uname -r)"
-{topology}now() {{ read u rest < /proc/uptime; echo $u; }}
+        r#"{preamble}now() {{ read u rest < /proc/uptime; echo $u; }}
 out=/tmp/bench.txt
 : > $out
 # run_vmtests.sh's hugetlb pool for the C programs
@@ -184,9 +172,8 @@ stty -F /dev/ttyS1 raw -echo
 {{ echo "{FRAME} release=$(uname -r) cpus=$(nproc)"; cat $out; echo "{FRAME_END}"; }} > /dev/ttyS1
 sync; reboot -f
 "#,
-        START = initramfs::START,
+        preamble = initramfs::preamble("mount -t debugfs debugfs /sys/kernel/debug\n"),
         EXIT = initramfs::EXIT,
-        topology = crate::matrix::topology::init_fragment(),
         gup_list = gup_list.join(" "),
         ours = ours.join(" "),
     )
@@ -418,7 +405,7 @@ fn c_cache(src: &Path) -> PathBuf {
             }
         })
         .collect();
-    crate::matrix::spec::cache_dir()
+    spec::cache_dir()
         .parent()
         .map_or_else(|| PathBuf::from("/var/tmp/cowgup"), Path::to_path_buf)
         .join("c-selftests")
@@ -462,7 +449,7 @@ fn build_c(src: &Path) -> Result<PathBuf, String> {
         return Err(format!(
             "building the C programs failed (needs `make headers` in the tree and liburing-dev for a static link); {}:\n{}",
             log.display(),
-            crate::matrix::collect::tail(&text, 15).join("\n")
+            qemu::tail(&text, 15).join("\n")
         ));
     }
     for p in PROGRAMS {
@@ -485,7 +472,7 @@ pub struct GuestBench<'a> {
 
 pub fn run(b: &GuestBench) -> ExitCode {
     // A bad path fails here, before the C programs or a static cowgup are built.
-    if let Err(e) = crate::matrix::spec::check_image("--guest", b.kernel) {
+    if let Err(e) = spec::check_image("--guest", b.kernel) {
         return crate::fatal(&e);
     }
     match run_inner(b) {
@@ -498,11 +485,9 @@ pub fn run(b: &GuestBench) -> ExitCode {
 }
 
 fn run_inner(b: &GuestBench) -> Result<String, String> {
-    for t in ["qemu-system-x86_64", "mkfs.ext4", "make"] {
-        crate::matrix::tool(t).ok_or(format!("{t} not found"))?;
-    }
-    let busybox = crate::matrix::static_busybox()?;
-    let cowgup = crate::matrix::guest_binary(b.guest_bin)?;
+    tools::require(&["qemu-system-x86_64", "mkfs.ext4", "make"], "")?;
+    let busybox = tools::static_busybox()?;
+    let cowgup = tools::guest_binary(b.guest_bin)?;
     let cdir = build_c(b.src)?;
     let script = std::fs::read_to_string(b.src.join("tools/testing/selftests/mm/run_vmtests.sh"))
         .map_err(|e| format!("run_vmtests.sh: {e}"))?;
@@ -521,10 +506,7 @@ fn run_inner(b: &GuestBench) -> Result<String, String> {
         .tempdir()
         .map_err(|e| format!("cannot make a work directory: {e}"))?;
     let dir = work.path();
-    let mut entries = initramfs::entries(&busybox, &cowgup, &[]);
-    for e in entries.iter_mut().filter(|e| e.path == "init") {
-        e.content = initramfs::Content::Text(init.clone());
-    }
+    let mut entries = initramfs::root(&busybox, &cowgup, init);
     entries.insert(
         entries.len() - 1,
         initramfs::Entry {
@@ -544,30 +526,10 @@ fn run_inner(b: &GuestBench) -> Result<String, String> {
         );
     }
     let initrd = dir.join("initrd.cpio");
-    let mut f = std::io::BufWriter::new(
-        std::fs::File::create(&initrd).map_err(|e| format!("{}: {e}", initrd.display()))?,
-    );
-    initramfs::write_cpio(&mut f, &entries)
-        .and_then(|_| std::io::Write::flush(&mut f))
-        .map_err(|e| format!("cannot write the initramfs: {e}"))?;
-    drop(f);
-    let g = qemu::Guest {
-        kernel: b.kernel.into(),
-        initrd,
-        console: dir.join("console.log"),
-        result: dir.join("result.txt"),
-        disks: ["nvme", "virtio"]
-            .iter()
-            .map(|d| dir.join(format!("{d}.img")))
-            .collect(),
-        serial_disks: vec![],
-        kvm: false,
-        with_1g: false,
-        extra_cmdline: vec![],
-    };
-    let quiet = ["-q".to_string(), "-F".to_string()];
-    for d in &g.disks {
-        crate::matrix::mkfs_image(d, 2 << 30, &quiet)?;
+    initramfs::write_initrd(&initrd, &entries)?;
+    let g = qemu::Guest::new(b.kernel, initrd, dir);
+    for (d, bytes, opts) in disk::state_images(&g.disks) {
+        disk::mkfs_image(&d, bytes, &opts)?;
     }
     eprintln!(
         "cowgup: booting {} (TCG, 2 vCPUs): C cow, gup_longterm, {} gup_test runs, then the catalogue (--jobs 2, then 1)",
@@ -581,7 +543,7 @@ fn run_inner(b: &GuestBench) -> Result<String, String> {
         b.timeout,
     )?;
     let wall = t0.elapsed();
-    let channel = crate::matrix::read_lossy(&g.result);
+    let channel = qemu::read_lossy(&g.result);
     match parse(&channel) {
         Ok(fig) => {
             let label = b.kernel.file_name().map_or_else(
@@ -595,7 +557,7 @@ fn run_inner(b: &GuestBench) -> Result<String, String> {
             ))
         }
         Err(e) => {
-            let console = crate::matrix::read_lossy(&g.console);
+            let console = qemu::read_lossy(&g.console);
             Err(format!(
                 "{e} ({}); the console's last lines:\n{}",
                 match ended {
@@ -603,7 +565,7 @@ fn run_inner(b: &GuestBench) -> Result<String, String> {
                     qemu::Ended::Exited(s) => format!("qemu ended: {s}"),
                     qemu::Ended::Stopped(why) => why,
                 },
-                crate::matrix::collect::tail(&console, 25).join("\n")
+                qemu::tail(&console, 25).join("\n")
             ))
         }
     }
@@ -690,6 +652,9 @@ CATEGORY="gup_test" run_test ./gup_longterm
             128,
             &["--skip".into(), "1048576 kB".into()],
         );
+        assert!(s.starts_with(&initramfs::preamble(
+            "mount -t debugfs debugfs /sys/kernel/debug\n"
+        )));
         assert!(s.contains("echo 128 > /proc/sys/vm/nr_hugepages"));
         assert!(s.contains("timed gup_test '-u -n 1' '-ct -F 0x1 0 19 0x1000'"));
         assert!(s.contains("--jobs $j '--skip' '1048576 kB'"));

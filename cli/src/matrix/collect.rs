@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::initramfs::{RESULT, RESULT_END, START};
-pub use super::topology::Setup;
+use crate::guest::initramfs::{RESULT, RESULT_END, START};
+pub use crate::guest::topology::Setup;
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct Trial {
@@ -302,41 +302,6 @@ pub fn unframe(channel: &str) -> Option<&str> {
     Some(&body[..end])
 }
 
-/// Console text without carriage returns and terminal escapes.
-pub fn clean_console(raw: &[u8]) -> String {
-    let text = String::from_utf8_lossy(raw);
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\r' => {}
-            '\x1b' => {
-                // ESC [ params letter, or ESC + one character.
-                if chars.peek() == Some(&'[') {
-                    chars.next();
-                    for d in chars.by_ref() {
-                        if d.is_ascii_alphabetic() {
-                            break;
-                        }
-                    }
-                } else {
-                    chars.next();
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-pub fn tail(console: &str, n: usize) -> Vec<String> {
-    let lines: Vec<&str> = console.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..]
-        .iter()
-        .map(|l| l.to_string())
-        .collect()
-}
-
 /// Whether `/init` ran (the kernel booted far enough to start the suite).
 pub fn reached_init(console: &str) -> bool {
     console.lines().any(|l| l.starts_with(START))
@@ -345,6 +310,7 @@ pub fn reached_init(console: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guest::qemu::{clean_console, tail};
 
     #[test]
     fn the_frame_is_found_between_its_markers() {

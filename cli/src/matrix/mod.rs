@@ -1,24 +1,22 @@
 //! `cowgup matrix`: the suite on several kernels, one cell per kernel and
 //! topology, guests under qemu, cells in parallel, one report.
 //!
-//! - `spec`: what `--kernel` names, and fetching Debian's kernels;
-//! - `initramfs`: the guest's root and `/init`;
-//! - `topology`: what a cell sets up besides the kernel (zram, ext4, fsdax, movable);
-//! - `qemu`: the command line, the KVM probe, and a child process under a time limit;
+//! A guest cell is a boot of `crate::guest` (kernel specs and builds, the
+//! initramfs and `/init`, topologies, host tools, disk images, qemu); what
+//! is here is the matrix's own:
+//!
+//! - `modules`: the kernel modules a cell's topology needs from its kernel,
+//!   appended to the initramfs (only cells load them; `bench --guest` boots
+//!   without a topology);
 //! - `watch`: the console and result port read while the guest runs: event
 //!   lines as the suite forms them, and a kernel fault, which ends the cell;
 //! - `collect`: a cell's result (the suite's JSON from ttyS1, else what it
 //!   streamed) or why none;
 //! - `report`: the table, the JSON document and the HTML page.
 
-pub mod build;
 pub mod collect;
-pub mod initramfs;
 pub mod modules;
-pub mod qemu;
 pub mod report;
-pub mod spec;
-pub mod topology;
 pub mod watch;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
+use crate::guest::tools::{guest_binary, static_busybox};
+use crate::guest::{build, disk, initramfs, qemu, spec, tools, topology};
 use collect::Cell;
 use spec::KernelSpec;
 use topology::Topology;
@@ -205,79 +205,11 @@ fn check_selection(a: &MatrixArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn source_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()?
-        .to_path_buf();
-    dir.join("Cargo.toml").exists().then_some(dir)
-}
-
-/// A statically linked cowgup for the guests: `--guest-bin`, this program
-/// when static, or a release build with `crt-static` from this checkout.
-pub(crate) fn guest_binary(explicit: Option<&Path>) -> Result<PathBuf, String> {
-    let is_static = |p: &Path| {
-        std::fs::read(p)
-            .map(|b| initramfs::is_static_elf(&b))
-            .map_err(|e| format!("{}: {e}", p.display()))
-    };
-    if let Some(p) = explicit {
-        return if is_static(p)? {
-            Ok(p.into())
-        } else {
-            Err(format!("{}: not a static executable", p.display()))
-        };
-    }
-    let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    if is_static(&me)? {
-        return Ok(me);
-    }
-    let src = source_dir().ok_or(
-        "this cowgup is linked dynamically and its sources are not here: pass --guest-bin a static build",
-    )?;
-    let target_dir = src.join("target").join("static");
-    eprintln!("cowgup: building a static cowgup for the guests (cargo, target/static)");
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["build", "--quiet", "--release", "-p", "cowgup"])
-        .args(["--target", "x86_64-unknown-linux-gnu", "--target-dir"])
-        .arg(&target_dir)
-        .arg("--manifest-path")
-        .arg(src.join("Cargo.toml"))
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err(format!("the static build failed ({status})"));
-    }
-    let bin = target_dir.join("x86_64-unknown-linux-gnu/release/cowgup");
-    if is_static(&bin)? {
-        Ok(bin)
-    } else {
-        Err(format!("{}: built, but not static", bin.display()))
-    }
-}
-
-pub(crate) fn tool(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-}
-
-pub(crate) fn static_busybox() -> Result<PathBuf, String> {
-    ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| std::fs::read(p).is_ok_and(|b| initramfs::is_static_elf(&b)))
-        .ok_or_else(|| "no static busybox (apt-get install busybox-static)".to_string())
-}
-
 fn prepare(args: &MatrixArgs, work: &Path) -> Result<Shared, String> {
-    for t in ["qemu-system-x86_64", "mkfs.ext4"] {
-        tool(t).ok_or(format!(
-            "{t} not found (apt-get install qemu-system-x86 e2fsprogs busybox-static)"
-        ))?;
-    }
+    tools::require(
+        &["qemu-system-x86_64", "mkfs.ext4"],
+        " (apt-get install qemu-system-x86 e2fsprogs busybox-static)",
+    )?;
     let busybox = static_busybox()?;
     if args.kvm == Kvm::On {
         qemu::kvm_usable()?;
@@ -285,12 +217,7 @@ fn prepare(args: &MatrixArgs, work: &Path) -> Result<Shared, String> {
     let cowgup = guest_binary(args.guest_bin.as_deref())?;
     let initrd = work.join("initrd.cpio");
     let entries = initramfs::entries(&busybox, &cowgup, &suite_args(args, true));
-    let mut f = std::io::BufWriter::new(
-        std::fs::File::create(&initrd).map_err(|e| format!("{}: {e}", initrd.display()))?,
-    );
-    initramfs::write_cpio(&mut f, &entries)
-        .and_then(|_| std::io::Write::flush(&mut f))
-        .map_err(|e| format!("cannot write the initramfs: {e}"))?;
+    initramfs::write_initrd(&initrd, &entries)?;
     Ok(Shared {
         initrd,
         work: work.into(),
@@ -330,43 +257,11 @@ fn decide_kvm(mode: Kvm, kernel: Option<&Path>, work: &Path) -> bool {
     }
 }
 
-pub(crate) fn read_lossy(p: &Path) -> String {
-    collect::clean_console(&std::fs::read(p).unwrap_or_default())
-}
-
-pub(crate) fn mkfs_image(img: &Path, bytes: u64, opts: &[String]) -> Result<(), String> {
-    let made = std::fs::File::create(img)
-        .and_then(|f| f.set_len(bytes))
-        .map_err(|e| e.to_string())
-        .and_then(|_| {
-            Command::new("mkfs.ext4")
-                .args(opts)
-                .arg(img)
-                .status()
-                .map_err(|e| e.to_string())
-        });
-    match made {
-        Ok(s) if s.success() => Ok(()),
-        other => Err(format!(
-            "cannot make the ext4 image {}: {other:?}",
-            img.display()
-        )),
-    }
-}
-
 /// The qemu guest of a cell (paths under `dir`).
 fn guest_of(shared: &Shared, kernel: &Path, topology: &Topology, dir: &Path) -> qemu::Guest {
     let mut extra_cmdline = topology.cmdline();
     extra_cmdline.extend(shared.args.append.iter().cloned());
     qemu::Guest {
-        kernel: kernel.into(),
-        initrd: shared.initrd.clone(),
-        console: dir.join("console.log"),
-        result: dir.join("result.txt"),
-        disks: ["nvme", "virtio"]
-            .iter()
-            .map(|d| dir.join(format!("{d}.img")))
-            .collect(),
         serial_disks: topology
             .disks(dir)
             .into_iter()
@@ -375,6 +270,7 @@ fn guest_of(shared: &Shared, kernel: &Path, topology: &Topology, dir: &Path) -> 
         kvm: shared.kvm,
         with_1g: shared.args.with_1g,
         extra_cmdline,
+        ..qemu::Guest::new(kernel, shared.initrd.clone(), dir)
     }
 }
 
@@ -406,12 +302,7 @@ fn boot(shared: &Shared, label: &str, kernel: &Path, topology: &Topology, dir: &
         }
         Err(e) => return Cell::broken(label, start.elapsed(), e, vec![]),
     }
-    let quiet = ["-q".to_string(), "-F".to_string()];
-    let mut images: Vec<(PathBuf, u64, Vec<String>)> = g
-        .disks
-        .iter()
-        .map(|d| (d.clone(), 2u64 << 30, quiet.to_vec()))
-        .collect();
+    let mut images = disk::state_images(&g.disks);
     images.extend(
         topology
             .disks(dir)
@@ -420,7 +311,7 @@ fn boot(shared: &Shared, label: &str, kernel: &Path, topology: &Topology, dir: &
     );
     let made = images
         .iter()
-        .try_for_each(|(p, bytes, opts)| mkfs_image(p, *bytes, opts));
+        .try_for_each(|(p, bytes, opts)| disk::mkfs_image(p, *bytes, opts));
     let remove = || {
         for (p, _, _) in &images {
             let _ = std::fs::remove_file(p);
@@ -446,9 +337,9 @@ fn boot(shared: &Shared, label: &str, kernel: &Path, topology: &Topology, dir: &
     watch.finish(booted.elapsed());
     let wall = start.elapsed();
     remove();
-    let console = read_lossy(&g.console);
-    let mut tail = collect::tail(&console, 25);
-    let qemu_log = read_lossy(&dir.join("qemu.log"));
+    let console = qemu::read_lossy(&g.console);
+    let mut tail = qemu::tail(&console, 25);
+    let qemu_log = qemu::read_lossy(&dir.join("qemu.log"));
     tail.extend(qemu_log.lines().map(|l| format!("qemu: {l}")));
     let channel =
         String::from_utf8_lossy(&std::fs::read(&g.result).unwrap_or_default()).into_owned();
@@ -542,7 +433,7 @@ fn guest_cell(
     let first = boot(shared, label, kernel, topology, &dir);
     // The kernel printed something but never reached /init (qemu refusing
     // the image prints nothing on the console: no second try for that).
-    let console = read_lossy(&dir.join("console.log"));
+    let console = qemu::read_lossy(&dir.join("console.log"));
     let died_early =
         first.broken.is_some() && !console.trim().is_empty() && !collect::reached_init(&console);
     let timed_out = first.wall >= Duration::from_secs(shared.args.timeout_cell);
@@ -580,7 +471,7 @@ fn host_cell(shared: &Shared, index: usize) -> Cell {
         Duration::from_secs(shared.args.timeout_cell),
     );
     let wall = start.elapsed();
-    let tail = collect::tail(&read_lossy(&log), 25);
+    let tail = qemu::tail(&qemu::read_lossy(&log), 25);
     let text = std::fs::read_to_string(&report).unwrap_or_default();
     let mut stream = watch::EventStream::default();
     stream.feed(&std::fs::read(&events).unwrap_or_default());

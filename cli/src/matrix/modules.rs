@@ -10,8 +10,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use super::initramfs::{Content, Entry};
-use super::topology::{Feature, Topology};
+use crate::guest::initramfs::{Content, Entry};
+use crate::guest::topology::{Feature, Topology};
 
 /// Where `/init` finds them (loaded in file-name order).
 pub const DIR: &str = "lib/modules/cowgup";

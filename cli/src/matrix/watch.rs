@@ -15,7 +15,7 @@
 use serde_json::Value;
 
 use super::collect::Trial;
-use super::initramfs::{RESULT, RESULT_END};
+use crate::guest::initramfs::{RESULT, RESULT_END};
 
 /// Lines quoted from a fault on, at most.
 pub const QUOTED: usize = 30;
@@ -324,7 +324,7 @@ impl ConsoleWatch {
     }
 
     fn line(&mut self, raw: &[u8]) {
-        let line = super::collect::clean_console(raw);
+        let line = crate::guest::qemu::clean_console(raw);
         match &mut self.fault {
             None => {
                 if fault_shape(&line).is_some() {

@@ -1,9 +1,11 @@
-//! The qemu command line of a guest cell, and running a child process under
-//! a time limit.
+//! The qemu command line of a guest, running a child process under a time
+//! limit, and reading the console back.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use super::initramfs;
 
 #[derive(Clone, Debug)]
 pub struct Guest {
@@ -21,6 +23,25 @@ pub struct Guest {
     /// Reserve two 1 GiB hugetlb pages at boot (and give the guest the RAM).
     pub with_1g: bool,
     pub extra_cmdline: Vec<String>,
+}
+
+impl Guest {
+    /// A TCG guest of `kernel` and `initrd` whose console, result port and
+    /// state disks are files in `dir`; no topology disks, no 1 GiB pages,
+    /// nothing appended to the command line.
+    pub fn new(kernel: &Path, initrd: PathBuf, dir: &Path) -> Guest {
+        Guest {
+            kernel: kernel.into(),
+            initrd,
+            console: dir.join("console.log"),
+            result: dir.join("result.txt"),
+            disks: super::disk::state_disks(dir),
+            serial_disks: vec![],
+            kvm: false,
+            with_1g: false,
+            extra_cmdline: vec![],
+        }
+    }
 }
 
 pub fn cmdline(g: &Guest) -> String {
@@ -136,24 +157,24 @@ pub fn probe_kvm(kernel: &Path, busybox: &Path, dir: &Path, limit: Duration) -> 
     kvm_usable()?;
     let initrd = dir.join("kvm-probe.cpio");
     let entries = vec![
-        super::initramfs::Entry {
+        initramfs::Entry {
             path: "bin".into(),
             mode: 0o040755,
-            content: super::initramfs::Content::Dir,
+            content: initramfs::Content::Dir,
         },
-        super::initramfs::Entry {
+        initramfs::Entry {
             path: "bin/busybox".into(),
             mode: 0o100755,
-            content: super::initramfs::Content::Host(busybox.into()),
+            content: initramfs::Content::Host(busybox.into()),
         },
-        super::initramfs::Entry {
+        initramfs::Entry {
             path: "init".into(),
             mode: 0o100755,
-            content: super::initramfs::Content::Text(probe_init()),
+            content: initramfs::Content::Text(probe_init()),
         },
     ];
     let mut f = std::fs::File::create(&initrd).map_err(|e| format!("{}: {e}", initrd.display()))?;
-    super::initramfs::write_cpio(&mut f, &entries).map_err(|e| e.to_string())?;
+    initramfs::write_cpio(&mut f, &entries).map_err(|e| e.to_string())?;
     let g = Guest {
         kernel: kernel.into(),
         initrd: initrd.clone(),
@@ -170,7 +191,7 @@ pub fn probe_kvm(kernel: &Path, busybox: &Path, dir: &Path, limit: Duration) -> 
         &dir.join("kvm-probe-qemu.log"),
         limit,
     )?;
-    let console = super::collect::clean_console(&std::fs::read(&g.console).unwrap_or_default());
+    let console = read_lossy(&g.console);
     let _ = std::fs::remove_file(&initrd);
     probe_verdict(&console, &ended, limit).map_err(|e| {
         let log = std::fs::read_to_string(dir.join("kvm-probe-qemu.log")).unwrap_or_default();
@@ -229,6 +250,47 @@ pub fn run_watched(
         }
         std::thread::sleep(POLL);
     }
+}
+
+/// A console or result port file as text (missing reads as empty).
+pub fn read_lossy(p: &Path) -> String {
+    clean_console(&std::fs::read(p).unwrap_or_default())
+}
+
+/// Console text without carriage returns and terminal escapes.
+pub fn clean_console(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => {}
+            '\x1b' => {
+                // ESC [ params letter, or ESC + one character.
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for d in chars.by_ref() {
+                        if d.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                } else {
+                    chars.next();
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The last `n` non-blank lines.
+pub fn tail(console: &str, n: usize) -> Vec<String> {
+    let lines: Vec<&str> = console.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
 }
 
 #[cfg(test)]

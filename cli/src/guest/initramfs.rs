@@ -28,13 +28,31 @@ pub struct Entry {
 }
 
 /// Quote one argument for the guest's shell.
-fn quote(s: &str) -> String {
+pub fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// `/init`: mount the basics and the ext4 disk on `/var/tmp` (NVMe, built
-/// into Debian's cloud kernels, or virtio-blk), set up the cell's topology
-/// (named on the kernel command line), run `cowgup run` with `args`, its
+/// The start of every guest's `/init`: busybox's applets, the basics
+/// mounted (then `mounts`, lines of the caller's own), the ext4 state disk
+/// on `/var/tmp` (NVMe, built into Debian's cloud kernels, or virtio-blk, by
+/// its serial), [`START`] on the console and the topology named on the
+/// kernel command line set up. What follows is the caller's.
+pub fn preamble(mounts: &str) -> String {
+    format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev; mount -t tmpfs tmpfs /tmp
+{mounts}by_serial() {{ for b in /sys/block/*; do [ "$(cat $b/serial 2>/dev/null)" = "$1" ] && echo /dev/${{b##*/}} && return 0; done; return 1; }}
+for d in /dev/nvme0n1 $(by_serial cowgup-state); do [ -b $d ] && mount -t ext4 $d /var/tmp && break; done
+cd /tmp
+echo "{START} $(uname -r)"
+{topology}"#,
+        topology = super::topology::init_fragment(),
+    )
+}
+
+/// The matrix's `/init`: the [`preamble`], then `cowgup run` with `args`, its
 /// human report on the console, each event (a result as it is formed) on
 /// ttyS1 as one JSON line; then the topology's setup lines and the JSON
 /// report framed, on ttyS1, compacted on the way (pretty-printed JSON never
@@ -43,15 +61,7 @@ fn quote(s: &str) -> String {
 pub fn init_script(args: &[String]) -> String {
     let args: Vec<String> = args.iter().map(|a| quote(a)).collect();
     format!(
-        r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev; mount -t tmpfs tmpfs /tmp
-by_serial() {{ for b in /sys/block/*; do [ "$(cat $b/serial 2>/dev/null)" = "$1" ] && echo /dev/${{b##*/}} && return 0; done; return 1; }}
-for d in /dev/nvme0n1 $(by_serial cowgup-state); do [ -b $d ] && mount -t ext4 $d /var/tmp && break; done
-cd /tmp
-echo "{START} $(uname -r)"
-{topology}set -o pipefail
+        r#"{preamble}set -o pipefail
 stty -F /dev/ttyS1 raw -echo
 /bin/cowgup run --format json --output /tmp/result.json --events /dev/ttyS1 {args} 2>&1 | cat
 rc=$?
@@ -59,13 +69,19 @@ echo "{EXIT} rc=$rc"
 {{ cat /tmp/topology.txt; echo "{RESULT} rc=$rc release=$(uname -r)"; sed 's/^ *//' /tmp/result.json | tr -d '\n'; echo; echo "{RESULT_END}"; }} > /dev/ttyS1
 sync; reboot -f
 "#,
+        preamble = preamble(""),
         args = args.join(" "),
-        topology = super::topology::init_fragment(),
     )
 }
 
-/// Everything in the archive, in order (directories before their files).
+/// The matrix's archive: [`root`] with its [`init_script`].
 pub fn entries(busybox: &Path, cowgup: &Path, args: &[String]) -> Vec<Entry> {
+    root(busybox, cowgup, init_script(args))
+}
+
+/// A guest's root, in order (directories before their files, `init` last):
+/// busybox, the static cowgup and `init`.
+pub fn root(busybox: &Path, cowgup: &Path, init: String) -> Vec<Entry> {
     let dir = |p: &str| Entry {
         path: p.into(),
         mode: 0o040755,
@@ -88,7 +104,7 @@ pub fn entries(busybox: &Path, cowgup: &Path, args: &[String]) -> Vec<Entry> {
     v.push(Entry {
         path: "init".into(),
         mode: 0o100755,
-        content: Content::Text(init_script(args)),
+        content: Content::Text(init),
     });
     v
 }
@@ -124,6 +140,16 @@ pub fn write_cpio<W: Write>(out: &mut W, entries: &[Entry]) -> io::Result<()> {
         pad4(out, data.len())?;
     }
     header(out, 0, "TRAILER!!!", 0, 0)
+}
+
+/// Write `entries` as the archive at `path`.
+pub fn write_initrd(path: &Path, entries: &[Entry]) -> Result<(), String> {
+    let mut f = io::BufWriter::new(
+        std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?,
+    );
+    write_cpio(&mut f, entries)
+        .and_then(|_| f.flush())
+        .map_err(|e| format!("cannot write the initramfs: {e}"))
 }
 
 /// Whether an ELF executable runs without a dynamic loader (no PT_INTERP).
@@ -203,6 +229,21 @@ mod tests {
         assert!(setup < run, "the topology is set up before the suite runs");
         assert!(init.contains("{ cat /tmp/topology.txt; echo \"=== COWGUP-RESULT rc=$rc"));
         assert!(init.contains(START) && init.contains(RESULT_END));
+    }
+
+    #[test]
+    fn every_init_starts_with_the_preamble() {
+        let p = preamble("");
+        assert!(init_script(&[]).starts_with(&p));
+        assert!(p.ends_with(&super::super::topology::init_fragment()));
+        let with = preamble("mount -t debugfs debugfs /sys/kernel/debug\n");
+        assert!(with.contains(
+            "mount -t tmpfs tmpfs /tmp\nmount -t debugfs debugfs /sys/kernel/debug\nby_serial()"
+        ));
+        assert_eq!(
+            with.len(),
+            p.len() + "mount -t debugfs debugfs /sys/kernel/debug\n".len()
+        );
     }
 
     #[test]
