@@ -244,6 +244,10 @@ pub fn run_trial(
     for w in watches.iter_mut() {
         w.before();
     }
+    // A fault logged since the last trial (read by `before`) is no fault of this one.
+    if let Some(why) = earlier_fault(watches) {
+        return Ok(unrun(Outcome::Error(format!("not run: {why}"))));
+    }
     let spawned = spawn(trial, opts).inspect(|w| track(guard, w));
     let mut ran = match spawned.and_then(|mut w| w.wait(watches)) {
         Ok(Waited::Done(ran)) => *ran,
@@ -435,6 +439,13 @@ pub fn run_batch(
     }
     for w in watches.iter_mut() {
         w.before();
+    }
+    if let Some(why) = earlier_fault(watches) {
+        let outcome = Outcome::Error(format!("not run: {why}"));
+        return Ok(trials
+            .iter()
+            .map(|t| unrun(t, outcome.clone(), start))
+            .collect());
     }
     let mut running: Vec<Option<(ChildWaiter, Instant)>> = trials.iter().map(|_| None).collect();
     let mut done: Vec<Option<(Ran, Duration)>> = trials.iter().map(|_| None).collect();

@@ -171,6 +171,16 @@ fn a_warning_fails_its_trial_and_the_run_goes_on() -> Result<(), Failed> {
     expect(&second, "pass", "")
 }
 
+fn an_oops_between_trials_stops_the_next() -> Result<(), Failed> {
+    let (mut log, w) = fake_log();
+    let pass = || Trial::new("passes", || Outcome::Pass);
+    let first = run_trial(&pass(), None, &opts(), &mut [&mut log as &mut dyn Watch]).unwrap();
+    expect(&first, "pass", "")?;
+    write(&*w, format!("0,1,1000,-;{OOPS}\n").as_bytes()).unwrap();
+    let second = run_trial(&pass(), None, &opts(), &mut [&mut log]).unwrap();
+    expect(&second, "error", "not run: the kernel faulted")
+}
+
 fn main() {
     let tests = [
         (
@@ -184,6 +194,10 @@ fn main() {
         (
             "a_warning_fails_its_trial_and_the_run_goes_on",
             a_warning_fails_its_trial_and_the_run_goes_on,
+        ),
+        (
+            "an_oops_between_trials_stops_the_next",
+            an_oops_between_trials_stops_the_next,
         ),
     ];
     libtest::main(tests.into_iter().map(|(n, f)| Test::test(n, f)).collect())
