@@ -6,32 +6,13 @@ use cowgup_fixtures::damage::{self, Side};
 use cowgup_fixtures::evidence::{self, View};
 use cowgup_fixtures::mem::Region;
 use cowgup_fixtures::pagemap;
+pub use cowgup_fixtures::proc::{child_body, collect};
 use cowgup_fixtures::proc::{spawn, Child, Pipe};
 use cowgup_fixtures::stamp::{Content, Mismatch, Pattern, Writer};
 use cowgup_fixtures::{fail, Step};
-use cowgup_harness::{diag, Outcome, OutcomeKind};
+use cowgup_harness::diag;
 
 use crate::expectations::Observed;
-
-/// Run `f` in the child and send its result, or its failure with the reason
-/// (which `collect` turns into the trial's outcome, so a check that failed in
-/// the child names what it saw).
-pub fn child_body<T: serde::Serialize>(report: &Pipe, f: impl FnOnce() -> Step<T>) -> i32 {
-    let sent: Result<T, (OutcomeKind, String)> = f().map_err(|o| (o.kind(), o.reason().into()));
-    let code = i32::from(sent.is_err());
-    report.send_value(&sent).map_or(1, |_| code)
-}
-
-/// What a child running `child_body` sent, once it exited.
-pub fn collect<T: serde::de::DeserializeOwned>(report: &Pipe, child: Child) -> Step<T> {
-    let sent = report.recv_value::<Result<T, (OutcomeKind, String)>>();
-    let code = child.exit_code()?;
-    match sent? {
-        Ok(v) if code == 0 => Ok(v),
-        Ok(_) => fail(format!("child exited with {code} after sending its result")),
-        Err((kind, reason)) => Err(Outcome::from_parts(kind, format!("child: {reason}"))),
-    }
-}
 
 /// What anonymous memory holds when a case starts.
 pub const ORIGINAL: Content = Content::all(Writer::Setup);
