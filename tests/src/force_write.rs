@@ -35,7 +35,7 @@ use crate::scenario::{Family, Scenario};
 use cowgup_fixtures::force::{
     poke, proc_mem, proc_mem_without_force, proc_mem_write, Tracing, WriteResult,
 };
-use cowgup_fixtures::uffd;
+use cowgup_fixtures::{seeded, uffd};
 use cowgup_harness::probe::Capabilities;
 
 /// Who makes the forced write.
@@ -823,19 +823,6 @@ pub const RACE_FOR: Duration = Duration::from_secs(1);
 pub const RACE_SEED: u64 = 0x00c0_ffee_d1e7_c0de;
 const RACE_PAGES: usize = 16;
 
-/// xorshift64*: the deterministic page order of the race.
-pub fn race_order(seed: u64, n: usize, pages: usize) -> Vec<usize> {
-    let mut x = seed.max(1);
-    (0..n)
-        .map(|_| {
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as usize % pages
-        })
-        .collect()
-}
-
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct RaceResult {
     iterations: usize,
@@ -853,7 +840,7 @@ pub fn race(forcer: Forcer) -> Outcome {
         let p = prepare(Target::PrivateFile)?;
         let file = p.file.as_ref().expect("a file target");
         let pattern = p.pattern;
-        let order = race_order(
+        let order = seeded::picks(
             RACE_SEED,
             1 << 20,
             RACE_PAGES.min(p.target.len / pattern.page),
@@ -1002,16 +989,6 @@ pub fn race(forcer: Forcer) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn race_order_is_deterministic_and_spread() {
-        let a = race_order(RACE_SEED, 4096, 16);
-        assert_eq!(a, race_order(RACE_SEED, 4096, 16));
-        assert_ne!(a, race_order(RACE_SEED + 1, 4096, 16));
-        for page in 0..16 {
-            assert!(a.iter().filter(|&&p| p == page).count() > 4096 / 16 / 2);
-        }
-    }
 
     #[test]
     fn hugetlb_private_is_refused_only_before_6_14() {

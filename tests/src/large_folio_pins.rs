@@ -28,6 +28,7 @@ use cowgup_fixtures::pagemap;
 use cowgup_fixtures::pin::FixedBuffer;
 use cowgup_fixtures::pin_source::{Held, PinSource};
 use cowgup_fixtures::proc::{spawn, Pipe};
+use cowgup_fixtures::seeded;
 use cowgup_fixtures::stamp::{identify, Pattern, Writer};
 use cowgup_fixtures::{env, fail, kb, skip, Step};
 use cowgup_harness::probe::Capabilities;
@@ -434,23 +435,6 @@ fn halves(m: &AnonMemory) -> Step<Observed> {
     })
 }
 
-/// xorshift64*: a fixed, seeded order, the same on every run.
-pub fn release_order(n: usize, seed: u64) -> Vec<usize> {
-    let mut state = seed | 1;
-    let mut next = || {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    };
-    let mut v: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
-        v.swap(i, j);
-    }
-    v
-}
-
 /// (b) `RINGS` rings each register the whole folio; one sees the original
 /// data through its pin; all but the last in the release order are
 /// released; fork(); the parent writes: the last pin must see the write.
@@ -462,7 +446,7 @@ fn many_rings(m: &AnonMemory) -> Step<Observed> {
         rings.push(Some(register(region, &format!("ring {i} of {RINGS}"))?));
     }
     let registered_ms = started.elapsed().as_millis();
-    let order = release_order(RINGS, RELEASE_SEED);
+    let order = seeded::shuffle(RINGS, RELEASE_SEED);
     let last = order[RINGS - 1];
     let first = order[0];
     let probe = rings[first].as_mut().expect("registered");
@@ -1020,16 +1004,6 @@ fn write_fixed(buf: Region) -> Step<Result<Vec<u8>, String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn release_order_is_a_fixed_permutation() {
-        let a = release_order(RINGS, RELEASE_SEED);
-        assert_eq!(a, release_order(RINGS, RELEASE_SEED));
-        let mut s = a.clone();
-        s.sort();
-        assert_eq!(s, (0..RINGS).collect::<Vec<_>>());
-        assert_ne!(a, (0..RINGS).collect::<Vec<_>>());
-    }
 
     #[test]
     fn one_moment_is_a_newer_prefix_and_nothing_else() {
