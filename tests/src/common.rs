@@ -146,15 +146,10 @@ impl Checker {
         let parent = View::capture(self.range, self.pattern.unit)?;
         let child = self.finish()?;
         own?;
-        let sharing = evidence::compare(
+        evidence::compare_and_agree(
             "parent vs child after the parent's write",
-            "parent",
-            &parent,
-            "child",
-            &child.view,
-        );
-        evidence::agree(
-            &sharing,
+            ("parent", &parent),
+            ("child", &child.view),
             &child.data,
             true,
             "parent and child still share the page",

@@ -209,15 +209,10 @@ fn judge_pipe(
         "vmsplice",
         serde_json::json!({ "transferred": transferred, "units": units }),
     );
-    let sharing = evidence::compare(
+    evidence::compare_and_agree(
         &format!("{writer} before vs after its write, pages in the pipe"),
-        "before",
-        &before.first_units(units),
-        "after",
-        &after.first_units(units),
-    );
-    evidence::agree(
-        &sharing,
+        ("before", &before.first_units(units)),
+        ("after", &after.first_units(units)),
         &data,
         true,
         &format!("the {writer} wrote in place into a page the pipe references"),
@@ -315,15 +310,10 @@ fn write_and_look_through(
     write_and_check_own(region, pattern, original, Writer::Parent, "the process")?;
     let after = View::capture(region, pattern.unit)?;
     let data = held.check(region, pattern, written)?;
-    let sharing = evidence::compare(
+    evidence::compare_and_agree(
         "pinned pages before vs after the write",
-        "before",
-        &before,
-        "after",
-        &after,
-    );
-    evidence::agree(
-        &sharing,
+        ("before", &before),
+        ("after", &after),
         &data,
         false,
         "the write went to a new page, away from the pin",

@@ -325,15 +325,10 @@ fn judge(
                 let data = p
                     .pattern
                     .check_bytes(read(other), p.written.addr, p.original);
-                let sharing = evidence::compare(
+                agreement = evidence::compare_and_agree(
                     "writer's copy vs the other view",
-                    "writer",
-                    after,
-                    label,
-                    &theirs,
-                );
-                agreement = evidence::agree(
-                    &sharing,
+                    ("writer", after),
+                    (label, &theirs),
                     &data,
                     true,
                     "the forced write went into the page the other view maps",

@@ -413,15 +413,10 @@ fn halves(m: &AnonMemory) -> Step<Observed> {
     let child = checker.judge_parents_write(region)?;
     let after = View::capture(upper, pattern.unit)?;
     let data = upper_pin.check(upper, pattern, ORIGINAL.written_by(Writer::Parent))?;
-    let sharing = evidence::compare(
+    evidence::compare_and_agree(
         "upper half before fork() vs after the parent's write",
-        "before",
-        &before,
-        "after",
-        &after,
-    );
-    evidence::agree(
-        &sharing,
+        ("before", &before),
+        ("after", &after),
         &data,
         false,
         "the parent's write went to a new page, away from the remaining pin",
@@ -479,14 +474,10 @@ fn many_rings(m: &AnonMemory) -> Step<Observed> {
     let after = View::capture(region, pattern.unit)?;
     let held = rings[last].as_mut().expect("kept");
     let data = held.check(region, pattern, ORIGINAL.written_by(Writer::Parent))?;
-    evidence::agree(
-        &evidence::compare(
-            "the folio before fork() vs after the parent's write",
-            "before",
-            &before,
-            "after",
-            &after,
-        ),
+    evidence::compare_and_agree(
+        "the folio before fork() vs after the parent's write",
+        ("before", &before),
+        ("after", &after),
         &data,
         false,
         "the parent's write went to a new page, away from the last pin",
