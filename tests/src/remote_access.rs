@@ -14,16 +14,12 @@ use std::sync::Arc;
 use cowgup_fixtures::anon::{AnonBacking, AnonMemory};
 use cowgup_fixtures::evidence::{self, View};
 use cowgup_fixtures::mem::Region;
-use cowgup_fixtures::proc::{spawn, Pipe};
 use cowgup_fixtures::stamp::{Content, Mismatch, Pattern, Writer};
 use cowgup_fixtures::{fail, Step};
 use cowgup_harness::probe::Capabilities;
 use nix::unistd::Pid;
 
-use crate::common::{
-    child_body, child_first_look, collect, lost_at_fork, write_and_check_own, ChildView,
-    FIRST_LOOK_LOST, FIRST_LOOK_OK, ORIGINAL,
-};
+use crate::common::{collect, fork_with, write_and_check_own, ChildView, Watched, ORIGINAL};
 use crate::expectations::{self, judge, Mapping, Mechanism, MemoryClass, Observed, Subject};
 use crate::scenario::{Family, Scenario};
 
@@ -222,36 +218,27 @@ fn run(direction: Direction, m: &AnonMemory) -> Step<Observed> {
         Direction::ReadChildsWrite => ORIGINAL.written_by(Writer::Child),
         Direction::ReadThenParentWrites => ORIGINAL,
     };
-    let (ready, go, report) = (Pipe::new()?, Pipe::new()?, Pipe::new()?);
-    let child = spawn(|| {
-        child_body(&report, || {
-            let look = child_first_look(region, pattern)?;
-            if look == FIRST_LOOK_OK && direction == Direction::ReadChildsWrite {
+    let watched = fork_with(
+        region,
+        pattern,
+        || {
+            if direction == Direction::ReadChildsWrite {
                 write_and_check_own(region, pattern, ORIGINAL, Writer::Child, "the child")?;
             }
-            ready.send(&[look])?;
-            if look != FIRST_LOOK_OK {
-                return Ok(None);
-            }
-            go.wait()?;
-            Ok(Some(ChildView {
+            Ok(())
+        },
+        |()| {
+            Ok(ChildView {
                 data: pattern.check(region, child_final),
                 view: View::capture(region, pattern.unit)?,
-            }))
-        })
-    })?;
+            })
+        },
+    )?;
+    let Watched { child, go, report } = match watched {
+        Ok(w) => w,
+        Err(observed) => return Ok(observed),
+    };
     let pid = child.pid();
-    match ready.recv()?.as_slice() {
-        [FIRST_LOOK_OK] => {}
-        [FIRST_LOOK_LOST] => {
-            child.exit_code()?;
-            return Ok(lost_at_fork());
-        }
-        _ => {
-            let _ = child.exit_code();
-            return fail("child failed before it was ready (see its diagnostics)");
-        }
-    }
     let before = View::capture(region, pattern.unit)?;
     // The parent's side: what it did, and what its own copy must hold.
     let acted: Step<(Option<Result<(), Mismatch>>, Content)> = (|| match direction {
