@@ -50,16 +50,11 @@ pub fn shared_stays_shared() -> Outcome {
         let parent = View::capture(region, pattern.unit)?;
         damage::copy(Side::Reader, region, pattern);
         let data = pattern.check(region, ORIGINAL.written_by(Writer::Child));
-        let sharing = evidence::compare(
-            "parent vs child after the child's write",
-            "parent",
-            &parent,
-            "child",
-            &view,
-        );
         // Here a page that is *not* shared is the bug.
-        evidence::agree(
-            &sharing,
+        evidence::compare_and_agree(
+            "parent vs child after the child's write",
+            ("parent", &parent),
+            ("child", &view),
             &data,
             false,
             "the child's write went to a private copy",

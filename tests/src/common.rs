@@ -6,32 +6,13 @@ use cowgup_fixtures::damage::{self, Side};
 use cowgup_fixtures::evidence::{self, View};
 use cowgup_fixtures::mem::Region;
 use cowgup_fixtures::pagemap;
+pub use cowgup_fixtures::proc::{child_body, collect};
 use cowgup_fixtures::proc::{spawn, Child, Pipe};
 use cowgup_fixtures::stamp::{Content, Mismatch, Pattern, Writer};
 use cowgup_fixtures::{fail, Step};
-use cowgup_harness::{diag, Outcome, OutcomeKind};
+use cowgup_harness::diag;
 
 use crate::expectations::Observed;
-
-/// Run `f` in the child and send its result, or its failure with the reason
-/// (which `collect` turns into the trial's outcome, so a check that failed in
-/// the child names what it saw).
-pub fn child_body<T: serde::Serialize>(report: &Pipe, f: impl FnOnce() -> Step<T>) -> i32 {
-    let sent: Result<T, (OutcomeKind, String)> = f().map_err(|o| (o.kind(), o.reason().into()));
-    let code = i32::from(sent.is_err());
-    report.send_value(&sent).map_or(1, |_| code)
-}
-
-/// What a child running `child_body` sent, once it exited.
-pub fn collect<T: serde::de::DeserializeOwned>(report: &Pipe, child: Child) -> Step<T> {
-    let sent = report.recv_value::<Result<T, (OutcomeKind, String)>>();
-    let code = child.exit_code()?;
-    match sent? {
-        Ok(v) if code == 0 => Ok(v),
-        Ok(_) => fail(format!("child exited with {code} after sending its result")),
-        Err((kind, reason)) => Err(Outcome::from_parts(kind, format!("child: {reason}"))),
-    }
-}
 
 /// What anonymous memory holds when a case starts.
 pub const ORIGINAL: Content = Content::all(Writer::Setup);
@@ -97,6 +78,53 @@ pub fn lost_at_fork() -> Observed {
     )
 }
 
+/// A child forked by `fork_with`, past its first look and waiting for `go`;
+/// it sends `Some(result of then)` on `report`.
+pub struct Watched {
+    pub child: Child,
+    pub go: Pipe,
+    pub report: Pipe,
+}
+
+/// The child's first-look handshake. The child looks at `range`
+/// (`child_first_look`); when the data is there it runs `prepare`, then
+/// tells the parent it is ready, waits for `go` and runs `then` with what
+/// `prepare` gave (sending `None` instead when fork() lost the data). The
+/// parent waits for ready: `Err(lost_at_fork())` when the child found its
+/// page lost, a failure when the child failed before it was ready.
+pub fn fork_with<P, T: serde::Serialize>(
+    range: Region,
+    pattern: Pattern,
+    prepare: impl FnOnce() -> Step<P>,
+    then: impl FnOnce(P) -> Step<T>,
+) -> Step<Result<Watched, Observed>> {
+    let (ready, go, report) = (Pipe::new()?, Pipe::new()?, Pipe::new()?);
+    let child = spawn(|| {
+        child_body(&report, || {
+            let look = child_first_look(range, pattern)?;
+            if look != FIRST_LOOK_OK {
+                ready.send(&[look])?;
+                return Ok(None);
+            }
+            let prepared = prepare()?;
+            ready.send(&[look])?;
+            go.wait()?;
+            then(prepared).map(Some)
+        })
+    })?;
+    match ready.recv()?.as_slice() {
+        [FIRST_LOOK_OK] => Ok(Ok(Watched { child, go, report })),
+        [FIRST_LOOK_LOST] => {
+            child.exit_code()?;
+            Ok(Err(lost_at_fork()))
+        }
+        _ => {
+            let _ = child.exit_code();
+            fail("child failed before it was ready (see its diagnostics)")
+        }
+    }
+}
+
 /// cow.c's `child_memcmp_fn`: a child that reads `range` (which must hold the
 /// original data), tells the parent it is ready, waits while the parent
 /// writes, and checks again: any difference is the parent's data leaking in.
@@ -117,39 +145,25 @@ pub struct ChildView {
 impl Checker {
     /// Fork the checking child; `Err(observed)` when fork() lost the data already.
     pub fn fork(range: Region, pattern: Pattern) -> Step<Result<Checker, Observed>> {
-        let (ready, go, report) = (Pipe::new()?, Pipe::new()?, Pipe::new()?);
-        let child = spawn(|| {
-            child_body(&report, || {
-                let look = child_first_look(range, pattern)?;
-                ready.send(&[look])?;
-                if look != FIRST_LOOK_OK {
-                    return Ok(None);
-                }
-                go.wait()?;
+        let watched = fork_with(
+            range,
+            pattern,
+            || Ok(()),
+            |()| {
                 damage::copy(Side::Reader, range, pattern);
-                Ok(Some(ChildView {
+                Ok(ChildView {
                     data: pattern.check(range, ORIGINAL),
                     view: View::capture(range, pattern.unit)?,
-                }))
-            })
-        })?;
-        match ready.recv()?.as_slice() {
-            [FIRST_LOOK_OK] => Ok(Ok(Checker {
-                child,
-                go,
-                report,
-                range,
-                pattern,
-            })),
-            [FIRST_LOOK_LOST] => {
-                child.exit_code()?;
-                Ok(Err(lost_at_fork()))
-            }
-            _ => {
-                let _ = child.exit_code();
-                fail("checking child failed before it was ready (see its diagnostics)")
-            }
-        }
+                })
+            },
+        )?;
+        Ok(watched.map(|w| Checker {
+            child: w.child,
+            go: w.go,
+            report: w.report,
+            range,
+            pattern,
+        }))
     }
 
     /// The parent has written the head of every page of `written` (which
@@ -165,15 +179,10 @@ impl Checker {
         let parent = View::capture(self.range, self.pattern.unit)?;
         let child = self.finish()?;
         own?;
-        let sharing = evidence::compare(
+        evidence::compare_and_agree(
             "parent vs child after the parent's write",
-            "parent",
-            &parent,
-            "child",
-            &child.view,
-        );
-        evidence::agree(
-            &sharing,
+            ("parent", &parent),
+            ("child", &child.view),
             &child.data,
             true,
             "parent and child still share the page",

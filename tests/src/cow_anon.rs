@@ -18,8 +18,8 @@ use cowgup_harness::probe::Capabilities;
 use nix::sys::mman::ProtFlags;
 
 use crate::common::{
-    child_body, child_first_look, clear_softdirty, collect, lost_at_fork, write_and_check_own,
-    Bystander, Checker, FIRST_LOOK_LOST, FIRST_LOOK_OK, ORIGINAL,
+    child_body, child_first_look, clear_softdirty, collect, fork_with, lost_at_fork,
+    write_and_check_own, Bystander, Checker, Watched, FIRST_LOOK_OK, ORIGINAL,
 };
 use crate::expectations::{self, judge, Mapping, Mechanism, MemoryClass, Observed, Subject};
 use crate::scenario::{outcome, Family, Scenario};
@@ -142,34 +142,24 @@ fn basic_cow(m: &AnonMemory, mprotect: bool) -> Step<Observed> {
 /// The child vmsplices the memory into a pipe and unmaps it; the parent then
 /// writes; the pipe must still hold the original data.
 fn vmsplice_in_child(m: &AnonMemory, mprotect: bool) -> Step<Observed> {
-    let (ready, go, report) = (Pipe::new()?, Pipe::new()?, Pipe::new()?);
-    let child = spawn(|| {
-        child_body(&report, || {
-            let look = child_first_look(m.region, m.pattern)?;
-            if look != FIRST_LOOK_OK {
-                ready.send(&[look])?;
-                return Ok(None);
-            }
-            let mut spliced = Held::Pipe(pin::vmsplice(m.region)?);
+    let watched = fork_with(
+        m.region,
+        m.pattern,
+        || {
+            let spliced = Held::Pipe(pin::vmsplice(m.region)?);
             m.region.munmap()?;
-            ready.send(&[look])?;
-            go.wait()?;
+            Ok(spliced)
+        },
+        |mut spliced| {
             let transferred = spliced.covered();
             let data = spliced.check(m.region.sub(0, transferred), m.pattern, ORIGINAL)?;
-            Ok(Some((transferred, data)))
-        })
-    })?;
-    match ready.recv()?.as_slice() {
-        [FIRST_LOOK_OK] => {}
-        [FIRST_LOOK_LOST] => {
-            child.exit_code()?;
-            return Ok(lost_at_fork());
-        }
-        _ => {
-            let _ = child.exit_code();
-            return fail("child failed before it was ready (see its diagnostics)");
-        }
-    }
+            Ok((transferred, data))
+        },
+    )?;
+    let Watched { child, go, report } = match watched {
+        Ok(w) => w,
+        Err(observed) => return Ok(observed),
+    };
     if mprotect {
         mprotect_dance(m)?;
     }
@@ -209,15 +199,10 @@ fn judge_pipe(
         "vmsplice",
         serde_json::json!({ "transferred": transferred, "units": units }),
     );
-    let sharing = evidence::compare(
+    evidence::compare_and_agree(
         &format!("{writer} before vs after its write, pages in the pipe"),
-        "before",
-        &before.first_units(units),
-        "after",
-        &after.first_units(units),
-    );
-    evidence::agree(
-        &sharing,
+        ("before", &before.first_units(units)),
+        ("after", &after.first_units(units)),
         &data,
         true,
         &format!("the {writer} wrote in place into a page the pipe references"),
@@ -315,15 +300,10 @@ fn write_and_look_through(
     write_and_check_own(region, pattern, original, Writer::Parent, "the process")?;
     let after = View::capture(region, pattern.unit)?;
     let data = held.check(region, pattern, written)?;
-    let sharing = evidence::compare(
+    evidence::compare_and_agree(
         "pinned pages before vs after the write",
-        "before",
-        &before,
-        "after",
-        &after,
-    );
-    evidence::agree(
-        &sharing,
+        ("before", &before),
+        ("after", &after),
         &data,
         false,
         "the write went to a new page, away from the pin",

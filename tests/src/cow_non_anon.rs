@@ -64,15 +64,10 @@ fn basic_cow(m: &NonAnonMemory) -> Step<Observed> {
     let data = m.pattern.check(m.smem, ORIGINAL);
     let mem = View::capture(m.mem, m.pattern.unit)?;
     let smem = View::capture(m.smem, m.pattern.unit)?;
-    let sharing = evidence::compare(
+    evidence::compare_and_agree(
         "written private mapping vs other mapping",
-        "other",
-        &smem,
-        "private",
-        &mem,
-    );
-    evidence::agree(
-        &sharing,
+        ("other", &smem),
+        ("private", &mem),
         &data,
         true,
         "the write landed in the page the other mapping shows",

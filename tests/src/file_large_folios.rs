@@ -169,11 +169,12 @@ impl FolioBacking {
             }
             FolioBacking::SharedAnonFile { .. } => {
                 let shared = mem::map_aligned(size, ProtFlags::PROT_NONE)?;
-                map_fixed(
+                mem::map_fixed(
                     shared,
                     RW,
                     MapFlags::MAP_SHARED | MapFlags::MAP_ANONYMOUS,
                     None,
+                    0,
                 )?;
                 // SAFETY: our fresh shared mapping, `image` is as long.
                 unsafe { std::ptr::copy_nonoverlapping(image.as_ptr(), shared.ptr(), shared.len) };
@@ -185,11 +186,12 @@ impl FolioBacking {
                 })?
             }
         };
-        map_fixed(
+        mem::map_fixed(
             region,
             ProtFlags::PROT_READ,
             MapFlags::MAP_PRIVATE,
             Some(file.as_raw_fd()),
+            0,
         )?;
         region.touch_read(page);
         let folio = prove_folio(region, pmd)?;
@@ -214,28 +216,6 @@ fn size_shmem_knob(pmd: usize) -> std::path::PathBuf {
 fn write_image(f: &File, image: &[u8]) -> Step<()> {
     f.write_all_at(image, 0)
         .or_else(|e| fail(format!("writing the stamped file failed: {e}")))
-}
-
-/// mmap(MAP_FIXED) over a range this trial reserved.
-fn map_fixed(at: Region, prot: ProtFlags, flags: MapFlags, fd: Option<i32>) -> Step<()> {
-    // SAFETY: replaces only our own reservation.
-    let p = unsafe {
-        libc::mmap(
-            at.ptr().cast(),
-            at.len,
-            prot.bits(),
-            (flags | MapFlags::MAP_FIXED).bits(),
-            fd.unwrap_or(-1),
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return fail(format!(
-            "mmap() failed: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(())
 }
 
 /// What proved the folio.

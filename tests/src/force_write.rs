@@ -32,6 +32,10 @@ use nix::sys::mman::{MapFlags, ProtFlags};
 use crate::common::{check_own_write, child_body, collect, Checker, ORIGINAL};
 use crate::expectations::{Observed, Version};
 use crate::scenario::{Family, Scenario};
+use cowgup_fixtures::force::{
+    poke, proc_mem, proc_mem_without_force, proc_mem_write, Tracing, WriteResult,
+};
+use cowgup_fixtures::{seeded, uffd};
 use cowgup_harness::probe::Capabilities;
 
 /// Who makes the forced write.
@@ -321,15 +325,10 @@ fn judge(
                 let data = p
                     .pattern
                     .check_bytes(read(other), p.written.addr, p.original);
-                let sharing = evidence::compare(
+                agreement = evidence::compare_and_agree(
                     "writer's copy vs the other view",
-                    "writer",
-                    after,
-                    label,
-                    &theirs,
-                );
-                agreement = evidence::agree(
-                    &sharing,
+                    ("writer", after),
+                    (label, &theirs),
                     &data,
                     true,
                     "the forced write went into the page the other view maps",
@@ -512,124 +511,6 @@ fn heads(r: Region, pattern: Pattern, writer: Writer) -> Vec<(usize, u64)> {
         .collect()
 }
 
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-struct WriteResult {
-    written: usize,
-    /// The errno that stopped the writes, if one did.
-    errno: Option<i32>,
-}
-
-fn proc_mem() -> Step<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/proc/self/mem")
-        .or_else(|e| fail(format!("opening /proc/self/mem failed: {e}")))
-}
-
-/// `proc_mem.force_override=` on a kernel command line, if given.
-pub fn force_override(cmdline: &str) -> Option<&str> {
-    cmdline
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("proc_mem.force_override="))
-}
-
-/// When /proc/self/mem refused a write that a COW mapping must take: is it
-/// this kernel's /proc/<pid>/mem policy (6.12+: CONFIG_PROC_MEM_NO_FORCE,
-/// CONFIG_PROC_MEM_FORCE_PTRACE or `proc_mem.force_override=`) rather
-/// than GUP? Measured by a forced write into a fresh PROT_READ private
-/// anonymous page, the simplest COW there is.
-fn proc_mem_without_force() -> Option<String> {
-    let page = env().page_size;
-    let r = mem::map_anon(page, ProtFlags::PROT_READ, MapFlags::MAP_PRIVATE).ok()?;
-    r.touch_read(page);
-    let mem = proc_mem().ok()?;
-    let e = nix::sys::uio::pwrite(&mem, &1u64.to_ne_bytes(), r.addr as i64).err()?;
-    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    Some(format!(
-        "/proc/self/mem writes without FOLL_FORCE on this kernel: a write into a fresh PROT_READ private \
-         anonymous page also failed with {e} (proc_mem.force_override on the command line: {}; else \
-         CONFIG_PROC_MEM_NO_FORCE or CONFIG_PROC_MEM_FORCE_PTRACE)",
-        force_override(&cmdline).unwrap_or("not given")
-    ))
-}
-
-fn proc_mem_write(words: &[(usize, u64)]) -> Step<WriteResult> {
-    let mem = proc_mem()?;
-    let mut res = WriteResult::default();
-    for &(addr, w) in words {
-        match nix::sys::uio::pwrite(&mem, &w.to_ne_bytes(), addr as i64) {
-            Ok(8) => res.written += 1,
-            Ok(n) => return fail(format!("short pwrite() of {n} bytes to /proc/self/mem")),
-            Err(e) => {
-                res.errno = Some(e as i32);
-                break;
-            }
-        }
-    }
-    Ok(res)
-}
-
-/// A child seizes the trial process, interrupts it, pokes the words and
-/// detaches; it reports what it could write.
-fn poke(words: &[(usize, u64)]) -> Step<WriteResult> {
-    let me = nix::unistd::getpid();
-    let report = Pipe::new()?;
-    let child = spawn(|| {
-        child_body(&report, || {
-            let _tracing = Tracing::seize(me)?;
-            let mut res = WriteResult::default();
-            for &(addr, w) in words {
-                match nix::sys::ptrace::write(me, addr as _, w as libc::c_long) {
-                    Ok(()) => res.written += 1,
-                    Err(e) => {
-                        res.errno = Some(e as i32);
-                        break;
-                    }
-                }
-            }
-            Ok(res)
-        })
-    })?;
-    collect::<WriteResult>(&report, child)
-}
-
-/// The tracee seized and stopped (PTRACE_SEIZE + PTRACE_INTERRUPT: no
-/// SIGSTOP is sent); detached on drop.
-struct Tracing(nix::unistd::Pid);
-
-impl Tracing {
-    fn seize(pid: nix::unistd::Pid) -> Step<Tracing> {
-        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-        nix::sys::ptrace::seize(pid, nix::sys::ptrace::Options::empty()).or_else(|e| {
-            let scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
-                .map_or("absent".into(), |s| s.trim().to_string());
-            skip(format!(
-                "PTRACE_SEIZE of the trial process by its child refused: {e} \
-                 (kernel.yama.ptrace_scope: {scope})"
-            ))
-        })?;
-        let t = Tracing(pid);
-        nix::sys::ptrace::interrupt(pid)
-            .or_else(|e| fail(format!("PTRACE_INTERRUPT failed: {e}")))?;
-        loop {
-            match waitpid(pid, Some(WaitPidFlag::__WALL)) {
-                Ok(WaitStatus::PtraceEvent(..)) | Ok(WaitStatus::Stopped(..)) => return Ok(t),
-                Ok(WaitStatus::PtraceSyscall(_)) | Ok(WaitStatus::Continued(_)) => continue,
-                Ok(s) => return fail(format!("tracee did not stop: {s:?}")),
-                Err(Errno::EINTR) => continue,
-                Err(e) => return fail(format!("waitpid() on the tracee failed: {e}")),
-            }
-        }
-    }
-}
-
-impl Drop for Tracing {
-    fn drop(&mut self) {
-        let _ = nix::sys::ptrace::detach(self.0, None);
-    }
-}
-
 /// The family's trials: every writer crossed with every target, then the
 /// bounded race for each writer. Names: `Forced write via <writer> ... with
 /// <target>`; the expectation (private copy or EIO) is the kernel's, not
@@ -776,7 +657,7 @@ fn prepare(target: Target) -> Step<Prepared> {
             };
             let mut p = file_target(rw, ro, None, 4 * page, page, target == Target::SharedMemfd)?;
             if target == Target::UffdMinorMemfd {
-                p._hold.push(uffd_continue(p.target)?);
+                p._hold.push(uffd::uffd_continue(p.target)?);
                 // CVE-2022-2590's starting point: the private mapping maps
                 // the shmem page-cache pages themselves, read-only.
                 let (label, view) = p.views[0];
@@ -929,123 +810,6 @@ fn direct_read(f: &std::fs::File, len: usize) -> Step<Vec<u8>> {
     Ok(bytes)
 }
 
-// ------------------------------------------------------------ userfaultfd
-
-#[repr(C)]
-struct UffdioApi {
-    api: u64,
-    features: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-struct UffdioRange {
-    start: u64,
-    len: u64,
-}
-
-#[repr(C)]
-struct UffdioRegister {
-    range: UffdioRange,
-    mode: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-struct UffdioContinue {
-    range: UffdioRange,
-    mode: u64,
-    mapped: i64,
-}
-
-nix::ioctl_readwrite!(uffdio_api, 0xAA, 0x3F, UffdioApi);
-nix::ioctl_readwrite!(uffdio_register, 0xAA, 0x00, UffdioRegister);
-nix::ioctl_readwrite!(uffdio_continue, 0xAA, 0x07, UffdioContinue);
-
-const UFFD_API: u64 = 0xAA;
-const UFFD_FEATURE_MINOR_SHMEM: u64 = 1 << 10;
-const UFFDIO_REGISTER_MODE_MINOR: u64 = 1 << 2;
-
-/// Register `r` (a private shmem mapping, not yet mapped by reads) for
-/// minor faults and map its page-cache pages with UFFDIO_CONTINUE: R/O
-/// PTEs to the shmem pages, which mfill_atomic_install_pte() marks dirty.
-/// The probe: every step that the kernel may not offer skips with its errno.
-fn uffd_continue(r: Region) -> Step<OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // The target was read in by file_target(); drop those PTEs first.
-    r.madvise(nix::sys::mman::MmapAdvise::MADV_DONTNEED, "MADV_DONTNEED")?;
-    // SAFETY: a plain syscall; the fd is owned from here on.
-    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
-    if fd < 0 {
-        return skip(format!("userfaultfd() failed: {}", Errno::last()));
-    }
-    // SAFETY: fd was just returned to us.
-    let uffd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let mut api = UffdioApi {
-        api: UFFD_API,
-        features: UFFD_FEATURE_MINOR_SHMEM,
-        ioctls: 0,
-    };
-    // SAFETY: a valid uffdio_api on our stack.
-    if let Err(e) = unsafe { uffdio_api(uffd.as_raw_fd(), &mut api) } {
-        return skip(format!(
-            "UFFDIO_API with UFFD_FEATURE_MINOR_SHMEM failed: {e} (offered features 0x{:x})",
-            api.features
-        ));
-    }
-    if api.features & UFFD_FEATURE_MINOR_SHMEM == 0 {
-        return skip(format!(
-            "userfaultfd minor faults on shmem unavailable: UFFDIO_API offered features 0x{:x} without \
-             UFFD_FEATURE_MINOR_SHMEM",
-            api.features
-        ));
-    }
-    let mut reg = UffdioRegister {
-        range: UffdioRange {
-            start: r.addr as u64,
-            len: r.len as u64,
-        },
-        mode: UFFDIO_REGISTER_MODE_MINOR,
-        ioctls: 0,
-    };
-    // SAFETY: as above.
-    if let Err(e) = unsafe { uffdio_register(uffd.as_raw_fd(), &mut reg) } {
-        return skip(format!(
-            "UFFDIO_REGISTER_MODE_MINOR on a private memfd mapping refused: {e}"
-        ));
-    }
-    let mut cont = UffdioContinue {
-        range: UffdioRange {
-            start: r.addr as u64,
-            len: r.len as u64,
-        },
-        mode: 0,
-        mapped: 0,
-    };
-    // SAFETY: as above.
-    if let Err(e) = unsafe { uffdio_continue(uffd.as_raw_fd(), &mut cont) } {
-        return fail(format!(
-            "UFFDIO_CONTINUE failed: {e} (mapped {})",
-            cont.mapped
-        ));
-    }
-    if cont.mapped != r.len as i64 {
-        return fail(format!(
-            "UFFDIO_CONTINUE mapped {} of {} bytes",
-            cont.mapped, r.len
-        ));
-    }
-    let ptes = cowgup_fixtures::pagemap::read(r, env().page_size).or_else(fail)?;
-    diag(format!(
-        "evidence: after UFFDIO_CONTINUE the target's PTEs are {:?}",
-        &ptes[..ptes.len().min(4)]
-    ));
-    if let Some(p) = ptes.iter().find(|p| !p.present()) {
-        return fail(format!("UFFDIO_CONTINUE left a PTE unmapped: {p:?}"));
-    }
-    Ok(uffd)
-}
-
 // ------------------------------------------------------------------ race
 
 /// Iterations are bounded by this much time.
@@ -1053,19 +817,6 @@ pub const RACE_FOR: Duration = Duration::from_secs(1);
 /// The race's pages, chosen in this order from a fixed seed.
 pub const RACE_SEED: u64 = 0x00c0_ffee_d1e7_c0de;
 const RACE_PAGES: usize = 16;
-
-/// xorshift64*: the deterministic page order of the race.
-pub fn race_order(seed: u64, n: usize, pages: usize) -> Vec<usize> {
-    let mut x = seed.max(1);
-    (0..n)
-        .map(|_| {
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as usize % pages
-        })
-        .collect()
-}
 
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct RaceResult {
@@ -1084,7 +835,7 @@ pub fn race(forcer: Forcer) -> Outcome {
         let p = prepare(Target::PrivateFile)?;
         let file = p.file.as_ref().expect("a file target");
         let pattern = p.pattern;
-        let order = race_order(
+        let order = seeded::picks(
             RACE_SEED,
             1 << 20,
             RACE_PAGES.min(p.target.len / pattern.page),
@@ -1235,16 +986,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn race_order_is_deterministic_and_spread() {
-        let a = race_order(RACE_SEED, 4096, 16);
-        assert_eq!(a, race_order(RACE_SEED, 4096, 16));
-        assert_ne!(a, race_order(RACE_SEED + 1, 4096, 16));
-        for page in 0..16 {
-            assert!(a.iter().filter(|&&p| p == page).count() > 4096 / 16 / 2);
-        }
-    }
-
-    #[test]
     fn hugetlb_private_is_refused_only_before_6_14() {
         let t = Target::Hugetlb {
             size: 2 << 20,
@@ -1260,15 +1001,6 @@ mod tests {
         assert_eq!(s.expect(Some((6, 18))), Expect::Refused);
         assert_eq!(Target::SharedMemfd.expect(None), Expect::Refused);
         assert_eq!(Target::PrivateFile.expect(None), Expect::PrivateCopy);
-    }
-
-    #[test]
-    fn force_override_is_read_from_the_command_line() {
-        assert_eq!(
-            force_override("quiet proc_mem.force_override=never panic=1"),
-            Some("never")
-        );
-        assert_eq!(force_override("quiet panic=1"), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use cowgup_fixtures::anon::{prove_thp, AnonBacking, AnonMemory, ThpShape};
+use cowgup_fixtures::anon::{self, prove_thp, AnonBacking, AnonMemory, ThpShape};
 use cowgup_fixtures::evidence::{self, View};
 use cowgup_fixtures::mem::{self, Region, RW};
 use cowgup_fixtures::needs::Need;
@@ -28,11 +28,12 @@ use cowgup_fixtures::pagemap;
 use cowgup_fixtures::pin::FixedBuffer;
 use cowgup_fixtures::pin_source::{Held, PinSource};
 use cowgup_fixtures::proc::{spawn, Pipe};
+use cowgup_fixtures::seeded;
 use cowgup_fixtures::stamp::{identify, Pattern, Writer};
 use cowgup_fixtures::{env, fail, kb, skip, Step};
 use cowgup_harness::probe::Capabilities;
 use cowgup_harness::{diag, Knob, Outcome};
-use nix::sys::mman::{MapFlags, MmapAdvise, ProtFlags};
+use nix::sys::mman::{MapFlags, MmapAdvise};
 
 use crate::common::{child_body, collect, Checker, ORIGINAL};
 use crate::expectations::{self, judge, Mapping, Mechanism, MemoryClass, Observed, Subject};
@@ -412,15 +413,10 @@ fn halves(m: &AnonMemory) -> Step<Observed> {
     let child = checker.judge_parents_write(region)?;
     let after = View::capture(upper, pattern.unit)?;
     let data = upper_pin.check(upper, pattern, ORIGINAL.written_by(Writer::Parent))?;
-    let sharing = evidence::compare(
+    evidence::compare_and_agree(
         "upper half before fork() vs after the parent's write",
-        "before",
-        &before,
-        "after",
-        &after,
-    );
-    evidence::agree(
-        &sharing,
+        ("before", &before),
+        ("after", &after),
         &data,
         false,
         "the parent's write went to a new page, away from the remaining pin",
@@ -434,23 +430,6 @@ fn halves(m: &AnonMemory) -> Step<Observed> {
     })
 }
 
-/// xorshift64*: a fixed, seeded order, the same on every run.
-pub fn release_order(n: usize, seed: u64) -> Vec<usize> {
-    let mut state = seed | 1;
-    let mut next = || {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    };
-    let mut v: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
-        v.swap(i, j);
-    }
-    v
-}
-
 /// (b) `RINGS` rings each register the whole folio; one sees the original
 /// data through its pin; all but the last in the release order are
 /// released; fork(); the parent writes: the last pin must see the write.
@@ -462,7 +441,7 @@ fn many_rings(m: &AnonMemory) -> Step<Observed> {
         rings.push(Some(register(region, &format!("ring {i} of {RINGS}"))?));
     }
     let registered_ms = started.elapsed().as_millis();
-    let order = release_order(RINGS, RELEASE_SEED);
+    let order = seeded::shuffle(RINGS, RELEASE_SEED);
     let last = order[RINGS - 1];
     let first = order[0];
     let probe = rings[first].as_mut().expect("registered");
@@ -495,14 +474,10 @@ fn many_rings(m: &AnonMemory) -> Step<Observed> {
     let after = View::capture(region, pattern.unit)?;
     let held = rings[last].as_mut().expect("kept");
     let data = held.check(region, pattern, ORIGINAL.written_by(Writer::Parent))?;
-    evidence::agree(
-        &evidence::compare(
-            "the folio before fork() vs after the parent's write",
-            "before",
-            &before,
-            "after",
-            &after,
-        ),
+    evidence::compare_and_agree(
+        "the folio before fork() vs after the parent's write",
+        ("before", &before),
+        ("after", &after),
         &data,
         false,
         "the parent's write went to a new page, away from the last pin",
@@ -614,10 +589,7 @@ fn torn_region(t: TornBacking) -> Step<(Region, usize)> {
         TornBacking::BasePages => {
             let r = mem::map_anon(TORN_BASE_LEN, RW, MapFlags::MAP_PRIVATE)
                 .or_else(|e| fail(format!("mmap() failed: {e}")))?;
-            match r.madvise_raw(libc::MADV_NOHUGEPAGE) {
-                Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
-                Err(e) => return fail(format!("MADV_NOHUGEPAGE failed: {e}")),
-            }
+            r.no_thp()?;
             r.touch_write(page);
             Ok((r, page))
         }
@@ -793,53 +765,9 @@ fn thorough(unit: usize) -> Pattern {
     }
 }
 
-/// `n` THPs of `size`, each proven, aligned to `n * size`.
-fn thps(size: usize, n: usize) -> Step<Region> {
-    let page = env().page_size;
-    let r = mem::map_aligned(n * size, RW)?;
-    r.madvise(MmapAdvise::MADV_HUGEPAGE, "MADV_HUGEPAGE")?;
-    for i in 0..n {
-        let folio = r.sub(i * size, size);
-        folio.sub(0, page).touch_write(page);
-        prove_thp(folio, size)?;
-    }
-    Ok(r)
-}
-
-fn no_thp(r: Region) -> Step<()> {
-    match r.madvise_raw(libc::MADV_NOHUGEPAGE) {
-        Ok(()) | Err(nix::errno::Errno::EINVAL) => Ok(()),
-        Err(e) => fail(format!("MADV_NOHUGEPAGE failed: {e}")),
-    }
-}
-
-/// Map `len` bytes of `fd` at `addr` (MAP_SHARED | MAP_FIXED).
-fn map_fixed(addr: usize, len: usize, fd: i32, off: i64) -> Step<()> {
-    // SAFETY: `addr` is inside a reservation of this scenario.
-    let p = unsafe {
-        libc::mmap(
-            addr as *mut libc::c_void,
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_FIXED,
-            fd,
-            off,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return fail(format!(
-            "mmap(MAP_FIXED) of {len} bytes of the memfd failed: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(())
-}
-
-/// A reservation of `len` bytes aligned to `align`.
-fn reserve(len: usize, align: usize) -> Step<usize> {
-    let r = mem::map_anon(len + align, ProtFlags::PROT_NONE, MapFlags::MAP_PRIVATE)
-        .or_else(|e| fail(format!("mmap() failed: {e}")))?;
-    Ok(r.addr.next_multiple_of(align))
+/// `at` mapped MAP_SHARED, read-write, from `fd` at `off`.
+fn shared_fixed(at: Region, fd: i32, off: i64) -> Step<()> {
+    mem::map_fixed(at, RW, MapFlags::MAP_SHARED, Some(fd), off)
 }
 
 fn span_setup(s: Span) -> Step<SpanMemory> {
@@ -849,7 +777,7 @@ fn span_setup(s: Span) -> Step<SpanMemory> {
             folio: Folio::Thp(size),
             n,
         } => {
-            let r = thps(size, n)?;
+            let r = anon::map_thps(size, n)?;
             let part = (size / 2).min(1 << 20);
             thorough(page).fill(r, Writer::Setup);
             SpanMemory {
@@ -876,7 +804,7 @@ fn span_setup(s: Span) -> Step<SpanMemory> {
             let (lo, hi) = (r.sub(0, size), r.sub(size, size));
             let thp_first = matches!(s, Span::ThpThenBasePages(_));
             let (thp, base) = if thp_first { (lo, hi) } else { (hi, lo) };
-            no_thp(base)?;
+            base.no_thp()?;
             thp.madvise(MmapAdvise::MADV_HUGEPAGE, "MADV_HUGEPAGE")?;
             thp.sub(0, page).touch_write(page);
             prove_thp(thp, size)?;
@@ -897,11 +825,11 @@ fn span_setup(s: Span) -> Step<SpanMemory> {
                     .or_else(|e| fail(format!("memfd_create() failed: {e}")))?;
             nix::unistd::ftruncate(&fd, 2 * page as i64)
                 .or_else(|e| fail(format!("ftruncate() failed: {e}")))?;
-            let at = reserve(3 * page, page)?;
+            let at = mem::reserve(3 * page, page)?.addr;
             let raw = fd.as_raw_fd();
-            map_fixed(at, page, raw, 0)?;
-            map_fixed(at + page, page, raw, 0)?;
-            map_fixed(at + 2 * page, page, raw, page as i64)?;
+            shared_fixed(Region::new(at, page), raw, 0)?;
+            shared_fixed(Region::new(at + page, page), raw, 0)?;
+            shared_fixed(Region::new(at + 2 * page, page), raw, page as i64)?;
             let p = thorough(page);
             p.fill(Region::new(at, page), Writer::Setup);
             p.fill(Region::new(at + 2 * page, page), Writer::Setup);
@@ -922,10 +850,10 @@ fn span_setup(s: Span) -> Step<SpanMemory> {
             })?;
             nix::unistd::ftruncate(&fd, size as i64)
                 .or_else(|e| skip(format!("ftruncate() of a hugetlb memfd failed: {e}")))?;
-            let at = reserve(2 * size, size)?;
+            let at = mem::reserve(2 * size, size)?.addr;
             let raw = fd.as_raw_fd();
-            map_fixed(at, size, raw, 0)?;
-            map_fixed(at + size, size, raw, 0)?;
+            shared_fixed(Region::new(at, size), raw, 0)?;
+            shared_fixed(Region::new(at + size, size), raw, 0)?;
             let first = Region::new(at, size);
             // Fault the page in (a SIGBUS here would be an empty pool).
             thorough(size).fill(first, Writer::Setup);
@@ -1067,16 +995,6 @@ fn write_fixed(buf: Region) -> Step<Result<Vec<u8>, String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn release_order_is_a_fixed_permutation() {
-        let a = release_order(RINGS, RELEASE_SEED);
-        assert_eq!(a, release_order(RINGS, RELEASE_SEED));
-        let mut s = a.clone();
-        s.sort();
-        assert_eq!(s, (0..RINGS).collect::<Vec<_>>());
-        assert_ne!(a, (0..RINGS).collect::<Vec<_>>());
-    }
 
     #[test]
     fn one_moment_is_a_newer_prefix_and_nothing_else() {

@@ -14,16 +14,13 @@ use std::sync::Arc;
 use cowgup_fixtures::anon::{AnonBacking, AnonMemory};
 use cowgup_fixtures::evidence::{self, View};
 use cowgup_fixtures::mem::Region;
-use cowgup_fixtures::proc::{spawn, Pipe};
+use cowgup_fixtures::remote;
 use cowgup_fixtures::stamp::{Content, Mismatch, Pattern, Writer};
 use cowgup_fixtures::{fail, Step};
 use cowgup_harness::probe::Capabilities;
 use nix::unistd::Pid;
 
-use crate::common::{
-    child_body, child_first_look, collect, lost_at_fork, write_and_check_own, ChildView,
-    FIRST_LOOK_LOST, FIRST_LOOK_OK, ORIGINAL,
-};
+use crate::common::{collect, fork_with, write_and_check_own, ChildView, Watched, ORIGINAL};
 use crate::expectations::{self, judge, Mapping, Mechanism, MemoryClass, Observed, Subject};
 use crate::scenario::{Family, Scenario};
 
@@ -115,52 +112,14 @@ fn sample_offsets(region: Region, pattern: Pattern) -> Vec<usize> {
         .collect()
 }
 
-/// Remote iovecs per call: the kernel's UIO_MAXIOV.
-const IOV_BATCH: usize = 1024;
-
 /// process_vm_writev() of `writer`'s head stamp into every base page of
 /// `region` in `pid` (one 8-byte remote iovec per page).
 pub fn remote_write_heads(pid: Pid, region: Region, pattern: Pattern, writer: Writer) -> Step<()> {
     let first = region.addr / pattern.page;
     let pages = pattern.pages(region.len);
+    let addrs: Vec<usize> = (0..pages).map(|i| region.addr + i * pattern.page).collect();
     let words: Vec<u64> = (0..pages).map(|i| writer.word(first + i, 0)).collect();
-    for start in (0..pages).step_by(IOV_BATCH) {
-        let end = (start + IOV_BATCH).min(pages);
-        let local = libc::iovec {
-            iov_base: words[start..end].as_ptr() as *mut libc::c_void,
-            iov_len: 8 * (end - start),
-        };
-        let remote: Vec<libc::iovec> = (start..end)
-            .map(|i| libc::iovec {
-                iov_base: (region.addr + i * pattern.page) as *mut libc::c_void,
-                iov_len: 8,
-            })
-            .collect();
-        // SAFETY: `local` points into `words`; the kernel only reads it.
-        let n = unsafe {
-            libc::process_vm_writev(
-                pid.as_raw(),
-                &local,
-                1,
-                remote.as_ptr(),
-                remote.len() as _,
-                0,
-            )
-        };
-        if n < 0 {
-            return fail(format!(
-                "process_vm_writev() of pages {start}..{end} into pid {pid} failed: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        if n as usize != local.iov_len {
-            return fail(format!(
-                "process_vm_writev() of pages {start}..{end} wrote {n} of {} bytes",
-                local.iov_len
-            ));
-        }
-    }
-    Ok(())
+    remote::write_words(pid, &addrs, &words)
 }
 
 /// process_vm_readv() of the sampled words of every base page of `region`
@@ -172,44 +131,8 @@ pub fn remote_read_check(
     expected: Content,
 ) -> Step<Result<(), Mismatch>> {
     let offsets = sample_offsets(region, pattern);
-    let mut words = vec![0u64; offsets.len()];
-    for start in (0..offsets.len()).step_by(IOV_BATCH) {
-        let end = (start + IOV_BATCH).min(offsets.len());
-        let local = libc::iovec {
-            iov_base: words[start..end].as_mut_ptr().cast(),
-            iov_len: 8 * (end - start),
-        };
-        let remote: Vec<libc::iovec> = offsets[start..end]
-            .iter()
-            .map(|&off| libc::iovec {
-                iov_base: (region.addr + off) as *mut libc::c_void,
-                iov_len: 8,
-            })
-            .collect();
-        // SAFETY: `local` points into `words`, which the kernel fills.
-        let n = unsafe {
-            libc::process_vm_readv(
-                pid.as_raw(),
-                &local,
-                1,
-                remote.as_ptr(),
-                remote.len() as _,
-                0,
-            )
-        };
-        if n < 0 {
-            return fail(format!(
-                "process_vm_readv() from pid {pid} failed: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        if n as usize != local.iov_len {
-            return fail(format!(
-                "process_vm_readv() read {n} of {} bytes",
-                local.iov_len
-            ));
-        }
-    }
+    let addrs: Vec<usize> = offsets.iter().map(|&off| region.addr + off).collect();
+    let words = remote::read_words(pid, &addrs)?;
     let found: Vec<(usize, u64)> = offsets.into_iter().zip(words).collect();
     Ok(pattern.check_samples(&found, region.addr, region.len, expected))
 }
@@ -222,36 +145,27 @@ fn run(direction: Direction, m: &AnonMemory) -> Step<Observed> {
         Direction::ReadChildsWrite => ORIGINAL.written_by(Writer::Child),
         Direction::ReadThenParentWrites => ORIGINAL,
     };
-    let (ready, go, report) = (Pipe::new()?, Pipe::new()?, Pipe::new()?);
-    let child = spawn(|| {
-        child_body(&report, || {
-            let look = child_first_look(region, pattern)?;
-            if look == FIRST_LOOK_OK && direction == Direction::ReadChildsWrite {
+    let watched = fork_with(
+        region,
+        pattern,
+        || {
+            if direction == Direction::ReadChildsWrite {
                 write_and_check_own(region, pattern, ORIGINAL, Writer::Child, "the child")?;
             }
-            ready.send(&[look])?;
-            if look != FIRST_LOOK_OK {
-                return Ok(None);
-            }
-            go.wait()?;
-            Ok(Some(ChildView {
+            Ok(())
+        },
+        |()| {
+            Ok(ChildView {
                 data: pattern.check(region, child_final),
                 view: View::capture(region, pattern.unit)?,
-            }))
-        })
-    })?;
+            })
+        },
+    )?;
+    let Watched { child, go, report } = match watched {
+        Ok(w) => w,
+        Err(observed) => return Ok(observed),
+    };
     let pid = child.pid();
-    match ready.recv()?.as_slice() {
-        [FIRST_LOOK_OK] => {}
-        [FIRST_LOOK_LOST] => {
-            child.exit_code()?;
-            return Ok(lost_at_fork());
-        }
-        _ => {
-            let _ = child.exit_code();
-            return fail("child failed before it was ready (see its diagnostics)");
-        }
-    }
     let before = View::capture(region, pattern.unit)?;
     // The parent's side: what it did, and what its own copy must hold.
     let acted: Step<(Option<Result<(), Mismatch>>, Content)> = (|| match direction {
