@@ -93,25 +93,20 @@ const END_LIMIT: Duration = Duration::from_secs(120);
 /// dying run, or in a contended round by the other run).
 const RESTORE_RETRY: Duration = Duration::from_secs(10);
 
-/// xorshift64*, seeded per round through splitmix64, so that one round can
-/// be replayed without the ones before it.
-struct Rng(u64);
+/// The fixtures' xorshift64*, seeded per round through splitmix64, so that
+/// one round can be replayed without the ones before it.
+struct Rng(cowgup_fixtures::seeded::XorShift);
 
 impl Rng {
     fn new(seed: u64, stream: u64) -> Rng {
         let mut z = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        Rng((z ^ (z >> 31)).max(1))
+        Rng(cowgup_fixtures::seeded::XorShift::new(z ^ (z >> 31)))
     }
 
     fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.0.next_u64()
     }
 
     fn below(&mut self, n: usize) -> usize {
