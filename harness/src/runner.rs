@@ -424,28 +424,24 @@ pub fn run_batch(
         duration: start.elapsed(),
     };
     let start = Instant::now();
-    if let Some(why) = earlier_fault(watches) {
-        let outcome = Outcome::Error(format!("not run: {why}"));
-        return Ok(trials
+    let none_run = |outcome: Outcome| -> Vec<TrialReport> {
+        trials
             .iter()
             .map(|t| unrun(t, outcome.clone(), start))
-            .collect());
+            .collect()
+    };
+    let not_run = |why: String| Outcome::Error(format!("not run: {why}"));
+    if let Some(why) = earlier_fault(watches) {
+        return Ok(none_run(not_run(why)));
     }
     if let Some(outcome) = establish_knobs(setter, guard.as_deref_mut()) {
-        return Ok(trials
-            .iter()
-            .map(|t| unrun(t, outcome.clone(), start))
-            .collect());
+        return Ok(none_run(outcome));
     }
     for w in watches.iter_mut() {
         w.before();
     }
     if let Some(why) = earlier_fault(watches) {
-        let outcome = Outcome::Error(format!("not run: {why}"));
-        return Ok(trials
-            .iter()
-            .map(|t| unrun(t, outcome.clone(), start))
-            .collect());
+        return Ok(none_run(not_run(why)));
     }
     let mut running: Vec<Option<(ChildWaiter, Instant)>> = trials.iter().map(|_| None).collect();
     let mut done: Vec<Option<(Ran, Duration)>> = trials.iter().map(|_| None).collect();
