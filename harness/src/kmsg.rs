@@ -376,27 +376,56 @@ impl Scan {
     }
 }
 
-/// The shapes after which the kernel is not trusted for another trial: it
-/// died in a task (Oops, BUG, a kernel page fault or #GP), or a CPU is
-/// stuck (RCU stall, hard lockup). A WARNING fails its trial, but the
-/// kernel goes on as it was.
-const FATAL: &[&str] = &[
-    "Oops: ",
-    "BUG: ",
-    "BUG ",
-    "kernel BUG at ",
-    "general protection fault",
-    "Unable to handle kernel ",
-    "INFO: ",
-    "Watchdog detected hard LOCKUP",
+/// `BUG: ` lines of a fault the kernel does not get over: it then kills the
+/// task (an Oops follows) or a CPU is stuck. Other `BUG: ` lines (bad page
+/// state, bad rss-counter, sleeping in atomic context, KASAN) are logged and
+/// survived: they fail their trial (and bad page state taints B).
+const FATAL_BUG: &[&str] = &[
+    "kernel NULL pointer dereference",
+    "unable to handle",
+    "soft lockup",
+    "workqueue lockup",
+    "spinlock lockup",
 ];
+
+/// What a kernel log line says when the kernel faulted in a way it may not
+/// get over (a task died in the kernel, a CPU is stuck, a panic): after it
+/// no trial is trusted, and a guest may report nothing more. None for any
+/// other line, WARNINGs included. One classification for the live watch in
+/// the run and the host's watch of a guest's console.
+pub fn fatal_shape(line: &str) -> Option<&'static str> {
+    let l = line.trim_start();
+    if l.starts_with("Kernel panic - not syncing") {
+        return Some("Kernel panic");
+    }
+    let p = matches(l)?;
+    match p.starts {
+        "Oops: "
+        | "Internal error: Oops"
+        | "kernel BUG at "
+        | "general protection fault"
+        | "Unable to handle kernel "
+        | "Watchdog detected hard LOCKUP"
+        | "INFO: task " => Some(p.starts.trim_end()),
+        // RCU: "INFO: rcu_sched self-detected stall", "... detected stalls".
+        "INFO: " if l.contains("stall") => Some("RCU stall"),
+        "BUG: " => {
+            let rest = l.find("BUG: ").map(|i| &l[i + 5..]).unwrap_or_default();
+            FATAL_BUG
+                .iter()
+                .find(|b| rest.starts_with(*b))
+                .map(|_| "BUG:")
+        }
+        _ => None,
+    }
+}
 
 /// The taint flags after which the kernel is not trusted: D (died), B (bad
 /// page), L (soft lockup), M (machine check).
 const FATAL_TAINTS: u64 = (1 << 7) | (1 << 5) | (1 << 14) | (1 << 4);
 
 pub fn is_fatal(f: &Finding) -> bool {
-    f.facility == 0 && FATAL.contains(&f.pattern)
+    f.facility == 0 && fatal_shape(&f.line).is_some()
 }
 
 /// A kernel fault: why the run stops trusting the kernel.
@@ -956,6 +985,28 @@ mod tests {
             "cowgup-test: WARNING: CPU: 0 PID: 1 at injected",
         ] {
             assert!(matches(line).is_some(), "{line}");
+        }
+    }
+
+    #[test]
+    fn only_faults_the_kernel_may_not_get_over_are_fatal() {
+        for l in [
+            "Oops: 0002 [#1] SMP",
+            "BUG: kernel NULL pointer dereference, address: 0000000000000010",
+            "kernel BUG at mm/gup_test.c:48!",
+            "rcu: INFO: rcu_preempt self-detected stall on CPU",
+            "watchdog: BUG: soft lockup - CPU#1 stuck for 22s! [cowgup:1115]",
+            "Kernel panic - not syncing: Fatal exception",
+        ] {
+            assert!(fatal_shape(l).is_some(), "{l}");
+        }
+        for l in [
+            "WARNING: CPU: 1 PID: 42 at mm/memory.c:1 do_wp_page+0x1/0x2",
+            "BUG: Bad page state in process cowgup  pfn:12345",
+            "BUG: Bad rss-counter state mm:000000 type:MM_ANONPAGES val:1",
+            "Oopsy driver loaded",
+        ] {
+            assert_eq!(fatal_shape(l), None, "{l}");
         }
     }
 

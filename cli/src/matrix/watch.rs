@@ -247,47 +247,11 @@ pub fn strip_printk_prefix(line: &str) -> &str {
     l
 }
 
-/// `BUG: ` lines of a fault the guest does not get over: the kernel then
-/// kills the task (an Oops follows) or a CPU is stuck. Other `BUG: ` lines
-/// (bad page state, bad rss-counter, sleeping in atomic context, KASAN) are
-/// logged and survived: the guest's suite fails the trial for them.
-const FATAL_BUG: &[&str] = &[
-    "kernel NULL pointer dereference",
-    "unable to handle",
-    "soft lockup",
-    "workqueue lockup",
-    "spinlock lockup",
-];
-
 /// What the kernel prints when it faults in a way the guest may not survive
-/// (the shapes of `cowgup_harness::kmsg::PATTERNS` that mean that, and a
-/// panic); None for any other line. `line` is a console line.
+/// (`cowgup_harness::kmsg::fatal_shape`, which the guest's own live watch
+/// uses too); None for any other line. `line` is a console line.
 pub fn fault_shape(line: &str) -> Option<&'static str> {
-    let l = strip_printk_prefix(line);
-    if l.trim_start().starts_with("Kernel panic - not syncing") {
-        return Some("Kernel panic");
-    }
-    let p = cowgup_harness::kmsg::matches(l)?;
-    match p.starts {
-        "Oops: "
-        | "Internal error: Oops"
-        | "kernel BUG at "
-        | "general protection fault"
-        | "Unable to handle kernel "
-        | "Watchdog detected hard LOCKUP"
-        | "INFO: task " => Some(p.starts.trim_end()),
-        // RCU: "INFO: rcu_sched self-detected stall", "... detected stalls".
-        "INFO: " if l.contains("stall") => Some("RCU stall"),
-        "BUG: " => {
-            let t = l.trim_start();
-            let rest = t.find("BUG: ").map(|i| &t[i + 5..]).unwrap_or_default();
-            FATAL_BUG
-                .iter()
-                .find(|b| rest.starts_with(*b))
-                .map(|_| "BUG:")
-        }
-        _ => None,
-    }
+    cowgup_harness::kmsg::fatal_shape(strip_printk_prefix(line))
 }
 
 /// The first kernel fault on the console and the lines after it.
