@@ -12,7 +12,7 @@ use std::sync::Arc;
 use cowgup_fixtures::leak::{Anchor, VAR};
 use cowgup_fixtures::mem::{self, RW};
 use cowgup_fixtures::pin::FixedBuffer;
-use cowgup_fixtures::stamp::{Pattern, Writer};
+use cowgup_fixtures::stamp::Writer;
 use cowgup_harness::libtest::{self, Completion, Failed};
 use cowgup_harness::probe::Capabilities;
 use cowgup_harness::{CheckResult, CheckStatus, Outcome, TrialReport};
@@ -28,14 +28,11 @@ fn scenario(name: &str) -> Scenario {
         needs: vec![],
         knobs: vec![],
         pins: true,
-        body: Arc::new(move || {
+        body: Arc::new(move |opts| {
             let region = mem::map_anon(64 << 10, RW, MapFlags::MAP_PRIVATE).expect("mmap");
-            Pattern::with_unit(4096).fill(region, Writer::Setup);
-            match FixedBuffer::register(region) {
-                Ok(ring) => drop(ring),
-                Err(o) => return o,
-            }
-            Outcome::Pass
+            opts.pattern(4096).fill(region, Writer::Setup);
+            drop(FixedBuffer::register(region)?);
+            Ok(Outcome::Pass)
         }),
     }
 }

@@ -104,11 +104,13 @@ pub fn select(program: &str, mut scenarios: Vec<Scenario>) -> Result<Vec<Scenari
 /// exit-code mapping of kselftest's runner can be tested end to end.
 fn injected() -> Option<Scenario> {
     let what = std::env::var("COWGUP_INJECT").ok()?;
-    let body: std::sync::Arc<dyn Fn() -> Outcome + Send + Sync> = match what.as_str() {
-        "fail" => {
-            std::sync::Arc::new(|| Outcome::Fail("injected failure (COWGUP_INJECT=fail)".into()))
-        }
-        "hang" => std::sync::Arc::new(|| loop {
+    let body: cowgup_tests::scenario::Body = match what.as_str() {
+        "fail" => std::sync::Arc::new(|_| {
+            Ok(Outcome::Fail(
+                "injected failure (COWGUP_INJECT=fail)".into(),
+            ))
+        }),
+        "hang" => std::sync::Arc::new(|_| loop {
             std::thread::sleep(std::time::Duration::from_secs(3600));
         }),
         _ => return None,

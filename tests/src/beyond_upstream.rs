@@ -12,7 +12,7 @@ use cowgup_fixtures::pin_source::PinSource;
 use cowgup_fixtures::proc::{spawn, Pipe};
 use cowgup_fixtures::special::{self, KSM_FILL};
 use cowgup_fixtures::stamp::{Pattern, Writer};
-use cowgup_fixtures::{fail, skip, Step};
+use cowgup_fixtures::{fail, skip, Step, TrialOptions};
 use cowgup_harness::probe::Capabilities;
 use cowgup_harness::{diag, Knob, Outcome};
 
@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use crate::common::{child_body, collect, write_and_check_own, Checker, ORIGINAL};
 use crate::expectations::Observed;
-use crate::scenario::{Family, Scenario};
+use crate::scenario::{Body, Family, Scenario};
 
 pub const SHARED_ANON: &str = "MAP_SHARED|MAP_ANONYMOUS";
 pub const SECRET: &str = "memfd_secret";
@@ -37,33 +37,27 @@ pub fn ksm_knobs() -> Vec<Knob> {
     ]
 }
 
-fn result(r: Step<Outcome>) -> Outcome {
-    r.unwrap_or_else(|o| o)
-}
-
 /// A child writes into MAP_SHARED|MAP_ANONYMOUS memory after fork(); the
 /// parent must see it, on the same physical pages.
-pub fn shared_stays_shared() -> Outcome {
-    result((|| {
-        let (region, pattern) = special::shared_anon()?;
-        let view = child_writes(region, pattern)?;
-        let parent = View::capture(region, pattern.unit)?;
-        damage::copy(Side::Reader, region, pattern);
-        let data = pattern.check(region, ORIGINAL.written_by(Writer::Child));
-        // Here a page that is *not* shared is the bug.
-        evidence::compare_and_agree(
-            "parent vs child after the child's write",
-            ("parent", &parent),
-            ("child", &view),
-            &data,
-            false,
-            "the child's write went to a private copy",
-        )?;
-        Ok(match data {
-            Ok(()) => Outcome::Pass,
-            Err(m) => Outcome::Fail(format!("shared memory is not shared after fork(): {m}")),
-        })
-    })())
+pub fn shared_stays_shared(opts: &TrialOptions) -> Step<Outcome> {
+    let (region, pattern) = special::shared_anon(opts)?;
+    let view = child_writes(region, pattern)?;
+    let parent = View::capture(region, pattern.unit)?;
+    damage::copy(Side::Reader, region, pattern);
+    let data = pattern.check(region, ORIGINAL.written_by(Writer::Child));
+    // Here a page that is *not* shared is the bug.
+    evidence::compare_and_agree(
+        "parent vs child after the child's write",
+        ("parent", &parent),
+        ("child", &view),
+        &data,
+        false,
+        "the child's write went to a private copy",
+    )?;
+    Ok(match data {
+        Ok(()) => Outcome::Pass,
+        Err(m) => Outcome::Fail(format!("shared memory is not shared after fork(): {m}")),
+    })
 }
 
 /// Fork a child that writes the head of every page of `region` (checking its
@@ -81,99 +75,93 @@ fn child_writes(region: Region, pattern: Pattern) -> Step<View> {
 
 /// A reference taken before fork() on shared anonymous memory must show
 /// what the child writes afterwards: the pages are shared, not copied.
-pub fn pin_sees_childs_write(source: PinSource) -> Outcome {
-    result((|| {
-        let (region, pattern) = special::shared_anon()?;
-        let mut held = match source.take(region)? {
-            Ok(h) => h,
-            Err(e) => {
-                return fail(format!(
-                    "{} was refused on shared anonymous memory: {e}",
-                    source.name()
-                ))
-            }
-        };
-        child_writes(region, pattern)?;
-        let seen = held.check(region, pattern, ORIGINAL.written_by(Writer::Child))?;
-        cowgup_harness::evidence(
-            "through_reference",
-            serde_json::json!({
-                "source": source.name(),
-                "expected": "the child's write on every page",
-                "mismatch": seen.as_ref().err(),
-            }),
-        );
-        Ok(match seen {
-            Ok(()) => Outcome::Pass,
-            Err(m) => Outcome::Fail(format!(
-                "{} does not see the child's write: {m}",
+pub fn pin_sees_childs_write(opts: &TrialOptions, source: PinSource) -> Step<Outcome> {
+    let (region, pattern) = special::shared_anon(opts)?;
+    let mut held = match source.take(region)? {
+        Ok(h) => h,
+        Err(e) => {
+            return fail(format!(
+                "{} was refused on shared anonymous memory: {e}",
                 source.name()
-            )),
-        })
-    })())
+            ))
+        }
+    };
+    child_writes(region, pattern)?;
+    let seen = held.check(region, pattern, ORIGINAL.written_by(Writer::Child))?;
+    cowgup_harness::evidence(
+        "through_reference",
+        serde_json::json!({
+            "source": source.name(),
+            "expected": "the child's write on every page",
+            "mismatch": seen.as_ref().err(),
+        }),
+    );
+    Ok(match seen {
+        Ok(()) => Outcome::Pass,
+        Err(m) => Outcome::Fail(format!(
+            "{} does not see the child's write: {m}",
+            source.name()
+        )),
+    })
 }
 
 /// Secret memory is out of the kernel's direct map: no GUP may reach it.
-pub fn secret_refuses(source: PinSource) -> Outcome {
-    result((|| {
-        let (region, _) = special::secret()?;
-        let taken = source.take(region)?;
-        diag(format!(
-            "evidence: {} on memfd_secret memory: {}",
-            source.name(),
-            taken
-                .as_ref()
-                .map_or_else(|e| format!("refused with {e}"), |_| "granted".into())
-        ));
-        Ok(match taken {
-            Err(nix::errno::Errno::EFAULT) => Outcome::Pass,
-            Err(e) => Outcome::Fail(format!("refused with {e}, expected EFAULT")),
-            Ok(_) => Outcome::Fail(format!("{} reached memfd_secret memory", source.name())),
-        })
-    })())
+pub fn secret_refuses(opts: &TrialOptions, source: PinSource) -> Step<Outcome> {
+    let (region, _) = special::secret(opts)?;
+    let taken = source.take(region)?;
+    diag(format!(
+        "evidence: {} on memfd_secret memory: {}",
+        source.name(),
+        taken
+            .as_ref()
+            .map_or_else(|e| format!("refused with {e}"), |_| "granted".into())
+    ));
+    Ok(match taken {
+        Err(nix::errno::Errno::EFAULT) => Outcome::Pass,
+        Err(e) => Outcome::Fail(format!("refused with {e}, expected EFAULT")),
+        Ok(_) => Outcome::Fail(format!("{} reached memfd_secret memory", source.name())),
+    })
 }
 
 /// COW from a page KSM shares by content: after fork() the parent writes one
 /// of the merged pages; the child and the parent's other pages keep the data.
-pub fn ksm_cow() -> Outcome {
-    result((|| {
-        let region = ksm_merged()?;
-        let page = cowgup_fixtures::env().page_size;
-        let before = View::capture(region, page)?;
-        let (go, report) = (Pipe::new()?, Pipe::new()?);
-        let child = spawn(|| {
-            child_body(&report, || {
-                go.wait()?;
-                Ok(special::check_fill(region, KSM_FILL).is_err())
-            })
-        })?;
-        let first = region.sub(0, page);
-        special::fill(first, !KSM_FILL);
-        let after = View::capture(region, page)?;
-        go.notify()?;
-        let child_saw_change = collect::<bool>(&report, child)?;
-        let rest = region.sub(page, region.len - page);
-        let sharing = evidence::compare(
-            "first page before vs after the write",
-            "before",
-            &before,
-            "after",
-            &after,
-        );
-        cowgup_harness::evidence("sharing", &sharing);
-        if sharing.compared > 0 && sharing.same > 0 && before.ptes[0].pfn() == after.ptes[0].pfn() {
-            return Ok(Outcome::Fail(
-                "the write landed in the KSM page itself".into(),
-            ));
-        }
-        Ok(
-            match (child_saw_change, special::check_fill(rest, KSM_FILL)) {
-                (false, Ok(())) => Outcome::Pass,
-                (_, Err(e)) => Outcome::Fail(format!("the other merged pages changed: {e}")),
-                _ => Outcome::Fail("Leak from parent into child through a KSM page".into()),
-            },
-        )
-    })())
+pub fn ksm_cow() -> Step<Outcome> {
+    let region = ksm_merged()?;
+    let page = cowgup_fixtures::env().page_size;
+    let before = View::capture(region, page)?;
+    let (go, report) = (Pipe::new()?, Pipe::new()?);
+    let child = spawn(|| {
+        child_body(&report, || {
+            go.wait()?;
+            Ok(special::check_fill(region, KSM_FILL).is_err())
+        })
+    })?;
+    let first = region.sub(0, page);
+    special::fill(first, !KSM_FILL);
+    let after = View::capture(region, page)?;
+    go.notify()?;
+    let child_saw_change = collect::<bool>(&report, child)?;
+    let rest = region.sub(page, region.len - page);
+    let sharing = evidence::compare(
+        "first page before vs after the write",
+        "before",
+        &before,
+        "after",
+        &after,
+    );
+    cowgup_harness::evidence("sharing", &sharing);
+    if sharing.compared > 0 && sharing.same > 0 && before.ptes[0].pfn() == after.ptes[0].pfn() {
+        return Ok(Outcome::Fail(
+            "the write landed in the KSM page itself".into(),
+        ));
+    }
+    Ok(
+        match (child_saw_change, special::check_fill(rest, KSM_FILL)) {
+            (false, Ok(())) => Outcome::Pass,
+            (_, Err(e)) => Outcome::Fail(format!("the other merged pages changed: {e}")),
+            _ => Outcome::Fail("Leak from parent into child through a KSM page".into()),
+        },
+    )
 }
 
 /// `special::ksm_merged()`, whose skip (ksmd did not merge in time) says
@@ -245,59 +233,57 @@ impl KsmStats {
 /// An O_DIRECT read into a page COW-shared with a child: the kernel pins the
 /// page for writing (FOLL_PIN | FOLL_WRITE), which must unshare it first, so
 /// the data lands in the parent's page only.
-pub fn odirect_read_into_shared_page() -> Outcome {
-    result((|| {
-        let m = AnonBacking::BasePage.setup()?;
-        // The trial's need for it was met before it ran.
-        let dir = scratch_dir(ScratchFs::Ext4).ok_or_else(|| {
-            Outcome::Fail("no ext4 scratch directory although the trial's need was met".into())
+pub fn odirect_read_into_shared_page(opts: &TrialOptions) -> Step<Outcome> {
+    let m = AnonBacking::BasePage.setup(opts)?;
+    // The trial's need for it was met before it ran.
+    let dir = scratch_dir(ScratchFs::Ext4).ok_or_else(|| {
+        Outcome::Fail("no ext4 scratch directory although the trial's need was met".into())
+    })?;
+    let path = dir.join(format!("odirect-{}", std::process::id()));
+    // The file holds what the parent's page should end up holding.
+    std::fs::write(
+        &path,
+        m.pattern
+            .image(m.region, ORIGINAL.written_by(Writer::Parent)),
+    )
+    .or_else(|e| fail(format!("writing {}: {e}", path.display())))?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .or_else(|e| {
+            skip(format!(
+                "cannot open {} (on {}) with O_DIRECT: {e}",
+                path.display(),
+                cowgup_harness::probe::fs_type(&dir)
+            ))
         })?;
-        let path = dir.join(format!("odirect-{}", std::process::id()));
-        // The file holds what the parent's page should end up holding.
-        std::fs::write(
-            &path,
-            m.pattern
-                .image(m.region, ORIGINAL.written_by(Writer::Parent)),
+    let _ = std::fs::remove_file(&path);
+    let checker = match Checker::fork(m.region, m.pattern)? {
+        Ok(c) => c,
+        Err(observed) => return Ok(Outcome::Fail(format!("{observed:?}"))),
+    };
+    // SAFETY: reading into our own mapped, aligned page.
+    let n = unsafe {
+        libc::pread(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            m.region.ptr().cast(),
+            m.region.len,
+            0,
         )
-        .or_else(|e| fail(format!("writing {}: {e}", path.display())))?;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&path)
-            .or_else(|e| {
-                skip(format!(
-                    "cannot open {} (on {}) with O_DIRECT: {e}",
-                    path.display(),
-                    cowgup_harness::probe::fs_type(&dir)
-                ))
-            })?;
-        let _ = std::fs::remove_file(&path);
-        let checker = match Checker::fork(m.region, m.pattern)? {
-            Ok(c) => c,
-            Err(observed) => return Ok(Outcome::Fail(format!("{observed:?}"))),
-        };
-        // SAFETY: reading into our own mapped, aligned page.
-        let n = unsafe {
-            libc::pread(
-                std::os::fd::AsRawFd::as_raw_fd(&file),
-                m.region.ptr().cast(),
-                m.region.len,
-                0,
-            )
-        };
-        if n as usize != m.region.len {
-            return fail(format!(
-                "O_DIRECT read returned {n}: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        // The read is the parent's write here: the parent must see it (its
-        // own copy is checked first) and the child must not.
-        Ok(match checker.judge_parents_write(m.region)? {
-            Observed::Clean => Outcome::Pass,
-            observed => Outcome::Fail(format!("the O_DIRECT read reached the child: {observed:?}")),
-        })
-    })())
+    };
+    if n as usize != m.region.len {
+        return fail(format!(
+            "O_DIRECT read returned {n}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // The read is the parent's write here: the parent must see it (its
+    // own copy is checked first) and the child must not.
+    Ok(match checker.judge_parents_write(m.region)? {
+        Observed::Clean => Outcome::Pass,
+        observed => Outcome::Fail(format!("the O_DIRECT read reached the child: {observed:?}")),
+    })
 }
 
 pub fn ext4_scratch() -> Vec<Need> {
@@ -306,19 +292,16 @@ pub fn ext4_scratch() -> Vec<Need> {
 
 /// Memory types and pin sources upstream never covers.
 pub fn scenarios(_caps: &Capabilities) -> Vec<Scenario> {
-    let scenario = |name: String,
-                    needs: Vec<Need>,
-                    knobs: Vec<Knob>,
-                    pins: bool,
-                    body: Arc<dyn Fn() -> Outcome + Send + Sync>| Scenario {
-        name,
-        family: Family::BEYOND_UPSTREAM,
-        group: "beyond upstream".into(),
-        needs,
-        knobs,
-        pins,
-        body,
-    };
+    let scenario =
+        |name: String, needs: Vec<Need>, knobs: Vec<Knob>, pins: bool, body: Body| Scenario {
+            name,
+            family: Family::BEYOND_UPSTREAM,
+            group: "beyond upstream".into(),
+            needs,
+            knobs,
+            pins,
+            body,
+        };
     let mut v = vec![scenario(
         format!("Shared memory stays shared after fork() ... with {SHARED_ANON}"),
         vec![],
@@ -338,7 +321,7 @@ pub fn scenarios(_caps: &Capabilities) -> Vec<Scenario> {
             source.needs(),
             vec![],
             source.pins(),
-            Arc::new(move || pin_sees_childs_write(source)),
+            Arc::new(move |opts| pin_sees_childs_write(opts, source)),
         ));
     }
     for source in PinSource::ALL {
@@ -347,7 +330,7 @@ pub fn scenarios(_caps: &Capabilities) -> Vec<Scenario> {
             source.needs(),
             vec![],
             source.pins(),
-            Arc::new(move || secret_refuses(source)),
+            Arc::new(move |opts| secret_refuses(opts, source)),
         ));
     }
     v.push(scenario(
@@ -355,7 +338,7 @@ pub fn scenarios(_caps: &Capabilities) -> Vec<Scenario> {
         vec![],
         ksm_knobs(),
         false,
-        Arc::new(ksm_cow),
+        Arc::new(|_| ksm_cow()),
     ));
     v.push(scenario(
         "O_DIRECT read into a page shared with a child after fork() ... with base page".into(),

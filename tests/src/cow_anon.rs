@@ -22,7 +22,7 @@ use crate::common::{
     write_and_check_own, Bystander, Checker, Watched, FIRST_LOOK_OK, ORIGINAL,
 };
 use crate::expectations::{self, judge, Mapping, Mechanism, MemoryClass, Observed, Subject};
-use crate::scenario::{outcome, Family, Scenario};
+use crate::scenario::{Family, Scenario};
 
 pub struct AnonCase {
     pub desc: &'static str,
@@ -400,14 +400,7 @@ pub fn entries(caps: &Capabilities) -> Vec<(Scenario, Subject)> {
                     .collect(),
                 knobs: backing.knobs(caps.pmd_size),
                 pins: mechanism.pins(),
-                body: Arc::new(move || {
-                    outcome(
-                        backing
-                            .setup()
-                            .and_then(|m| run(&m))
-                            .map(|o| judge(&subject, o)),
-                    )
-                }),
+                body: Arc::new(move |opts| Ok(judge(&subject, run(&backing.setup(opts)?)?))),
             };
             out.push((scenario, subject));
         }

@@ -13,7 +13,7 @@ use nix::sys::mman::MmapAdvise;
 
 use crate::common::Checker;
 use crate::expectations::{self, judge, Mapping, Mechanism, MemoryClass, Observed, Subject};
-use crate::scenario::{outcome, Family, Scenario};
+use crate::scenario::{Family, Scenario};
 
 #[derive(Clone, Copy, Debug)]
 pub enum Collapse {
@@ -121,15 +121,7 @@ pub fn entries(caps: &Capabilities) -> Vec<(Scenario, Subject)> {
             needs: backing.needs(),
             knobs: backing.knobs(caps.pmd_size),
             pins: false,
-            body: Arc::new(move || {
-                let case = &CASES[i];
-                outcome(
-                    backing
-                        .setup()
-                        .and_then(|m| run(case, &m))
-                        .map(|o| judge(&subject, o)),
-                )
-            }),
+            body: Arc::new(move |opts| Ok(judge(&subject, run(&CASES[i], &backing.setup(opts)?)?))),
         };
         out.push((scenario, subject));
     }

@@ -15,7 +15,7 @@ use cowgup_harness::probe::Capabilities;
 use crate::common::write_and_check_own;
 use crate::cow_anon::ro_pin_and_check;
 use crate::expectations::{self, judge, Mapping, Mechanism, MemoryClass, Observed, Subject};
-use crate::scenario::{outcome, Family, Scenario};
+use crate::scenario::{Family, Scenario};
 
 pub struct NonAnonCase {
     pub desc: &'static str,
@@ -129,14 +129,7 @@ pub fn entries(caps: &Capabilities) -> Vec<(Scenario, Subject)> {
                     .collect(),
                 knobs,
                 pins: mechanism.pins(),
-                body: Arc::new(move || {
-                    outcome(
-                        backing
-                            .setup()
-                            .and_then(|m| run(&m))
-                            .map(|o| judge(&subject, o)),
-                    )
-                }),
+                body: Arc::new(move |opts| Ok(judge(&subject, run(&backing.setup(opts)?)?))),
             };
             out.push((scenario, subject));
         }

@@ -39,7 +39,7 @@ use cowgup_fixtures::pagemap;
 use cowgup_fixtures::pin::{FixedBuffer, GupTest};
 use cowgup_fixtures::pin_source::PinSource;
 use cowgup_fixtures::stamp::{Pattern, Writer};
-use cowgup_fixtures::{env, fail, kb, skip, Step};
+use cowgup_fixtures::{env, fail, kb, skip, Step, TrialOptions};
 use cowgup_harness::probe::{Capabilities, THP_DIR};
 use cowgup_harness::{diag, Knob, Outcome};
 use nix::sys::mman::{MapFlags, ProtFlags};
@@ -135,7 +135,7 @@ impl FolioBacking {
     /// mapping will get), map it `MAP_PRIVATE`, `PROT_READ` at an address
     /// aligned to the folio size, read it in, and prove the folio (and, of
     /// the PMD size, its PMD mapping).
-    pub fn setup(&self) -> Step<FolioMemory> {
+    pub fn setup(&self, opts: &TrialOptions) -> Step<FolioMemory> {
         let Some(pmd) = env().pmd_size else {
             return skip("this kernel has no PMD-sized THP");
         };
@@ -143,7 +143,7 @@ impl FolioBacking {
         let size = self.size(pmd);
         // The private mapping's place, reserved first: stamps name addresses.
         let region = mem::map_aligned(size, ProtFlags::PROT_NONE)?;
-        let pattern = Pattern::with_unit(page);
+        let pattern = opts.pattern(page);
         let image = pattern.image(region, ORIGINAL);
         let file = match self {
             FolioBacking::HugeTmpfs => {
@@ -840,12 +840,7 @@ pub fn catalogue(
                 needs: backing.needs().into_iter().chain(case.needs()).collect(),
                 knobs: backing.knobs(pmd),
                 pins: case.pins(),
-                body: std::sync::Arc::new(move || {
-                    backing
-                        .setup()
-                        .and_then(|m| case.run(&m, kernel))
-                        .unwrap_or_else(|o| o)
-                }),
+                body: std::sync::Arc::new(move |opts| case.run(&backing.setup(opts)?, kernel)),
             });
         }
     }
@@ -893,7 +888,10 @@ mod tests {
             eprintln!("needs root, THP and shmem_enabled=never (it is {policy:?})");
             return;
         }
-        match FolioBacking::Memfd.setup().map(|m| m.folio) {
+        match FolioBacking::Memfd
+            .setup(&TrialOptions::default())
+            .map(|m| m.folio)
+        {
             Err(Outcome::Skip(r)) => {
                 eprintln!("skipped: {r}");
                 assert!(

@@ -24,7 +24,7 @@ use cowgup_fixtures::needs::{scratch_dir, Need, ScratchFs};
 use cowgup_fixtures::non_anon::NonAnonBacking;
 use cowgup_fixtures::proc::{spawn, Pipe};
 use cowgup_fixtures::stamp::{Content, Pattern, Writer};
-use cowgup_fixtures::{env, fail, kb, skip, Step};
+use cowgup_fixtures::{env, fail, kb, skip, Step, TrialOptions};
 use cowgup_harness::{diag, Knob, Outcome};
 use nix::errno::Errno;
 use nix::sys::mman::{MapFlags, ProtFlags};
@@ -223,54 +223,48 @@ struct FileSide {
     unit: usize,
 }
 
-fn result(r: Step<Outcome>) -> Outcome {
-    r.unwrap_or_else(|o| o)
-}
-
 /// One trial: `forcer` writes into `target`, judged by `expect`.
-pub fn run(forcer: Forcer, target: Target, expect: Expect) -> Outcome {
-    result((|| {
-        let p = prepare(target)?;
-        let before = View::capture(p.written, p.pattern.unit)?;
-        let words = heads(p.written, p.pattern, Writer::Parent);
-        let res = match forcer {
-            Forcer::ProcMem => proc_mem_write(&words)?,
-            Forcer::Poke => poke(&words)?,
-        };
-        let after = View::capture(p.written, p.pattern.unit)?;
-        let record = serde_json::json!({
-            "writer": forcer.name(),
-            "target": target.suffix(),
-            "expected": match expect {
-                Expect::PrivateCopy => "a private copy",
-                Expect::Refused => "refused with EIO",
-            },
-            "attempted": words.len(),
-            "written": res.written,
-            "errno": res.errno.map(|e| Errno::from_raw(e).to_string()),
-        });
-        cowgup_harness::evidence("forced_write", &record);
-        diag(format!(
-            "evidence: forced write via {}: {} of {} word(s) written{}",
-            forcer.name(),
-            res.written,
-            words.len(),
-            res.errno
-                .map(|e| format!(", then {}", Errno::from_raw(e)))
-                .unwrap_or_default()
-        ));
-        cowgup_harness::evidence(
-            "sharing",
-            evidence::compare(
-                "written pages before vs after the forced write",
-                "before",
-                &before,
-                "after",
-                &after,
-            ),
-        );
-        judge(p, forcer, expect, &res, words.len(), &after)
-    })())
+pub fn run(opts: &TrialOptions, forcer: Forcer, target: Target, expect: Expect) -> Step<Outcome> {
+    let p = prepare(target, opts)?;
+    let before = View::capture(p.written, p.pattern.unit)?;
+    let words = heads(p.written, p.pattern, Writer::Parent);
+    let res = match forcer {
+        Forcer::ProcMem => proc_mem_write(&words)?,
+        Forcer::Poke => poke(&words)?,
+    };
+    let after = View::capture(p.written, p.pattern.unit)?;
+    let record = serde_json::json!({
+        "writer": forcer.name(),
+        "target": target.suffix(),
+        "expected": match expect {
+            Expect::PrivateCopy => "a private copy",
+            Expect::Refused => "refused with EIO",
+        },
+        "attempted": words.len(),
+        "written": res.written,
+        "errno": res.errno.map(|e| Errno::from_raw(e).to_string()),
+    });
+    cowgup_harness::evidence("forced_write", &record);
+    diag(format!(
+        "evidence: forced write via {}: {} of {} word(s) written{}",
+        forcer.name(),
+        res.written,
+        words.len(),
+        res.errno
+            .map(|e| format!(", then {}", Errno::from_raw(e)))
+            .unwrap_or_default()
+    ));
+    cowgup_harness::evidence(
+        "sharing",
+        evidence::compare(
+            "written pages before vs after the forced write",
+            "before",
+            &before,
+            "after",
+            &after,
+        ),
+    );
+    judge(p, forcer, expect, &res, words.len(), &after)
 }
 
 fn judge(
@@ -533,7 +527,7 @@ pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
                 needs: target.needs(),
                 knobs: target.knobs(caps.pmd_size),
                 pins: false,
-                body: Arc::new(move || run(forcer, target, expect)),
+                body: Arc::new(move |opts| run(opts, forcer, target, expect)),
             });
         }
     }
@@ -549,7 +543,7 @@ pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
             needs: Target::PrivateFile.needs(),
             knobs: vec![],
             pins: false,
-            body: Arc::new(move || race(forcer)),
+            body: Arc::new(move |opts| race(opts, forcer)),
         });
     }
     v
@@ -557,11 +551,11 @@ pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
 
 // ---------------------------------------------------------------- targets
 
-fn prepare(target: Target) -> Step<Prepared> {
+fn prepare(target: Target, opts: &TrialOptions) -> Step<Prepared> {
     let page = env().page_size;
     match target {
         Target::SharedWithChild(b) => {
-            let m = b.setup()?;
+            let m = b.setup(opts)?;
             m.region.mprotect(ProtFlags::PROT_READ)?;
             let checker = match Checker::fork(m.region, m.pattern)? {
                 Ok(c) => c,
@@ -586,7 +580,7 @@ fn prepare(target: Target) -> Step<Prepared> {
                 NonAnonBacking::HugeZeropage
             };
             // smem is PROT_READ; mem, the other private mapping of the zeropage, must stay zero.
-            let m = backing.setup()?;
+            let m = backing.setup(opts)?;
             let written = if m.smem.len > page {
                 // One page inside the huge zeropage: the PMD must split,
                 // the rest keep reading zeroes.
@@ -640,7 +634,7 @@ fn prepare(target: Target) -> Step<Prepared> {
                 ro,
                 Some(direct),
                 4 * page,
-                page,
+                opts.pattern(page),
                 target == Target::SharedFile,
             )
         }
@@ -655,7 +649,14 @@ fn prepare(target: Target) -> Step<Prepared> {
             } else {
                 reopen_read_only(&rw)?
             };
-            let mut p = file_target(rw, ro, None, 4 * page, page, target == Target::SharedMemfd)?;
+            let mut p = file_target(
+                rw,
+                ro,
+                None,
+                4 * page,
+                opts.pattern(page),
+                target == Target::SharedMemfd,
+            )?;
             if target == Target::UffdMinorMemfd {
                 p._hold.push(uffd::uffd_continue(p.target)?);
                 // CVE-2022-2590's starting point: the private mapping maps
@@ -692,7 +693,7 @@ fn prepare(target: Target) -> Step<Prepared> {
             } else {
                 reopen_read_only(&rw)?
             };
-            let mut p = file_target(rw, ro, None, size, size, shared)?;
+            let mut p = file_target(rw, ro, None, size, opts.pattern(size), shared)?;
             // One base page at the head of the huge page; the rest must
             // show the original (the whole huge page was copied).
             p.written = p.target.sub(0, page);
@@ -744,9 +745,10 @@ fn file_target(
     ro: std::fs::File,
     direct: Option<std::fs::File>,
     len: usize,
-    unit: usize,
+    pattern: Pattern,
     shared: bool,
 ) -> Step<Prepared> {
+    let unit = pattern.unit;
     if let Err(e) = nix::fcntl::fallocate(
         rw.as_fd(),
         nix::fcntl::FallocateFlags::empty(),
@@ -761,7 +763,6 @@ fn file_target(
             fail(format!("fallocate() failed: {e}"))
         };
     }
-    let pattern = Pattern::with_unit(unit);
     // Stamp the file through a writable shared mapping (hugetlbfs has no
     // write()), then map the target at the same address, so the stamps name
     // the target's pages.
@@ -830,155 +831,149 @@ struct RaceResult {
 /// zaps it with MADV_DONTNEED in a loop (Dirty COW's race): after every
 /// write the file must read the original (pread), and at the end also on
 /// disk (O_DIRECT) and through a fresh MAP_SHARED mapping.
-pub fn race(forcer: Forcer) -> Outcome {
-    result((|| {
-        let p = prepare(Target::PrivateFile)?;
-        let file = p.file.as_ref().expect("a file target");
-        let pattern = p.pattern;
-        let order = seeded::picks(
-            RACE_SEED,
-            1 << 20,
-            RACE_PAGES.min(p.target.len / pattern.page),
-        );
-        let one = |i: usize| -> (usize, u64, u64, u64) {
-            let addr = p.target.addr + order[i] * pattern.page;
-            let off = (addr - p.target.addr) as u64;
-            (
-                addr,
-                Writer::Parent.word(addr / pattern.page, 0),
-                off,
-                Writer::Setup.word(addr / pattern.page, 0),
-            )
-        };
-        // One step: write, then read the file's word back (page cache).
-        let check_file = |off: u64, want: u64| -> Option<String> {
-            let mut w = [0u8; 8];
-            match file.file.read_exact_at(&mut w, off) {
-                Ok(()) if u64::from_ne_bytes(w) == want => None,
-                Ok(()) => Some(format!(
-                    "the file's page cache at +0x{off:x} holds 0x{:016x}, expected 0x{want:016x} (the original)",
-                    u64::from_ne_bytes(w)
-                )),
-                Err(e) => Some(format!("pread() failed: {e}")),
-            }
-        };
-        let stop = Arc::new(AtomicBool::new(false));
-        let zaps = Arc::new(AtomicU64::new(0));
-        let region = p.target;
-        let start_zapper = {
-            let (stop, zaps) = (stop.clone(), zaps.clone());
-            move || {
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        // SAFETY: zapping our own private file mapping; it refaults from the file.
-                        unsafe {
-                            libc::madvise(region.ptr().cast(), region.len, libc::MADV_DONTNEED)
-                        };
-                        zaps.fetch_add(1, Ordering::Relaxed);
-                    }
-                })
-            }
-        };
-        let started = Instant::now();
-        let res = match forcer {
-            Forcer::ProcMem => {
-                let mem = proc_mem()?;
-                let zapper = start_zapper();
-                let mut res = RaceResult::default();
-                while started.elapsed() < RACE_FOR && res.iterations < order.len() {
-                    let (addr, w, off, want) = one(res.iterations);
-                    if let Err(e) = nix::sys::uio::pwrite(&mem, &w.to_ne_bytes(), addr as i64) {
-                        res.errno = Some(e as i32);
-                        break;
-                    }
-                    res.iterations += 1;
-                    if let Some(c) = check_file(off, want) {
-                        res.changed = Some(c);
-                        break;
-                    }
+pub fn race(opts: &TrialOptions, forcer: Forcer) -> Step<Outcome> {
+    let p = prepare(Target::PrivateFile, opts)?;
+    let file = p.file.as_ref().expect("a file target");
+    let pattern = p.pattern;
+    let order = seeded::picks(
+        RACE_SEED,
+        1 << 20,
+        RACE_PAGES.min(p.target.len / pattern.page),
+    );
+    let one = |i: usize| -> (usize, u64, u64, u64) {
+        let addr = p.target.addr + order[i] * pattern.page;
+        let off = (addr - p.target.addr) as u64;
+        (
+            addr,
+            Writer::Parent.word(addr / pattern.page, 0),
+            off,
+            Writer::Setup.word(addr / pattern.page, 0),
+        )
+    };
+    // One step: write, then read the file's word back (page cache).
+    let check_file = |off: u64, want: u64| -> Option<String> {
+        let mut w = [0u8; 8];
+        match file.file.read_exact_at(&mut w, off) {
+            Ok(()) if u64::from_ne_bytes(w) == want => None,
+            Ok(()) => Some(format!(
+                "the file's page cache at +0x{off:x} holds 0x{:016x}, expected 0x{want:016x} (the original)",
+                u64::from_ne_bytes(w)
+            )),
+            Err(e) => Some(format!("pread() failed: {e}")),
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let zaps = Arc::new(AtomicU64::new(0));
+    let region = p.target;
+    let start_zapper = {
+        let (stop, zaps) = (stop.clone(), zaps.clone());
+        move || {
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    // SAFETY: zapping our own private file mapping; it refaults from the file.
+                    unsafe { libc::madvise(region.ptr().cast(), region.len, libc::MADV_DONTNEED) };
+                    zaps.fetch_add(1, Ordering::Relaxed);
                 }
-                stop.store(true, Ordering::Relaxed);
-                let _ = zapper.join();
-                res
+            })
+        }
+    };
+    let started = Instant::now();
+    let res = match forcer {
+        Forcer::ProcMem => {
+            let mem = proc_mem()?;
+            let zapper = start_zapper();
+            let mut res = RaceResult::default();
+            while started.elapsed() < RACE_FOR && res.iterations < order.len() {
+                let (addr, w, off, want) = one(res.iterations);
+                if let Err(e) = nix::sys::uio::pwrite(&mem, &w.to_ne_bytes(), addr as i64) {
+                    res.errno = Some(e as i32);
+                    break;
+                }
+                res.iterations += 1;
+                if let Some(c) = check_file(off, want) {
+                    res.changed = Some(c);
+                    break;
+                }
             }
-            Forcer::Poke => {
-                // The tracer is forked before the zapper thread exists.
-                let me = nix::unistd::getpid();
-                let (go, report) = (Pipe::new()?, Pipe::new()?);
-                let child = spawn(|| {
-                    child_body(&report, || {
-                        go.wait()?;
-                        let _tracing = Tracing::seize(me)?;
-                        let mut res = RaceResult::default();
-                        let t0 = Instant::now();
-                        while t0.elapsed() < RACE_FOR && res.iterations < order.len() {
-                            let (addr, w, off, want) = one(res.iterations);
-                            if let Err(e) =
-                                nix::sys::ptrace::write(me, addr as _, w as libc::c_long)
-                            {
-                                res.errno = Some(e as i32);
-                                break;
-                            }
-                            res.iterations += 1;
-                            if let Some(c) = check_file(off, want) {
-                                res.changed = Some(c);
-                                break;
-                            }
+            stop.store(true, Ordering::Relaxed);
+            let _ = zapper.join();
+            res
+        }
+        Forcer::Poke => {
+            // The tracer is forked before the zapper thread exists.
+            let me = nix::unistd::getpid();
+            let (go, report) = (Pipe::new()?, Pipe::new()?);
+            let child = spawn(|| {
+                child_body(&report, || {
+                    go.wait()?;
+                    let _tracing = Tracing::seize(me)?;
+                    let mut res = RaceResult::default();
+                    let t0 = Instant::now();
+                    while t0.elapsed() < RACE_FOR && res.iterations < order.len() {
+                        let (addr, w, off, want) = one(res.iterations);
+                        if let Err(e) = nix::sys::ptrace::write(me, addr as _, w as libc::c_long) {
+                            res.errno = Some(e as i32);
+                            break;
                         }
-                        Ok(res)
-                    })
-                })?;
-                let zapper = start_zapper();
-                let sent = go
-                    .notify()
-                    .and_then(|()| collect::<RaceResult>(&report, child));
-                stop.store(true, Ordering::Relaxed);
-                let _ = zapper.join();
-                sent?
+                        res.iterations += 1;
+                        if let Some(c) = check_file(off, want) {
+                            res.changed = Some(c);
+                            break;
+                        }
+                    }
+                    Ok(res)
+                })
+            })?;
+            let zapper = start_zapper();
+            let sent = go
+                .notify()
+                .and_then(|()| collect::<RaceResult>(&report, child));
+            stop.store(true, Ordering::Relaxed);
+            let _ = zapper.join();
+            sent?
+        }
+    };
+    let record = serde_json::json!({
+        "writer": forcer.name(),
+        "seed": format!("0x{RACE_SEED:x}"),
+        "iterations": res.iterations,
+        "madv_dontneed_calls": zaps.load(Ordering::Relaxed),
+        "seconds": started.elapsed().as_secs_f64(),
+        "errno": res.errno.map(|e| Errno::from_raw(e).to_string()),
+        "page_cache_changed": res.changed,
+    });
+    cowgup_harness::evidence("race", &record);
+    diag(format!("evidence: race: {record}"));
+    if let Some(c) = res.changed {
+        return Ok(Outcome::Fail(format!(
+            "Dirty COW: after forced write #{} via {} racing MADV_DONTNEED, {c}",
+            res.iterations,
+            forcer.name()
+        )));
+    }
+    if let Some(e) = res.errno {
+        if forcer == Forcer::ProcMem {
+            if let Some(why) = proc_mem_without_force() {
+                return Ok(Outcome::Skip(why));
             }
-        };
-        let record = serde_json::json!({
-            "writer": forcer.name(),
-            "seed": format!("0x{RACE_SEED:x}"),
-            "iterations": res.iterations,
-            "madv_dontneed_calls": zaps.load(Ordering::Relaxed),
-            "seconds": started.elapsed().as_secs_f64(),
-            "errno": res.errno.map(|e| Errno::from_raw(e).to_string()),
-            "page_cache_changed": res.changed,
-        });
-        cowgup_harness::evidence("race", &record);
-        diag(format!("evidence: race: {record}"));
-        if let Some(c) = res.changed {
-            return Ok(Outcome::Fail(format!(
-                "Dirty COW: after forced write #{} via {} racing MADV_DONTNEED, {c}",
-                res.iterations,
-                forcer.name()
-            )));
         }
-        if let Some(e) = res.errno {
-            if forcer == Forcer::ProcMem {
-                if let Some(why) = proc_mem_without_force() {
-                    return Ok(Outcome::Skip(why));
-                }
-            }
-            return Ok(Outcome::Fail(format!(
-                "forced write #{} via {} failed with {} while racing MADV_DONTNEED",
-                res.iterations + 1,
-                forcer.name(),
-                Errno::from_raw(e)
-            )));
-        }
-        if res.iterations == 0 {
-            return Ok(Outcome::Fail(
-                "no forced write happened within the time bound".into(),
-            ));
-        }
-        // The private mapping may hold the writes or (zapped) the original;
-        // the file, on disk and in the page cache, only the original.
-        let mut p = p;
-        p.views.clear();
-        untouched(&p, forcer.name())
-    })())
+        return Ok(Outcome::Fail(format!(
+            "forced write #{} via {} failed with {} while racing MADV_DONTNEED",
+            res.iterations + 1,
+            forcer.name(),
+            Errno::from_raw(e)
+        )));
+    }
+    if res.iterations == 0 {
+        return Ok(Outcome::Fail(
+            "no forced write happened within the time bound".into(),
+        ));
+    }
+    // The private mapping may hold the writes or (zapped) the original;
+    // the file, on disk and in the page cache, only the original.
+    let mut p = p;
+    p.views.clear();
+    untouched(&p, forcer.name())
 }
 
 #[cfg(test)]

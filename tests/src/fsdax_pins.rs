@@ -22,14 +22,14 @@ use cowgup_fixtures::pagemap;
 use cowgup_fixtures::pin::GupTest;
 use cowgup_fixtures::pin_source::PinSource;
 use cowgup_fixtures::stamp::{Content, Writer};
-use cowgup_fixtures::{env, fail, skip, Step};
+use cowgup_fixtures::{env, fail, skip, Step, TrialOptions};
 use cowgup_harness::probe::Capabilities;
 use cowgup_harness::{diag, Outcome};
 
 use crate::expectations::{
     self, judge, Mapping, Mechanism, MemoryClass, Observed, Subject, Version,
 };
-use crate::scenario::{Family, Scenario};
+use crate::scenario::{Body, Family, Scenario};
 
 pub const SHORT_TERM: [PinSource; 2] = [PinSource::ODirect, PinSource::Vmsplice];
 
@@ -51,10 +51,7 @@ pub const REFUSAL: nix::errno::Errno = nix::errno::Errno::EOPNOTSUPP;
 pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
     let kernel = expectations::parse_version(&caps.kernel_release);
     let suffix = BACKING.suffix();
-    let scenario = |name: String,
-                    needs: Vec<Need>,
-                    pins: bool,
-                    body: Arc<dyn Fn() -> Outcome + Send + Sync>| Scenario {
+    let scenario = |name: String, needs: Vec<Need>, pins: bool, body: Body| Scenario {
         name,
         family: Family::FSDAX_PINS,
         group: BACKING.group(),
@@ -72,7 +69,7 @@ pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
             ),
             source.needs(),
             source.pins(),
-            Arc::new(move || shared_longterm(source).unwrap_or_else(|o| o)),
+            Arc::new(move |opts| shared_longterm(opts, source)),
         ));
     }
     for source in SHORT_TERM {
@@ -83,7 +80,7 @@ pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
             ),
             source.needs(),
             source.pins(),
-            Arc::new(move || shared_short_term(source).unwrap_or_else(|o| o)),
+            Arc::new(move |opts| shared_short_term(opts, source)),
         ));
     }
     for cmd in GUP_SHORT {
@@ -94,7 +91,7 @@ pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
             ),
             vec![Need::GupTest],
             cmd.pins(),
-            Arc::new(move || gup_short(cmd).unwrap_or_else(|o| o)),
+            Arc::new(move |_| gup_short(cmd)),
         ));
     }
     for source in PinSource::LONGTERM {
@@ -105,7 +102,7 @@ pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
             ),
             source.needs(),
             source.pins(),
-            Arc::new(move || private_longterm(source, kernel).unwrap_or_else(|o| o)),
+            Arc::new(move |opts| private_longterm(opts, source, kernel)),
         ));
     }
     v
@@ -142,8 +139,8 @@ fn file_holds(
     Ok(mem.pattern.check_bytes(&buf, mem.region.addr, expected))
 }
 
-fn setup(shared: bool, read_only: bool) -> Step<FileMemory> {
-    let mem = BACKING.setup(shared, read_only)?;
+fn setup(opts: &TrialOptions, shared: bool, read_only: bool) -> Step<FileMemory> {
+    let mem = BACKING.setup(shared, read_only, opts)?;
     if !mem.dax {
         return fail("the fsdax backing's file is not DAX although setup proved it");
     }
@@ -156,8 +153,8 @@ fn setup(shared: bool, read_only: bool) -> Step<FileMemory> {
     Ok(mem)
 }
 
-fn shared_longterm(source: PinSource) -> Step<Outcome> {
-    let mem = setup(true, read_only(source))?;
+fn shared_longterm(opts: &TrialOptions, source: PinSource) -> Step<Outcome> {
+    let mem = setup(opts, true, read_only(source))?;
     Ok(match source.take(mem.region)? {
         Err(e) if e == REFUSAL => {
             diag(format!("{} refused: {e}", source.name()));
@@ -179,8 +176,8 @@ fn shared_longterm(source: PinSource) -> Step<Outcome> {
     })
 }
 
-fn shared_short_term(source: PinSource) -> Step<Outcome> {
-    let mem = setup(true, false)?;
+fn shared_short_term(opts: &TrialOptions, source: PinSource) -> Step<Outcome> {
+    let mem = setup(opts, true, false)?;
     let setup_content = Content::all(Writer::Setup);
     if let Err(mm) = file_holds(&mem, setup_content)? {
         return fail(format!(
@@ -241,8 +238,12 @@ fn gup_short(cmd: GupCmd) -> Step<Outcome> {
     Ok(Outcome::Pass)
 }
 
-fn private_longterm(source: PinSource, kernel: Option<Version>) -> Step<Outcome> {
-    let mem = setup(false, read_only(source))?;
+fn private_longterm(
+    opts: &TrialOptions,
+    source: PinSource,
+    kernel: Option<Version>,
+) -> Step<Outcome> {
+    let mem = setup(opts, false, read_only(source))?;
     // The write fault replaced the DAX page with an anonymous copy.
     if let Ok(Some(pfn)) = pagemap::entry(mem.region.addr).map(|p| p.pfn()) {
         if let Some(f) = pagemap::kflags(pfn) {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use cowgup_fixtures::file::{FileBacking, FileMemory, FsClass};
 use cowgup_fixtures::needs::{Need, ScratchFs};
 use cowgup_fixtures::pin::{FixedBuffer, GupTest};
-use cowgup_fixtures::{fail, skip, Step};
+use cowgup_fixtures::{fail, skip, Step, TrialOptions};
 use cowgup_harness::probe::Capabilities;
 use cowgup_harness::{diag, Outcome};
 
@@ -153,18 +153,14 @@ enum Granted {
 
 /// Run the case on a file of `backing`, judged for `kernel` (read once, when
 /// the catalogue was built).
-pub fn run(case: &LongtermCase, backing: FileBacking, kernel: Option<Version>) -> Outcome {
-    let read_only = matches!(case.pin, LongtermPin::Gup { write: false, .. });
-    run_steps(case, backing, read_only, kernel).unwrap_or_else(|o| o)
-}
-
-fn run_steps(
+pub fn run(
+    opts: &TrialOptions,
     case: &LongtermCase,
     backing: FileBacking,
-    read_only: bool,
     kernel: Option<Version>,
 ) -> Step<Outcome> {
-    let mem = backing.setup(case.shared, read_only)?;
+    let read_only = matches!(case.pin, LongtermPin::Gup { write: false, .. });
+    let mem = backing.setup(case.shared, read_only, opts)?;
     diag(format!("file on {}", mem.fs.name()));
     if case.shared && case.writes() {
         if let FsClass::Unknown { name, .. } = &mem.fs {
@@ -328,7 +324,7 @@ pub fn entries(caps: &Capabilities, extra: bool) -> Vec<(Scenario, Subject)> {
                 needs: backing.needs().into_iter().chain(case.needs()).collect(),
                 knobs: vec![],
                 pins: true,
-                body: Arc::new(move || run(&CASES[i], backing, kernel)),
+                body: Arc::new(move |opts| run(opts, &CASES[i], backing, kernel)),
             };
             out.push((scenario, subject));
         }

@@ -45,6 +45,7 @@ use std::sync::Arc;
 
 use cowgup_fixtures::gup_bench::GupRun;
 use cowgup_fixtures::needs::Need;
+use cowgup_fixtures::{Step, TrialOptions};
 use cowgup_harness::probe::Capabilities;
 use cowgup_harness::{diag, Outcome};
 
@@ -110,20 +111,18 @@ pub fn catalogue_size(run: &GupRun, page: usize, pmd: usize, huge: usize, thorou
     (UNITS * pmd).max((dumped * page).next_multiple_of(pmd))
 }
 
-pub fn run(args: &str, default_huge: usize) -> Outcome {
+pub fn run(opts: &TrialOptions, args: &str, default_huge: usize) -> Step<Outcome> {
     let words: Vec<&str> = args.split_whitespace().collect();
-    let (mut gup_run, _) = match GupRun::from_args(&words) {
-        Ok(x) => x,
-        Err(e) => return Outcome::Error(format!("bad catalogue entry: {e}")),
-    };
+    let (mut gup_run, _) = GupRun::from_args(&words)
+        .map_err(|e| Outcome::Error(format!("bad catalogue entry: {e}")))?;
     let env = cowgup_fixtures::env();
     let pmd = env.pmd_size.unwrap_or(512 * env.page_size);
     let upstream = gup_run.size;
-    gup_run.size = catalogue_size(&gup_run, env.page_size, pmd, default_huge, env.thorough);
+    gup_run.size = catalogue_size(&gup_run, env.page_size, pmd, default_huge, opts.thorough);
     diag(format!(
         "mapping {} KiB ({}; upstream's {} KiB with --thorough)",
         gup_run.size >> 10,
-        if env.thorough {
+        if opts.thorough {
             "--thorough: upstream's size"
         } else if gup_run.hugetlb {
             "4 hugetlb pages"
@@ -132,11 +131,8 @@ pub fn run(args: &str, default_huge: usize) -> Outcome {
         },
         upstream >> 10
     ));
-    let gup = match cowgup_fixtures::pin::GupTest::open_file() {
-        Ok(f) => f,
-        Err(o) => return o,
-    };
-    match gup_run.run(&gup, 1) {
+    let gup = cowgup_fixtures::pin::GupTest::open_file()?;
+    Ok(match gup_run.run(&gup, 1) {
         Ok(results) => {
             let r = &results[0];
             for l in &r.lines {
@@ -153,7 +149,7 @@ pub fn run(args: &str, default_huge: usize) -> Outcome {
             }
         }
         Err(e) => Outcome::Fail(e),
-    }
+    })
 }
 
 /// run_vmtests.sh's gup_test runs, named by their command lines.
@@ -182,7 +178,7 @@ pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
                 needs,
                 knobs: vec![],
                 pins: run.cmd.pins(),
-                body: Arc::new(move || self::run(&args, default_huge)),
+                body: Arc::new(move |opts| self::run(opts, &args, default_huge)),
             }
         })
         .collect()

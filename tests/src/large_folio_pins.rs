@@ -30,14 +30,14 @@ use cowgup_fixtures::pin_source::{Held, PinSource};
 use cowgup_fixtures::proc::{spawn, Pipe};
 use cowgup_fixtures::seeded;
 use cowgup_fixtures::stamp::{identify, Pattern, Writer};
-use cowgup_fixtures::{env, fail, kb, skip, Step};
+use cowgup_fixtures::{env, fail, kb, skip, Step, TrialOptions};
 use cowgup_harness::probe::Capabilities;
 use cowgup_harness::{diag, Knob, Outcome};
 use nix::sys::mman::{MapFlags, MmapAdvise};
 
 use crate::common::{child_body, collect, Checker, ORIGINAL};
 use crate::expectations::{self, judge, Mapping, Mechanism, MemoryClass, Observed, Subject};
-use crate::scenario::{Family, Scenario};
+use crate::scenario::{Body, Family, Scenario};
 
 /// One large folio kind the cases run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -236,19 +236,16 @@ const TORN_BASE_LEN: usize = 2 << 20;
 pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
     let kernel = expectations::parse_version(&caps.kernel_release);
     let pmd = caps.pmd_size;
-    let scenario = |name: String,
-                    group: String,
-                    needs: Vec<Need>,
-                    knobs: Vec<Knob>,
-                    body: Arc<dyn Fn() -> Outcome + Send + Sync>| Scenario {
-        name,
-        family: Family::LARGE_FOLIO_PINS,
-        group,
-        needs,
-        knobs,
-        pins: true,
-        body,
-    };
+    let scenario =
+        |name: String, group: String, needs: Vec<Need>, knobs: Vec<Knob>, body: Body| Scenario {
+            name,
+            family: Family::LARGE_FOLIO_PINS,
+            group,
+            needs,
+            knobs,
+            pins: true,
+            body,
+        };
     let with_io_uring = |f: Folio| -> Vec<Need> {
         f.backing()
             .needs()
@@ -277,14 +274,7 @@ pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
                 f.group(),
                 with_io_uring(f),
                 f.knobs(pmd),
-                Arc::new(move || {
-                    outcome(
-                        f.backing()
-                            .setup()
-                            .and_then(|m| run(&m))
-                            .map(|o| judge(&subject, o)),
-                    )
-                }),
+                Arc::new(move |opts| Ok(judge(&subject, run(&f.backing().setup(opts)?)?))),
             ));
         }
     }
@@ -315,11 +305,11 @@ pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
             group,
             needs,
             knobs,
-            Arc::new(move || {
+            Arc::new(move |opts| {
                 // A page lost at fork() is fork()'s own behaviour; anything
                 // else the child saw is judged as a torn copy.
-                outcome(torn_fork(t).map(|o| match o {
-                    Observed::LostAtFork(_) => judge(&subject, o),
+                Ok(match torn_fork(opts, t)? {
+                    o @ Observed::LostAtFork(_) => judge(&subject, o),
                     o => judge(
                         &Subject {
                             mechanism: Mechanism::ThreadedFork,
@@ -327,7 +317,7 @@ pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
                         },
                         o,
                     ),
-                }))
+                })
             }),
         ));
     }
@@ -337,7 +327,7 @@ pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
             s.group(),
             s.needs(),
             s.knobs(pmd),
-            Arc::new(move || outcome(write_fixed_span(s))),
+            Arc::new(move |_| write_fixed_span(s)),
         ));
     }
     v
@@ -345,10 +335,6 @@ pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
 
 /// A case run on one folio pinned before fork().
 type OneFolioCase = fn(&AnonMemory) -> Step<Observed>;
-
-fn outcome(step: Step<Outcome>) -> Outcome {
-    step.unwrap_or_else(|o| o)
-}
 
 /// An io_uring fixed buffer the case needs granted; a refusal says why.
 fn register(region: Region, which: &str) -> Step<Held> {
@@ -583,7 +569,7 @@ fn gen_offsets(region: Region) -> impl Iterator<Item = usize> {
     (0..region.len / page).flat_map(move |i| [i * page, (i + 1) * page - 8])
 }
 
-fn torn_region(t: TornBacking) -> Step<(Region, usize)> {
+fn torn_region(opts: &TrialOptions, t: TornBacking) -> Step<(Region, usize)> {
     let page = env().page_size;
     match t {
         TornBacking::BasePages => {
@@ -594,7 +580,7 @@ fn torn_region(t: TornBacking) -> Step<(Region, usize)> {
             Ok((r, page))
         }
         TornBacking::Folio(f) => {
-            let m = f.backing().setup()?;
+            let m = f.backing().setup(opts)?;
             Ok((m.region, m.pattern.unit))
         }
     }
@@ -610,8 +596,8 @@ const WRITER_SEEN_WITHIN: std::time::Duration = std::time::Duration::from_millis
 /// of sharing them; another thread keeps writing. The child must still see
 /// the memory as it was at one moment (the "fork tearing" shape: Jann Horn,
 /// 20250603-fork-tearing-v1-0-a7f64b7cfc96@google.com).
-fn torn_fork(t: TornBacking) -> Step<Observed> {
-    let (region, unit) = torn_region(t)?;
+fn torn_fork(opts: &TrialOptions, t: TornBacking) -> Step<Observed> {
+    let (region, unit) = torn_region(opts, t)?;
     for off in gen_offsets(region) {
         // SAFETY: inside the mapped region, 8-byte aligned.
         unsafe { std::ptr::write_volatile(region.ptr().add(off).cast::<u64>(), gen_word(0)) };
@@ -732,7 +718,7 @@ fn torn_fork(t: TornBacking) -> Step<Observed> {
         ));
     }
     // The pin must still see the parent's memory after all those copies.
-    let pattern = Pattern::with_unit(unit);
+    let pattern = opts.pattern(unit);
     pattern.fill(region, Writer::Setup);
     pattern.write(region, Writer::Parent);
     let data = pin.check(region, pattern, ORIGINAL.written_by(Writer::Parent))?;
@@ -757,12 +743,10 @@ struct SpanMemory {
     twice: Option<(usize, usize)>,
 }
 
+/// Spans are checked word by word whatever the run's options: what
+/// `WRITE_FIXED` wrote must equal the mapping byte for byte.
 fn thorough(unit: usize) -> Pattern {
-    Pattern {
-        page: env().page_size,
-        unit,
-        thorough: true,
-    }
+    Pattern::with_unit(unit, true)
 }
 
 /// `at` mapped MAP_SHARED, read-write, from `fd` at `off`.

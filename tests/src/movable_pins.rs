@@ -23,7 +23,7 @@ use cowgup_fixtures::pagemap;
 use cowgup_fixtures::pin_source::PinSource;
 use cowgup_fixtures::stamp::{Content, Writer};
 use cowgup_fixtures::zone::{self, Placement, Zone};
-use cowgup_fixtures::{env, fail, skip, Step};
+use cowgup_fixtures::{env, fail, skip, Step, TrialOptions};
 use cowgup_harness::probe::Capabilities;
 use cowgup_harness::{diag, Knob, Outcome};
 
@@ -74,7 +74,7 @@ pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
                 needs: backing.needs().into_iter().chain(source.needs()).collect(),
                 knobs: backing.knobs(caps.pmd_size),
                 pins: source.pins(),
-                body: Arc::new(move || run(backing, source).unwrap_or_else(|o| o)),
+                body: Arc::new(move |opts| run(opts, backing, source)),
             });
         }
     }
@@ -205,7 +205,7 @@ impl Where {
     }
 }
 
-fn run(backing: AnonBacking, source: PinSource) -> Step<Outcome> {
+fn run(opts: &TrialOptions, backing: AnonBacking, source: PinSource) -> Step<Outcome> {
     let zones = zone::read().or_else(fail)?;
     let movable = zone::movable(&zones);
     if movable.is_empty() {
@@ -220,7 +220,7 @@ fn run(backing: AnonBacking, source: PinSource) -> Step<Outcome> {
         ));
     }
     let spans: Vec<String> = movable.iter().map(|z| z.to_string()).collect();
-    let m = backing.setup()?;
+    let m = backing.setup(opts)?;
     let unit = if m.is_hugetlb {
         m.region.len
     } else {

@@ -22,7 +22,7 @@ use cowgup_fixtures::needs::Need;
 use cowgup_fixtures::pagemap::{self, Pte};
 use cowgup_fixtures::pin_source::{Held, PinSource};
 use cowgup_fixtures::stamp::{Mismatch, Writer};
-use cowgup_fixtures::{env, fail, kb, skip, Step};
+use cowgup_fixtures::{env, fail, kb, skip, Step, TrialOptions};
 use cowgup_harness::probe::Capabilities;
 use cowgup_harness::{diag, Knob, Outcome};
 use nix::errno::Errno;
@@ -259,9 +259,7 @@ pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
                         .collect(),
                     knobs,
                     pins: true,
-                    body: Arc::new(move || {
-                        run(&PRESSURES[i], source, backing).unwrap_or_else(|o| o)
-                    }),
+                    body: Arc::new(move |opts| run(opts, &PRESSURES[i], source, backing)),
                 });
             }
         }
@@ -270,8 +268,13 @@ pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
 }
 
 /// Pin, apply the pressure, and check the pin against the process both ways.
-fn run(pressure: &Pressure, source: PinSource, backing: AnonBacking) -> Step<Outcome> {
-    let m = backing.setup()?;
+fn run(
+    opts: &TrialOptions,
+    pressure: &Pressure,
+    source: PinSource,
+    backing: AnonBacking,
+) -> Step<Outcome> {
+    let m = backing.setup(opts)?;
     let (region, pattern) = (m.region, m.pattern);
     let mut held = match source.take(region)? {
         Ok(h) => h,

@@ -91,12 +91,8 @@ pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
                 knobs: backing.knobs(caps.pmd_size),
                 // pin_user_pages_remote(): FOLL_PIN, counted in /proc/vmstat.
                 pins: true,
-                body: Arc::new(move || {
-                    backing
-                        .setup()
-                        .and_then(|m| run(direction, &m))
-                        .map(|o| judge(&subject, o))
-                        .unwrap_or_else(|o| o)
+                body: Arc::new(move |opts| {
+                    Ok(judge(&subject, run(direction, &backing.setup(opts)?)?))
                 }),
             });
         }

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use cowgup_fixtures::needs::{first_unmet, Need};
+use cowgup_fixtures::{Step, TrialOptions};
 use cowgup_harness::probe::Capabilities;
 use cowgup_harness::{Knob, Outcome, Trial};
 
@@ -32,14 +33,21 @@ pub struct Scenario {
     pub knobs: Vec<Knob>,
     /// Takes FOLL_PIN references (so pin balance is counted exactly).
     pub pins: bool,
-    pub body: Arc<dyn Fn() -> Outcome + Send + Sync>,
+    pub body: Body,
 }
+
+/// What a trial runs in its own process, given the run's options. Every
+/// outcome is a value of one type: a body ends early with `?` on a step's
+/// skip or fail, or returns the outcome it judged (pass, fail, xfail, ...).
+pub type Body = Arc<dyn Fn(&TrialOptions) -> Step<Outcome> + Send + Sync>;
 
 impl Scenario {
     /// The runnable trial, skipped up front if the probed host cannot meet a need.
-    pub fn trial(&self, caps: &Capabilities) -> Trial {
+    pub fn trial(&self, caps: &Capabilities, opts: TrialOptions) -> Trial {
         let body = self.body.clone();
-        let mut t = Trial::new(self.name.clone(), move || body()).with_knobs(self.knobs.clone());
+        // The one place an early end and a judged outcome become the same.
+        let run = move || body(&opts).unwrap_or_else(|early| early);
+        let mut t = Trial::new(self.name.clone(), run).with_knobs(self.knobs.clone());
         t.skip = first_unmet(&self.needs, caps);
         t
     }
@@ -55,9 +63,4 @@ impl Scenario {
                 .iter()
                 .any(|n| n.provisionable() || *n == Need::GupTest)
     }
-}
-
-/// A step's outcome, whether it ran to the end or stopped early.
-pub(crate) fn outcome(step: cowgup_fixtures::Step<Outcome>) -> Outcome {
-    step.unwrap_or_else(|o| o)
 }

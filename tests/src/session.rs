@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cowgup_fixtures::needs::{provision, Need};
 use cowgup_fixtures::pin_balance::PinBalance;
-use cowgup_fixtures::Env;
+use cowgup_fixtures::{Env, TrialOptions};
 use cowgup_harness::guard::RestoreReport;
 use cowgup_harness::probe::Capabilities;
 use cowgup_harness::{
@@ -68,6 +68,8 @@ pub struct Session {
     /// What the session did to the host, or why it did nothing, for the report header.
     pub log: Vec<String>,
     run_opts: RunOptions,
+    /// What every trial's body is handed (`--thorough`).
+    trial_opts: TrialOptions,
     pin_balance: PinBalance,
     kernel_log: KernelLog,
     /// Trials run side by side by `run_all`.
@@ -175,7 +177,6 @@ impl Session {
         cowgup_fixtures::init_env(Env {
             page_size: caps.page_size,
             pmd_size: caps.pmd_size,
-            thorough: opts.thorough,
             pfns_visible: caps.cap_sys_admin,
         });
         let leak = if opts.simulate_leak {
@@ -206,6 +207,9 @@ impl Session {
             run_opts: RunOptions {
                 timeout: opts.timeout,
             },
+            trial_opts: TrialOptions {
+                thorough: opts.thorough,
+            },
             pin_balance: PinBalance::new(),
             kernel_log: KernelLog::new(),
             jobs: opts.jobs.max(1),
@@ -214,7 +218,7 @@ impl Session {
     }
 
     pub fn trial(&self, s: &Scenario) -> Trial {
-        s.trial(&self.caps)
+        s.trial(&self.caps, self.trial_opts)
     }
 
     /// Run one scenario. Its verdict includes the pin-balance check (every
