@@ -50,6 +50,20 @@ pub(super) struct Ran {
     pub(super) leftovers: Option<CheckResult>,
 }
 
+impl Ran {
+    /// A trial process of which only how it ended is known (it could not be
+    /// forked, or was lost, or never started).
+    pub(super) fn ended_only(ended: Ended) -> Ran {
+        Ran {
+            reported: None,
+            ended,
+            diagnostics: Vec::new(),
+            evidence: Vec::new(),
+            leftovers: None,
+        }
+    }
+}
+
 pub(super) enum Waited {
     Done(Box<Ran>),
     Interrupted(Signal),
