@@ -40,7 +40,6 @@ pub fn judge(
         (Some(b), Some(a)) => a & !b,
         _ => 0,
     };
-    let bad_taint = new_taint & error_taints();
     let data = serde_json::to_value(Data {
         records_read: s.records,
         lost: s.lost,
@@ -54,12 +53,27 @@ pub fn judge(
         not_read: scan.err(),
     })
     .unwrap_or_default();
-    let result = |status, detail| CheckResult {
+    let violations = violations(s, new_taint & error_taints(), taint_before, taint_after);
+    let (status, detail) = if violations.is_empty() {
+        not_violated(scan, &taint_note(taint_before, taint_after, new_taint))
+    } else {
+        (CheckStatus::Violated, violations.join("; "))
+    };
+    CheckResult {
         check: CHECK.into(),
         status,
         detail,
-        data: data.clone(),
-    };
+        data,
+    }
+}
+
+/// The error lines read, and the error taint flags that appeared.
+fn violations(
+    s: &Scan,
+    bad_taint: u64,
+    taint_before: Option<u64>,
+    taint_after: Option<u64>,
+) -> Vec<String> {
     let mut violations = Vec::new();
     let n = s.findings.len() + s.more_findings;
     if n > 0 {
@@ -89,69 +103,81 @@ pub fn judge(
             taint_after.unwrap_or(0)
         ));
     }
-    if !violations.is_empty() {
-        return result(CheckStatus::Violated, violations.join("; "));
-    }
-    let other_taint = if new_taint != 0 {
-        format!(
-            "; taint flags that are not kernel errors appeared: {}",
-            describe_taints(new_taint)
-        )
-    } else {
-        String::new()
-    };
-    let taint_note = match (taint_before, taint_after) {
+    violations
+}
+
+/// What the taint flags say when none of them is an error: whether they
+/// could be read, and which other flags appeared.
+fn taint_note(taint_before: Option<u64>, taint_after: Option<u64>, new_taint: u64) -> String {
+    let note = match (taint_before, taint_after) {
         (Some(_), Some(_)) => "no error taint flag appeared",
         _ => "/proc/sys/kernel/tainted unreadable",
     };
+    if new_taint != 0 {
+        format!(
+            "{note}; taint flags that are not kernel errors appeared: {}",
+            describe_taints(new_taint)
+        )
+    } else {
+        note.to_string()
+    }
+}
+
+/// Nothing wrong was read: Held if all that was logged was read, otherwise
+/// NotChecked or Unreliable, saying what was not.
+fn not_violated(scan: Result<&Scan, &str>, taint_note: &str) -> (CheckStatus, String) {
     let s = match scan {
         Err(why) => {
-            return result(
+            return (
                 CheckStatus::NotChecked,
-                format!("kernel log not checked: {why} ({taint_note}{other_taint})"),
+                format!("kernel log not checked: {why} ({taint_note})"),
             )
         }
         Ok(s) => s,
     };
     if let Some(e) = &s.error {
-        return result(
+        return (
             CheckStatus::Unreliable,
             format!(
                 "kernel log unreliable: reading /dev/kmsg failed after {} records: {e} \
-                 ({taint_note}{other_taint})",
+                 ({taint_note})",
                 s.records
             ),
         );
     }
     if s.overwritten || s.lost > 0 || s.cut_short {
-        let what = if s.cut_short {
-            format!("reading stopped after {MAX_RECORDS} records")
-        } else {
-            let n = match (s.overwritten, s.lost) {
-                (true, 0) => "some".to_string(),
-                (true, n) => format!("at least {n}"),
-                (false, n) => n.to_string(),
-            };
-            format!(
-                "{n} records were overwritten before they could be read (the kernel log \
-                 ring buffer wrapped)"
-            )
-        };
-        return result(
+        return (
             CheckStatus::Unreliable,
             format!(
-                "kernel log unreliable: {what}; no error lines in the {} that were read \
-                 ({taint_note}{other_taint})",
+                "kernel log unreliable: {}; no error lines in the {} that were read \
+                 ({taint_note})",
+                unread(s),
                 s.records
             ),
         );
     }
-    result(
+    (
         CheckStatus::Held,
         format!(
-            "no error lines in {} records logged during the trial ({taint_note}{other_taint})",
+            "no error lines in {} records logged during the trial ({taint_note})",
             s.records
         ),
+    )
+}
+
+/// What of the log a scan did not read.
+fn unread(s: &Scan) -> String {
+    if s.cut_short {
+        return format!("reading stopped after {MAX_RECORDS} records");
+    }
+    let n = match (s.overwritten, s.lost) {
+        (true, 0) => "some".to_string(),
+        (true, n) => format!("at least {n}"),
+        (false, n) => n.to_string(),
+    };
+    format!(
+        "{n} records were overwritten before they could be read (the kernel log \
+         ring buffer wrapped)"
     )
 }
 
