@@ -80,7 +80,7 @@ pub(super) fn spawn(trial: &Trial, opts: &RunOptions) -> std::io::Result<ChildWa
     // Before the fork: every message the child sends must carry credentials.
     setsockopt(&ours, sockopt::PassCred, &true)?;
     let runner = nix::unistd::getpid();
-    // SAFETY: the runner is single-threaded (see the module comment); the child
+    // SAFETY: the runner is single-threaded (see runner/mod.rs); the child
     // only runs the trial body and leaves with _exit.
     match unsafe { fork() }? {
         ForkResult::Child => {
