@@ -1,5 +1,7 @@
-//! The trial's process group after the trial process is gone: who is still
-//! in it, and stopping them (SIGTERM, a short grace, then SIGKILL).
+//! A trial's process group: who is still in it (after the trial process is
+//! gone, or when a restore finds a journaled group), and stopping them
+//! (SIGTERM, a short grace, then SIGKILL; or SIGKILL at once at a time
+//! limit, a signal or a kernel fault).
 //!
 //! A process that is already exiting (PF_EXITING) is on its way out and is
 //! not counted as left behind, but the group is only gone once it has become

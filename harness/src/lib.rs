@@ -1,7 +1,15 @@
 //! The trial runner. It knows how to run a named piece of work in its own
 //! process, under a time limit, while holding a set of host settings, and how
-//! to put the host back afterwards. It knows nothing about memory management:
-//! the catalogue in `tests/` and the backings in `fixtures/` give it meaning.
+//! to put the host back afterwards; and what the running kernel offers.
+//!
+//! So it knows the host's memory-management *settings files*: how to read,
+//! write and put back a sysfs or procfs knob, a hugetlb pool (which it
+//! settles, surplus pages and all), a swap area, a mount (`guard`); it
+//! probes what the kernel provides (THP sizes, hugetlb pools, gup_test,
+//! io_uring; `probe`); and it reads the kernel log for errors (`kmsg`). It
+//! does not know what a trial means: which settings a trial needs, what it
+//! does and what its outcome says about COW or GUP come from the catalogue
+//! in `tests/` and the backings in `fixtures/`.
 
 pub mod group;
 pub mod guard;

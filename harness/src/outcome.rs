@@ -1,3 +1,7 @@
+//! What a trial ended as (`Outcome`), what was observed around it
+//! (`Evidence`, `CheckResult`), the report of one trial (`TrialReport`) and
+//! the counts of a run (`Totals`).
+
 use std::fmt;
 use std::time::Duration;
 

@@ -1,6 +1,10 @@
-//! What the running kernel offers, read once before a plan is made. Every
+//! What the running kernel offers and what this process may do: page and
+//! THP sizes, hugetlb pools, the huge zero page, swap, io_uring, gup_test,
+//! privileges, the memlock limit, the filesystems trials write to. A plan is
+//! made from it; it is read before the host is changed and once after. Every
 //! field comes from a file or a syscall named next to it, so a surprising
-//! value can be checked by hand.
+//! value can be checked by hand. Also the one table of filesystem magic
+//! numbers (`Filesystem`).
 
 use std::fmt::Write as _;
 use std::fs;

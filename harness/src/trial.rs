@@ -1,3 +1,6 @@
+//! A trial as the runner sees it: a name, a body to run in its own process,
+//! and what must be known before it forks (skip, host settings).
+
 use std::sync::Arc;
 
 use crate::guard::Knob;

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use cowgup_harness::libtest::{self, check};
+use cowgup_harness::libtest::{self, check, Trial as Test};
 use cowgup_harness::runner::send_record;
 use cowgup_harness::{
     diag, run_trial, signals, CheckResult, CheckStatus, Outcome, OutcomeKind, Record, RunOptions,
@@ -170,8 +170,9 @@ fn judged(r: &TrialReport, result: Result<(), String>) -> Result<(), String> {
     })
 }
 
-fn main() {
-    let cases: Vec<(Trial, Expect)> = vec![
+/// Trials that end badly on their own: each costs exactly its own result.
+fn ending_badly() -> Vec<(Trial, Expect)> {
+    vec![
         (Trial::new("passes", || Outcome::Pass), |r| {
             kind_and_reason(r, OutcomeKind::Pass, "")?;
             r.checks
@@ -207,6 +208,13 @@ fn main() {
             }),
             |r| kind_and_reason(r, OutcomeKind::Error, "timed out after 1 s"),
         ),
+    ]
+}
+
+/// Outcome records that must not decide the trial: a grandchild's, or the
+/// trial process's own when it crashes afterwards.
+fn outcomes_that_do_not_count() -> Vec<(Trial, Expect)> {
+    vec![
         (
             Trial::new(
                 "a grandchild reports pass, then the trial process crashes",
@@ -266,6 +274,13 @@ fn main() {
                 }
             },
         ),
+    ]
+}
+
+/// What a trial leaves or sends that the runner must bound: processes left
+/// behind, records too large, a report channel that would survive exec.
+fn what_a_trial_leaves() -> Vec<(Trial, Expect)> {
+    vec![
         (
             Trial::new("leaves a sleeping process behind", || {
                 leave_a_sleeper(false)
@@ -303,6 +318,12 @@ fn main() {
             Trial::new("has no socket that survives exec", sockets_are_cloexec),
             |r| kind_and_reason(r, OutcomeKind::Pass, ""),
         ),
+    ]
+}
+
+/// Skips, and a pass after all of the above: the run went on.
+fn skips_and_the_run_goes_on() -> Vec<(Trial, Expect)> {
+    vec![
         (
             Trial::new("skips", || Outcome::Skip("nothing to do".into())),
             |r| kind_and_reason(r, OutcomeKind::Skip, "nothing to do"),
@@ -315,24 +336,24 @@ fn main() {
         (Trial::new("passes afterwards", || Outcome::Pass), |r| {
             kind_and_reason(r, OutcomeKind::Pass, "")
         }),
-    ];
-    let opts = RunOptions {
-        timeout: Duration::from_secs(1),
-    };
-    let started = Instant::now();
-    let mut tests = Vec::new();
-    for (trial, expect) in cases {
-        tests.push(check(trial.name.clone(), move || {
-            let r = run_trial(&trial, None, &opts, &mut []).expect("not interrupted");
-            let mut result = expect(&r);
-            if r.name != trial.name {
-                result = Err("one result per trial, in order".into());
-            }
-            judged(&r, result)
-        }));
-    }
+    ]
+}
 
-    // Checks around a trial: before the fork, after it, and in the verdict.
+/// A test that runs `trial` and holds its report to `expect`.
+fn expected(trial: Trial, expect: Expect, opts: RunOptions) -> Test {
+    check(trial.name.clone(), move || {
+        let r = run_trial(&trial, None, &opts, &mut []).expect("not interrupted");
+        let mut result = expect(&r);
+        if r.name != trial.name {
+            result = Err("one result per trial, in order".into());
+        }
+        judged(&r, result)
+    })
+}
+
+/// Checks around a trial: before the fork, after it, and in the verdict.
+fn checks_around_a_trial(opts: RunOptions) -> Vec<Test> {
+    let mut tests = Vec::new();
     for (status, want) in [
         (
             CheckStatus::Violated,
@@ -380,10 +401,13 @@ fn main() {
             )
         },
     ));
+    tests
+}
 
-    // The grandchild's socket must not make the runner wait for it: the
-    // leftover is found and stopped in well under the 1 s time limit.
-    tests.push(check(
+/// The grandchild's socket must not make the runner wait for it: the
+/// leftover is found and stopped in well under the 1 s time limit.
+fn a_leftover_costs_little(opts: RunOptions) -> Test {
+    check(
         "a leftover holding the socket costs well under the time limit",
         move || {
             let leak_time = Instant::now();
@@ -402,11 +426,13 @@ fn main() {
                     .ok_or(format!("took {took:?}")),
             )
         },
-    ));
+    )
+}
 
-    // Termination signals: a flag, no SA_RESTART, and the run stops. (Last
-    // of the tests that run trials: the flag stays raised.)
-    tests.push(check(
+/// Termination signals: a flag, no SA_RESTART, and the run stops. (Last of
+/// the tests that run trials: the flag stays raised.)
+fn sighup_stops_the_run(opts: RunOptions) -> Test {
+    check(
         "SIGHUP becomes a flag that stops the run (handlers without SA_RESTART)",
         move || {
             signals::install();
@@ -427,8 +453,27 @@ fn main() {
             .then_some(())
             .ok_or(format!("{restarting} handler(s) restart; {stopped:?}"))
         },
-    ));
+    )
+}
 
+fn main() {
+    let opts = RunOptions {
+        timeout: Duration::from_secs(1),
+    };
+    let started = Instant::now();
+    let mut tests: Vec<Test> = [
+        ending_badly(),
+        outcomes_that_do_not_count(),
+        what_a_trial_leaves(),
+        skips_and_the_run_goes_on(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|(trial, expect)| expected(trial, expect, opts))
+    .collect();
+    tests.extend(checks_around_a_trial(opts));
+    tests.push(a_leftover_costs_little(opts));
+    tests.push(sighup_stops_the_run(opts));
     tests.push(check("all of it in under 10 s", move || {
         let total = started.elapsed();
         (total < Duration::from_secs(10))

@@ -75,7 +75,7 @@ fn hold_a_page() -> Holder {
     // maps, touches, writes a byte and reads a pipe before _exit.
     match unsafe { fork() }.unwrap() {
         ForkResult::Child => {
-            // As every trial process does (runner.rs): the host lock stays
+            // As every trial process does (runner/child.rs): the host lock stays
             // with the run.
             guard::release_inherited_lock();
             let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
