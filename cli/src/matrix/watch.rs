@@ -516,6 +516,32 @@ mod tests {
         }
     }
 
+    /// What `cowgup run --events` writes (`cowgup_tap::report::Events`),
+    /// read back: every trial as the JSON report has it.
+    #[test]
+    fn a_runs_events_read_back_as_its_json_report_has_them() {
+        use cowgup_tap::report::{Document, Events};
+        use cowgup_tap::stream::{examples::sample_run, Reporter};
+        let (mut text, mut doc) = (Vec::new(), Vec::new());
+        let mut events = Events::new(&mut text);
+        let mut json = Document::json(&mut doc);
+        for e in &sample_run() {
+            events.on(e).unwrap();
+            json.on(e).unwrap();
+        }
+        let doc: Value = serde_json::from_slice(&doc).unwrap();
+        let mut s = EventStream::default();
+        s.feed(&text);
+        s.end();
+        assert_eq!((s.events, s.garbled, s.lost), (6, 0, 0));
+        assert_eq!(
+            s.raw_trials,
+            [doc["trials"][0].clone(), doc["trials"][1].clone()]
+        );
+        assert_eq!(s.trials[0].outcome, "fail");
+        assert!(s.run_finished && s.running.is_none());
+    }
+
     #[test]
     fn the_final_frame_is_not_read_as_events() {
         let mut port = String::new();
