@@ -756,16 +756,16 @@ pub fn matrix(args: &MatrixArgs) -> ExitCode {
         .collect();
     let doc = report::json(&cells);
     match args.format {
-        Format::Human => print!("{}", report::render(&cells)),
+        Format::Human => print!("{}", report::text::render(&cells)),
         Format::Json if sink.is_none() => {
             println!("{}", serde_json::to_string_pretty(&doc).expect("JSON"))
         }
-        Format::Json => print!("{}", report::render(&cells)),
+        Format::Json => print!("{}", report::text::render(&cells)),
     }
     if let Some(f) = &mut sink {
         let text = match args.format {
             Format::Json => serde_json::to_string_pretty(&doc).expect("JSON"),
-            Format::Human => report::render(&cells),
+            Format::Human => report::text::render(&cells),
         };
         if let Err(e) = std::io::Write::write_all(f, text.as_bytes()) {
             eprintln!("cowgup: cannot write the report: {e}");
@@ -773,7 +773,7 @@ pub fn matrix(args: &MatrixArgs) -> ExitCode {
         }
     }
     if let Some(f) = &mut html_sink {
-        if let Err(e) = std::io::Write::write_all(f, report::html(&cells).as_bytes()) {
+        if let Err(e) = std::io::Write::write_all(f, report::html::html(&cells).as_bytes()) {
             eprintln!("cowgup: cannot write the HTML report: {e}");
             return ExitCode::FAILURE;
         }
