@@ -1,5 +1,7 @@
-//! `cowgup`: the front end people type. Parsing arguments and printing are
-//! here; everything else is the session from `cowgup-tests`.
+//! `cowgup`: the front end people type. Here: the arguments, `list`,
+//! `probe`, `restore`, and which reports `run` writes where (every report
+//! is `cowgup_tap::report`'s); the runs are the session from
+//! `cowgup-tests`; `bench` and `matrix` are modules of their own.
 
 mod bench;
 mod guest;

@@ -4,8 +4,9 @@
 //!   tools/testing/selftests/kselftest.h) and KTAP v1, a writer that
 //!   produces it byte for byte and a strict parser our own tests use to hold
 //!   the writer (and the drop-in binaries) to it;
-//! - `kselftest`: the drop-in `cow`, `gup_longterm` and `gup_test` programs'
-//!   wrapper (a kselftest program made of catalogue trials);
+//! - `kselftest`: the kselftest drop-in wrapper, a kselftest program made
+//!   of catalogue trials (the `cow` and `gup_longterm` binaries; `gup_test`
+//!   writes its few results with `write` itself);
 //! - `stream`: one run as one stream of events, which every report consumes;
 //! - `report`: every report format, TAP/KTAP, human, JSON, JUnit and the
 //!   JSON-lines events, shared by the drop-in programs and `cowgup run`
