@@ -1,12 +1,12 @@
-//! `cowgup`: the front end people type. Parsing arguments and printing are
-//! here; everything else is the session from `cowgup-tests`.
+//! `cowgup`: the front end people type. Here: the arguments, `list`,
+//! `probe`, `restore`, and which reports `run` writes where (every report
+//! is `cowgup_tap::report`'s); the runs are the session from
+//! `cowgup-tests`; `bench` and `matrix` are modules of their own.
 
 mod bench;
-mod formats;
 mod guest;
 mod help;
 mod matrix;
-mod report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +14,9 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use cowgup_harness::probe::Capabilities;
+use cowgup_tap::report::{Document, Events, Human, TapReporter};
+use cowgup_tap::stream::{drive, Reporter};
+use cowgup_tap::Dialect;
 use cowgup_tests::session::{default_state_dir, Options, Session};
 use cowgup_tests::{catalogue, Scenario, Selection};
 
@@ -124,8 +127,8 @@ struct RunArgs {
     #[arg(short, long)]
     verbose: bool,
     /// Report format.
-    #[arg(long, value_enum, default_value_t = formats::Format::Human)]
-    format: formats::Format,
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    format: Format,
     /// Write the report to FILE (for tap, ktap, json and junit the human report still goes to the terminal).
     #[arg(long, short, value_name = "FILE")]
     output: Option<PathBuf>,
@@ -138,6 +141,21 @@ struct RunArgs {
     /// that leaks pins would (what `matrix --simulate-leak` runs in guests).
     #[arg(long, hide = true)]
     simulate_leak: bool,
+}
+
+/// The reports of `cowgup_tap::report` that `run --format` chooses from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    /// progress and a summary for people
+    Human,
+    /// kselftest TAP 13, as tools/testing/selftests/kselftest.h writes it
+    Tap,
+    /// KTAP version 1 (Documentation/dev-tools/ktap.rst)
+    Ktap,
+    /// one JSON document: probe, host changes, every trial with its evidence and checks
+    Json,
+    /// JUnit XML, one testsuite per family
+    Junit,
 }
 
 /// The command line, its help text built from the catalogue's families.
@@ -255,7 +273,7 @@ fn restore(state: &StateArgs) -> ExitCode {
 /// `--events FILE`: a file (truncated) or a device such as a serial port
 /// (never made our controlling terminal); a terminal gets its
 /// `trial_started` lines drained before the trial runs.
-fn open_events(p: &std::path::Path) -> Result<formats::Events<std::fs::File>, String> {
+fn open_events(p: &std::path::Path) -> Result<Events<std::fs::File>, String> {
     use std::io::IsTerminal;
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
@@ -268,17 +286,48 @@ fn open_events(p: &std::path::Path) -> Result<formats::Events<std::fs::File>, St
         .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
     let fd = f.as_raw_fd();
     let tty = f.is_terminal();
-    let events = formats::Events::new(f);
+    let events = Events::new(f);
     Ok(if tty { events.draining(fd) } else { events })
+}
+
+/// The reports `args` ask for, in the order they see each event: the human
+/// report in FILE or on the terminal, or the machine-readable one there and
+/// the human one on the terminal too when FILE takes the machine one.
+fn reporters(
+    args: &RunArgs,
+    caps: &Capabilities,
+    sink: Box<dyn std::io::Write>,
+    events: Option<Events<std::fs::File>>,
+) -> Vec<Box<dyn Reporter>> {
+    let mut reporters: Vec<Box<dyn Reporter>> = Vec::new();
+    // First: a result leaves on the events line before anything else is written.
+    if let Some(e) = events {
+        reporters.push(Box::new(e));
+    }
+    if args.format != Format::Human && args.output.is_some() {
+        reporters.push(Box::new(Human::new(std::io::stdout(), args.verbose, true)));
+    }
+    let tap = |sink: Box<dyn std::io::Write>, dialect| {
+        TapReporter::new(sink, dialect).with_preamble(vec![format!(
+            "cowgup {} on {}",
+            env!("CARGO_PKG_VERSION"),
+            caps.kernel_release
+        )])
+    };
+    reporters.push(match args.format {
+        Format::Human => Box::new(Human::new(sink, args.verbose, args.output.is_none())),
+        Format::Tap => Box::new(tap(sink, Dialect::Kselftest)),
+        Format::Ktap => Box::new(tap(sink, Dialect::Ktap)),
+        Format::Json => Box::new(Document::json(sink)),
+        Format::Junit => Box::new(Document::junit(sink)),
+    });
+    reporters
 }
 
 /// Run the selection, every report a consumer of the one event stream
 /// (`cowgup_tap::stream`): the human report on the terminal (or in FILE), and
 /// the machine-readable one on stdout or in FILE.
 fn run(args: &RunArgs) -> ExitCode {
-    use cowgup_tap::stream::{drive, Reporter};
-    use cowgup_tap::{Dialect, TapReporter};
-    use formats::{Document, Format};
     let (caps, chosen) = match select(&args.select) {
         Ok(x) => x,
         Err(e) => return fatal(&e),
@@ -304,45 +353,7 @@ fn run(args: &RunArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fatal(&e),
     };
-    let mut reporters: Vec<Box<dyn Reporter>> = Vec::new();
-    match args.format {
-        Format::Human => reporters.push(Box::new(report::Human::new(
-            sink,
-            args.verbose,
-            args.output.is_none(),
-        ))),
-        machine => {
-            if args.output.is_some() {
-                reporters.push(Box::new(report::Human::new(
-                    std::io::stdout(),
-                    args.verbose,
-                    true,
-                )));
-            }
-            reporters.push(match machine {
-                Format::Tap | Format::Ktap => Box::new(
-                    TapReporter::new(
-                        sink,
-                        if machine == Format::Ktap {
-                            Dialect::Ktap
-                        } else {
-                            Dialect::Kselftest
-                        },
-                    )
-                    .with_preamble(vec![format!(
-                        "cowgup {} on {}",
-                        env!("CARGO_PKG_VERSION"),
-                        caps.kernel_release
-                    )]),
-                ),
-                _ => Box::new(Document::new(sink, machine)),
-            });
-        }
-    }
-    // First: a result leaves on the events line before anything else is written.
-    if let Some(e) = events {
-        reporters.insert(0, Box::new(e));
-    }
+    let mut reporters = reporters(args, &caps, sink, events);
     let mut refs: Vec<&mut dyn Reporter> = reporters.iter_mut().map(|r| r.as_mut()).collect();
     match drive(&mut session, &chosen, &mut refs) {
         Ok(end) if end.succeeded() => ExitCode::SUCCESS,

@@ -19,7 +19,7 @@ mod initramfs;
 #[path = "../src/guest/qemu.rs"]
 mod qemu;
 #[allow(dead_code)]
-#[path = "../src/matrix/report.rs"]
+#[path = "../src/matrix/report/mod.rs"]
 mod report;
 #[allow(dead_code)]
 #[path = "../src/guest/topology.rs"]
@@ -92,7 +92,7 @@ fn the_html_page_loads_in_chromium() {
     ));
     let dir = tempfile::tempdir().unwrap();
     let page = dir.path().join("matrix.html");
-    std::fs::write(&page, report::html(&cells)).unwrap();
+    std::fs::write(&page, report::html::html(&cells)).unwrap();
     let dom = dump_dom(
         &page,
         &dir.path().join("profile"),

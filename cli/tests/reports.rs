@@ -90,7 +90,7 @@ fn json_carries_probe_and_every_trial() -> Result<(), String> {
 }
 
 /// Counts agree with the testcases, skips and failures carry their messages.
-const JUNIT_CHECK: &str = include_str!("junit_check.py");
+const JUNIT_CHECK: &str = include_str!("../../tap-adapter/tests/junit_check.py");
 
 fn junit_loads_with_a_testsuite_per_family() -> Result<(), String> {
     let xml = report("junit")?;
@@ -177,27 +177,33 @@ fn tap_and_ktap_parse_strictly() -> Result<(), String> {
 use cowgup_harness::libtest::{self, check};
 use cowgup_harness::{CheckResult, Evidence};
 
+type Check = fn() -> Result<(), String>;
+
 fn main() {
-    libtest::main(vec![
-        check(
-            libtest::host("JSON carries the probe and every trial"),
+    let checks: [(&str, Check); 5] = [
+        (
+            "JSON carries the probe and every trial",
             json_carries_probe_and_every_trial,
         ),
-        check(
-            libtest::host("JUnit loads, one testsuite per family"),
+        (
+            "JUnit loads, one testsuite per family",
             junit_loads_with_a_testsuite_per_family,
         ),
-        check(
-            libtest::host("JUnit reads back with quick-junit"),
+        (
+            "JUnit reads back with quick-junit",
             junit_reads_back_with_quick_junit,
         ),
-        check(
-            libtest::host("TAP and KTAP parse strictly"),
-            tap_and_ktap_parse_strictly,
-        ),
-        check(
-            libtest::host("--format human --output FILE writes the human report"),
+        ("TAP and KTAP parse strictly", tap_and_ktap_parse_strictly),
+        (
+            "--format human --output FILE writes the human report",
             human_report_goes_to_the_output_file,
         ),
-    ])
+    ];
+    // Every one runs `cowgup run`, which provisions the host as root.
+    libtest::main(
+        checks
+            .into_iter()
+            .map(|(name, f)| check(libtest::host(name), f))
+            .collect(),
+    )
 }

@@ -3,7 +3,7 @@
 //! lines, `# [RUN] <name>` before each result, the reason of a skip or
 //! failure as a diagnostic — plus each trial's evidence and checks as
 //! diagnostics, and exits as `ksft_finished()` does. The printing is the
-//! TAP consumer of the event stream (`reporter.rs`), as in `cowgup run`.
+//! TAP consumer of the event stream (`report::tap`), as in `cowgup run`.
 
 use std::io::{stdout, Write};
 use std::process::ExitCode;
@@ -13,7 +13,7 @@ use cowgup_harness::Outcome;
 use cowgup_tests::session::{Options, Session};
 use cowgup_tests::{Family, Scenario};
 
-use crate::reporter::TapReporter;
+use crate::report::TapReporter;
 use crate::stream::drive;
 use crate::write::Dialect;
 

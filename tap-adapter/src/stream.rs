@@ -5,8 +5,9 @@
 //! offers, what the session changed on the host), then per trial
 //! `TrialStarted` and `TrialFinished` (the harness's [`TrialReport`]: outcome,
 //! diagnostics, typed evidence, checks), then `RunFinished` (totals and what
-//! the restore did). The human, TAP, KTAP, JSON and JUnit reports and the
-//! drop-in kselftest programs are all reporters; none runs trials itself.
+//! the restore did). Every report (`crate::report`: TAP, KTAP, human, JSON,
+//! JUnit, events), and so the drop-in kselftest programs, is a reporter;
+//! none runs trials itself.
 //!
 //! Evidence and checks stay data until a reporter renders them; the text
 //! forms every line-based reporter shares are [`evidence_line`],

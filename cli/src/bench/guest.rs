@@ -266,6 +266,23 @@ pub fn upstream_of(family: &str) -> Option<&'static str> {
     }
 }
 
+impl GuestFigures {
+    /// Seconds and executed trials of cowgup's families that `pred` picks,
+    /// with `--jobs j`.
+    fn family_sum(&self, j: usize, pred: impl Fn(&str) -> bool) -> (f64, usize) {
+        self.ours.get(&j).map_or((0.0, 0), |m| {
+            m.iter()
+                .filter(|(f, _)| pred(f))
+                .fold((0.0, 0), |(t, n), (_, (secs, ex))| (t + secs, n + ex))
+        })
+    }
+
+    /// The C programs' seconds, all together.
+    fn c_total(&self) -> f64 {
+        self.c.values().map(|(t, _, _)| t).sum()
+    }
+}
+
 /// The report: per upstream program C vs cowgup (each `--jobs`), cowgup's
 /// families without a C counterpart, the totals; last line the ratio of the
 /// same work (cowgup's families that do a C program's work, `--jobs` = the
@@ -282,13 +299,17 @@ pub fn render(g: &GuestFigures, label: &str) -> String {
         s.push_str(&format!(" {:>22}", format!("cowgup --jobs {j}")));
     }
     s.push('\n');
-    let fam_sum = |j: usize, pred: &dyn Fn(&str) -> bool| -> (f64, usize) {
-        g.ours.get(&j).map_or((0.0, 0), |m| {
-            m.iter()
-                .filter(|(f, _)| pred(f))
-                .fold((0.0, 0), |(t, n), (_, (secs, ex))| (t + secs, n + ex))
-        })
-    };
+    program_rows(&mut s, g, &jobs);
+    family_rows(&mut s, g, &jobs);
+    total_rows(&mut s, g, &jobs);
+    profile_lines(&mut s, g);
+    ratio_lines(&mut s, g, &jobs);
+    s
+}
+
+/// Per upstream program: C's time (runs, failures), and cowgup's for the
+/// families that do its work, with the ratio.
+fn program_rows(s: &mut String, g: &GuestFigures, jobs: &[usize]) {
     for p in PROGRAMS {
         let (secs, runs, failed) = g.c.get(p).copied().unwrap_or((0.0, 0, 0));
         let c = format!(
@@ -300,8 +321,8 @@ pub fn render(g: &GuestFigures, label: &str) -> String {
             }
         );
         s.push_str(&format!("{:<40} {c:>16}", format!("{p}")));
-        for j in &jobs {
-            let (t, n) = fam_sum(*j, &|f| upstream_of(f) == Some(p));
+        for j in jobs {
+            let (t, n) = g.family_sum(*j, |f| upstream_of(f) == Some(p));
             s.push_str(&format!(
                 " {:>22}",
                 format!("{t:.2} s ({n}) {:.2}x", t / secs.max(1e-9))
@@ -309,6 +330,10 @@ pub fn render(g: &GuestFigures, label: &str) -> String {
         }
         s.push('\n');
     }
+}
+
+/// Per cowgup family: its time and trials, and which C program it stands for.
+fn family_rows(s: &mut String, g: &GuestFigures, jobs: &[usize]) {
     let families: Vec<&String> = g
         .ours
         .values()
@@ -322,7 +347,7 @@ pub fn render(g: &GuestFigures, label: &str) -> String {
             None => format!("  family {f} (no C)"),
         };
         s.push_str(&format!("{tag:<40} {:>16}", "-"));
-        for j in &jobs {
+        for j in jobs {
             let (t, n) = g
                 .ours
                 .get(j)
@@ -333,13 +358,18 @@ pub fn render(g: &GuestFigures, label: &str) -> String {
         }
         s.push('\n');
     }
-    let c_total: f64 = g.c.values().map(|(t, _, _)| t).sum();
+}
+
+/// The whole catalogue against C, then like for like: only the families
+/// that do a C program's work.
+fn total_rows(s: &mut String, g: &GuestFigures, jobs: &[usize]) {
+    let c_total = g.c_total();
     s.push_str(&format!(
         "{:<40} {:>16}",
         "total",
         format!("{c_total:.2} s")
     ));
-    for j in &jobs {
+    for j in jobs {
         let t = g.ours_total[j];
         s.push_str(&format!(
             " {:>22}",
@@ -347,20 +377,23 @@ pub fn render(g: &GuestFigures, label: &str) -> String {
         ));
     }
     s.push('\n');
-    // Like for like: only the families that do a C program's work.
     s.push_str(&format!(
         "{:<40} {:>16}",
         "total, families with a C counterpart",
         format!("{c_total:.2} s")
     ));
-    for j in &jobs {
-        let (t, _) = fam_sum(*j, &|f| upstream_of(f).is_some());
+    for j in jobs {
+        let (t, _) = g.family_sum(*j, |f| upstream_of(f).is_some());
         s.push_str(&format!(
             " {:>22}",
             format!("{t:.2} s {:.2}x", t / c_total.max(1e-9))
         ));
     }
     s.push('\n');
+}
+
+/// Where cowgup's time went, per `--jobs`.
+fn profile_lines(s: &mut String, g: &GuestFigures) {
     for (j, (start, trials, wait)) in g.profile.iter().rev() {
         let executed: usize = g
             .ours
@@ -377,8 +410,14 @@ pub fn render(g: &GuestFigures, label: &str) -> String {
             g.ours_total.get(j).copied().unwrap_or(0.0)
         ));
     }
+}
+
+/// The whole catalogue's ratio, then the like-for-like ratio (with
+/// `--jobs 1` too when the top `--jobs` is not 1).
+fn ratio_lines(s: &mut String, g: &GuestFigures, jobs: &[usize]) {
+    let c_total = g.c_total();
     let top = jobs.first().copied().unwrap_or(1);
-    let same = |j: usize| fam_sum(j, &|f| upstream_of(f).is_some()).0 / c_total.max(1e-9);
+    let same = |j: usize| g.family_sum(j, |f| upstream_of(f).is_some()).0 / c_total.max(1e-9);
     s.push_str(&format!(
         "whole catalogue ratio (families upstream lacks included): {:.2} x\n",
         g.ours_total[&top] / c_total.max(1e-9)
@@ -387,7 +426,6 @@ pub fn render(g: &GuestFigures, label: &str) -> String {
         s.push_str(&format!("guest ratio with --jobs 1: {:.2} x\n", same(1)));
     }
     s.push_str(&format!("guest ratio: {:.2} x\n", same(top)));
-    s
 }
 
 /// Where the C programs of a tree are built.

@@ -52,6 +52,10 @@ echo "{START} $(uname -r)"
     )
 }
 
+/// The matrix's `/init` after the [`preamble`]; `@NAME@` is filled in by
+/// [`init_script`].
+const MATRIX_INIT: &str = include_str!("matrix_init.sh");
+
 /// The matrix's `/init`: the [`preamble`], then `cowgup run` with `args`, its
 /// human report on the console, each event (a result as it is formed) on
 /// ttyS1 as one JSON line; then the topology's setup lines and the JSON
@@ -60,18 +64,18 @@ echo "{START} $(uname -r)"
 /// and the newlines keeps it intact; the port moves ~180 KB/s under TCG).
 pub fn init_script(args: &[String]) -> String {
     let args: Vec<String> = args.iter().map(|a| quote(a)).collect();
-    format!(
-        r#"{preamble}set -o pipefail
-stty -F /dev/ttyS1 raw -echo
-/bin/cowgup run --format json --output /tmp/result.json --events /dev/ttyS1 {args} 2>&1 | cat
-rc=$?
-echo "{EXIT} rc=$rc"
-{{ cat /tmp/topology.txt; echo "{RESULT} rc=$rc release=$(uname -r)"; sed 's/^ *//' /tmp/result.json | tr -d '\n'; echo; echo "{RESULT_END}"; }} > /dev/ttyS1
-sync; reboot -f
-"#,
-        preamble = preamble(""),
-        args = args.join(" "),
-    )
+    // The arguments last: nothing in them is read as a name to fill in.
+    let script = [
+        ("EXIT", EXIT),
+        ("RESULT_END", RESULT_END),
+        ("RESULT", RESULT),
+    ]
+    .iter()
+    .fold(MATRIX_INIT.to_string(), |s, (name, value)| {
+        s.replace(&format!("@{name}@"), value)
+    })
+    .replace("@ARGS@", &args.join(" "));
+    preamble("") + &script
 }
 
 /// The matrix's archive: [`root`] with its [`init_script`].

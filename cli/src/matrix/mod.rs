@@ -1,10 +1,14 @@
 //! `cowgup matrix`: the suite on several kernels, one cell per kernel and
-//! topology, guests under qemu, cells in parallel, one report.
+//! topology, guests under qemu, cells in parallel, one report. Here: the
+//! arguments, the plan of cells, what every cell shares (the initramfs,
+//! KVM or not), running the cells and writing the reports.
 //!
 //! A guest cell is a boot of `crate::guest` (kernel specs and builds, the
 //! initramfs and `/init`, topologies, host tools, disk images, qemu); what
-//! is here is the matrix's own:
+//! is the matrix's own is in
 //!
+//! - `cell`: one cell run, a guest booted and watched (one more boot for a
+//!   kernel that died before `/init`), or the host's `cowgup run`;
 //! - `modules`: the kernel modules a cell's topology needs from its kernel,
 //!   appended to the initramfs (only cells load them; `bench --guest` boots
 //!   without a topology);
@@ -12,9 +16,13 @@
 //!   lines as the suite forms them, and a kernel fault, which ends the cell;
 //! - `collect`: a cell's result (the suite's JSON from ttyS1, else what it
 //!   streamed) or why none;
-//! - `report`: the table, the JSON document and the HTML page.
+//! - `report/`: the table (`text`), the JSON document and the HTML page
+//!   (`html`);
+//! - `dry_run`: `--dry-run`, the commands the matrix would run.
 
+mod cell;
 pub mod collect;
+mod dry_run;
 pub mod modules;
 pub mod report;
 pub mod watch;
@@ -23,12 +31,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
 
 use crate::guest::tools::{guest_binary, static_busybox};
-use crate::guest::{build, disk, initramfs, qemu, spec, tools, topology};
+use crate::guest::{build, initramfs, qemu, spec, tools, topology};
 use collect::Cell;
 use spec::KernelSpec;
 use topology::Topology;
@@ -257,254 +265,6 @@ fn decide_kvm(mode: Kvm, kernel: Option<&Path>, work: &Path) -> bool {
     }
 }
 
-/// The qemu guest of a cell (paths under `dir`).
-fn guest_of(shared: &Shared, kernel: &Path, topology: &Topology, dir: &Path) -> qemu::Guest {
-    let mut extra_cmdline = topology.cmdline();
-    extra_cmdline.extend(shared.args.append.iter().cloned());
-    qemu::Guest {
-        serial_disks: topology
-            .disks(dir)
-            .into_iter()
-            .map(|d| (d.path, d.serial))
-            .collect(),
-        kvm: shared.kvm,
-        with_1g: shared.args.with_1g,
-        extra_cmdline,
-        ..qemu::Guest::new(kernel, shared.initrd.clone(), dir)
-    }
-}
-
-/// One boot: the cell's result, or why there is none.
-fn boot(shared: &Shared, label: &str, kernel: &Path, topology: &Topology, dir: &Path) -> Cell {
-    let start = Instant::now();
-    let mut g = guest_of(shared, kernel, topology, dir);
-    // Modules the topology needs from this kernel: appended as a second archive.
-    match modules::for_cell(kernel, topology) {
-        Ok(extra) if extra.is_empty() => {}
-        Ok(extra) => {
-            let initrd = dir.join("initrd.cpio");
-            let made = std::fs::copy(&shared.initrd, &initrd)
-                .and_then(|_| std::fs::OpenOptions::new().append(true).open(&initrd))
-                .and_then(|f| {
-                    let mut w = std::io::BufWriter::new(f);
-                    initramfs::write_cpio(&mut w, &extra)?;
-                    std::io::Write::flush(&mut w)
-                });
-            if let Err(e) = made {
-                return Cell::broken(
-                    label,
-                    start.elapsed(),
-                    format!("cannot add the topology's modules to the initramfs: {e}"),
-                    vec![],
-                );
-            }
-            g.initrd = initrd;
-        }
-        Err(e) => return Cell::broken(label, start.elapsed(), e, vec![]),
-    }
-    let mut images = disk::state_images(&g.disks);
-    images.extend(
-        topology
-            .disks(dir)
-            .into_iter()
-            .map(|d| (d.path, d.bytes, d.mkfs)),
-    );
-    let made = images
-        .iter()
-        .try_for_each(|(p, bytes, opts)| disk::mkfs_image(p, *bytes, opts));
-    let remove = || {
-        for (p, _, _) in &images {
-            let _ = std::fs::remove_file(p);
-        }
-    };
-    if let Err(e) = made {
-        remove();
-        return Cell::broken(label, start.elapsed(), e, vec![]);
-    }
-    let limit = Duration::from_secs(shared.args.timeout_cell);
-    // A file of an earlier boot of this cell must not be read as this one's.
-    for f in [&g.console, &g.result] {
-        let _ = std::fs::remove_file(f);
-    }
-    let mut watch = watch::GuestWatch::new(&g.console, &g.result);
-    let booted = Instant::now();
-    let ended = qemu::run_watched(
-        Command::new("qemu-system-x86_64").args(qemu::argv(&g)),
-        &dir.join("qemu.log"),
-        limit,
-        |t| watch.poll(t),
-    );
-    watch.finish(booted.elapsed());
-    let wall = start.elapsed();
-    remove();
-    let console = qemu::read_lossy(&g.console);
-    let mut tail = qemu::tail(&console, 25);
-    let qemu_log = qemu::read_lossy(&dir.join("qemu.log"));
-    tail.extend(qemu_log.lines().map(|l| format!("qemu: {l}")));
-    let channel =
-        String::from_utf8_lossy(&std::fs::read(&g.result).unwrap_or_default()).into_owned();
-    let setup = topology::parse_setup(&channel);
-    let fault = watch
-        .console
-        .fault
-        .as_ref()
-        .zip(watch.seen.as_ref())
-        .map(|(f, seen)| {
-            let seen_s = (booted.duration_since(start) + seen.at).as_secs_f64();
-            // The guest's own kernel-log check names the trial for sure; the
-            // stream's running trial at the time may already be the next one
-            // (the guest went on after the fault before the host looked).
-            let quoted =
-                collect::quoted_by(&f.lines[0], &watch.port.raw_trials, &watch.port.numbers);
-            collect::KernelFault {
-                lines: f.lines.clone(),
-                later: f.later.clone(),
-                later_count: f.later_count,
-                by_check: quoted.is_some(),
-                trial: quoted.or_else(|| seen.running.as_ref().map(ToString::to_string)),
-                after: seen.last_finished.as_ref().map(ToString::to_string),
-                seen_s,
-                ended_after_s: (wall.as_secs_f64() - seen_s).max(0.0),
-            }
-        });
-    let stream = watch.port.stats();
-    let mut cell = match (&ended, collect::unframe(&channel)) {
-        (Err(e), _) => Cell::broken(label, wall, e.clone(), tail),
-        (_, Some(json)) => match collect::parse_report(json) {
-            Ok(r) => {
-                let mut c = Cell::ran(label, wall, r);
-                c.planned = watch.port.planned;
-                c
-            }
-            Err(e) => Cell::streamed(label, wall, e, tail, &watch.port),
-        },
-        (Ok(ended), None) => {
-            let how = match ended {
-                qemu::Ended::TimedOut => format!(
-                    "no result within {} s (the cell's time limit): the guest was stopped",
-                    limit.as_secs()
-                ),
-                qemu::Ended::Exited(status) => format!("qemu ended ({status}) without a result"),
-                qemu::Ended::Stopped(why) => why.clone(),
-            };
-            // A fault is reported as such (`KernelFault`): here only how the guest ended.
-            let why = match &fault {
-                Some(_) => how,
-                None if collect::reached_init(&console) => how,
-                None if matches!(ended, qemu::Ended::TimedOut) => {
-                    format!("{how}; /init never started")
-                }
-                None if console.trim().is_empty() => {
-                    format!("{how}; nothing on the console (qemu could not start the kernel?)")
-                }
-                None => format!("{how}; the kernel died before /init started"),
-            };
-            Cell::streamed(label, wall, why, tail, &watch.port)
-        }
-    };
-    if let (Some(n), Some(why)) = (&watch.port.interrupted, &mut cell.broken) {
-        why.push_str(&format!(" (the suite was interrupted by {n})"));
-    }
-    cell.fault = fault;
-    cell.stream = stream;
-    // The topology lines come on the console too when the result port has none.
-    cell.setup = if setup.is_empty() {
-        topology::parse_setup(&console)
-    } else {
-        setup
-    };
-    cell
-}
-
-/// A guest cell: boot once; a kernel that died before `/init` (a rare TCG
-/// boot flake seen here) gets one more boot.
-fn guest_cell(
-    shared: &Shared,
-    label: &str,
-    kernel: &Path,
-    topology: &Topology,
-    index: usize,
-) -> Cell {
-    let start = Instant::now();
-    let dir = shared.work.join(format!("cell-{index}"));
-    if let Err(e) = std::fs::create_dir_all(&dir) {
-        return Cell::broken(label, start.elapsed(), e.to_string(), vec![]);
-    }
-    let first = boot(shared, label, kernel, topology, &dir);
-    // The kernel printed something but never reached /init (qemu refusing
-    // the image prints nothing on the console: no second try for that).
-    let console = qemu::read_lossy(&dir.join("console.log"));
-    let died_early =
-        first.broken.is_some() && !console.trim().is_empty() && !collect::reached_init(&console);
-    let timed_out = first.wall >= Duration::from_secs(shared.args.timeout_cell);
-    if died_early && !timed_out && first.wall < Duration::from_secs(60) {
-        eprintln!("cowgup: {label}: the kernel died before /init; booting once more");
-        let mut second = boot(shared, label, kernel, topology, &dir);
-        second.wall += first.wall;
-        if let Some(why) = &mut second.broken {
-            why.push_str(" (twice)");
-        }
-        return second;
-    }
-    let mut cell = first;
-    cell.wall = start.elapsed();
-    cell
-}
-
-/// The host cell: this program's `run` as a subprocess.
-fn host_cell(shared: &Shared, index: usize) -> Cell {
-    let start = Instant::now();
-    let dir = shared.work.join(format!("cell-{index}"));
-    let _ = std::fs::create_dir_all(&dir);
-    let report = dir.join("result.json");
-    let events = dir.join("events.jsonl");
-    let log = dir.join("console.log");
-    let me = std::env::current_exe().unwrap_or_else(|_| "cowgup".into());
-    let ended = qemu::run_limited(
-        Command::new(me)
-            .args(["run", "--lock-wait", "600", "--format", "json", "--output"])
-            .arg(&report)
-            .arg("--events")
-            .arg(&events)
-            .args(suite_args(&shared.args, false)),
-        &log,
-        Duration::from_secs(shared.args.timeout_cell),
-    );
-    let wall = start.elapsed();
-    let tail = qemu::tail(&qemu::read_lossy(&log), 25);
-    let text = std::fs::read_to_string(&report).unwrap_or_default();
-    let mut stream = watch::EventStream::default();
-    stream.feed(&std::fs::read(&events).unwrap_or_default());
-    stream.end();
-    let mut cell = match (ended, collect::parse_report(&text)) {
-        (Ok(_), Ok(r)) => Cell::ran("host", wall, r),
-        (Err(e), _) => Cell::broken("host", wall, e, tail),
-        (Ok(qemu::Ended::TimedOut), _) => Cell::streamed(
-            "host",
-            wall,
-            format!("no result within {} s", shared.args.timeout_cell),
-            tail,
-            &stream,
-        ),
-        (Ok(ended), r) => Cell::streamed(
-            "host",
-            wall,
-            format!(
-                "cowgup run ended ({}) without a report{}",
-                match ended {
-                    qemu::Ended::Exited(s) => s.to_string(),
-                    _ => "stopped".into(),
-                },
-                r.err().map(|e| format!(": {e}")).unwrap_or_default()
-            ),
-            tail,
-            &stream,
-        ),
-    };
-    cell.stream = stream.stats();
-    cell
-}
-
 fn default_jobs() -> usize {
     std::thread::available_parallelism()
         .map(|n| (n.get() / 2).max(1))
@@ -523,118 +283,6 @@ fn resolve(spec: &KernelSpec) -> Result<PathBuf, String> {
     }
 }
 
-fn shell_words(argv: &[String]) -> String {
-    argv.iter()
-        .map(|a| {
-            if !a.is_empty()
-                && a.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./=,:+@%$~".contains(c))
-            {
-                a.clone()
-            } else {
-                format!("'{}'", a.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// `--dry-run`: what would run, one command a line (`#` lines say what
-/// follows). Nothing is fetched, built or booted.
-fn dry_run(args: &MatrixArgs, cells: &[Plan]) -> String {
-    let mut out = String::new();
-    let work = Path::new("$WORK");
-    let shared = Shared {
-        initrd: work.join("initrd.cpio"),
-        work: work.into(),
-        args: args.clone(),
-        kvm: args.kvm == Kvm::On,
-    };
-    for spec in &args.kernel {
-        match spec {
-            KernelSpec::Build(b) => {
-                // apt's local cache names the version (no network); else a placeholder.
-                let version = build::source_version(b).unwrap_or_else(|_| "$VERSION".into());
-                let l = build::Layout {
-                    root: spec::cache_dir().join(format!("build-{}", b.series)),
-                    version,
-                };
-                out.push_str(&format!(
-                    "# {}: {} {} (apt-cache show --no-all-versions {}); cached as {}{}\n",
-                    b.label(),
-                    b.package(),
-                    l.version,
-                    b.package(),
-                    l.image(b).display(),
-                    if l.image(b).is_file() {
-                        " (present: nothing to build)"
-                    } else {
-                        ""
-                    }
-                ));
-                for st in build::steps(b, &l, build::jobs(), false) {
-                    out.push_str(&format!("# {}\n{}\n", st.what, shell_words(&st.argv)));
-                }
-            }
-            KernelSpec::Debian(series) => out.push_str(&format!(
-                "# debian:{series}\napt-cache search --names-only '{}'\n\
-                 apt-get download -q $PACKAGE && dpkg-deb -x $PACKAGE_*.deb {}/$PACKAGE\n",
-                spec::debian_pattern(series),
-                spec::cache_dir().display()
-            )),
-            _ => {}
-        }
-    }
-    if args.kvm == Kvm::Auto
-        && cells
-            .iter()
-            .any(|c| args.kernel[c.kernel] != KernelSpec::Host)
-    {
-        out.push_str("# KVM probe: boot the first guest kernel under KVM; TCG unless /init runs within 20 s\n");
-    }
-    for (i, c) in cells.iter().enumerate() {
-        let spec = &args.kernel[c.kernel];
-        let label = cell_label(spec, &c.topology);
-        if *spec == KernelSpec::Host {
-            let mut argv = vec![
-                "cowgup".to_string(),
-                "run".into(),
-                "--format".into(),
-                "json".into(),
-            ];
-            argv.extend(suite_args(args, false));
-            out.push_str(&format!("# cell {i}: {label}\n{}\n", shell_words(&argv)));
-            continue;
-        }
-        let kernel = match spec {
-            KernelSpec::Image(p) => p.clone(),
-            _ => PathBuf::from(format!("$KERNEL_{}", c.kernel)),
-        };
-        let dir = work.join(format!("cell-{i}"));
-        let g = guest_of(&shared, &kernel, &c.topology, &dir);
-        out.push_str(&format!("# cell {i}: {label}\n"));
-        for d in &g.disks {
-            out.push_str(&format!(
-                "truncate -s 2G {0} && mkfs.ext4 -q -F {0}\n",
-                d.display()
-            ));
-        }
-        for d in c.topology.disks(&dir) {
-            out.push_str(&format!(
-                "truncate -s {} {p} && mkfs.ext4 {} {p}\n",
-                d.bytes,
-                d.mkfs.join(" "),
-                p = d.path.display()
-            ));
-        }
-        let mut argv = vec!["qemu-system-x86_64".to_string()];
-        argv.extend(qemu::argv(&g));
-        out.push_str(&shell_words(&argv));
-        out.push('\n');
-    }
-    out
-}
-
 fn cell_label(spec: &KernelSpec, t: &Topology) -> String {
     if t.is_base() {
         spec.label()
@@ -646,18 +294,10 @@ fn cell_label(spec: &KernelSpec, t: &Topology) -> String {
 pub fn matrix(args: &MatrixArgs) -> ExitCode {
     let cells_planned = plan(args);
     if args.dry_run {
-        print!("{}", dry_run(args, &cells_planned));
+        print!("{}", dry_run::dry_run(args, &cells_planned));
         return ExitCode::SUCCESS;
     }
-    // Bad kernel paths first: nothing is built, probed or booted for them.
-    for k in &args.kernel {
-        if let KernelSpec::Image(p) = k {
-            if let Err(e) = spec::check_image("--kernel", p) {
-                return crate::fatal(&e);
-            }
-        }
-    }
-    if let Err(e) = check_selection(args) {
+    if let Err(e) = check_args(args) {
         return crate::fatal(&e);
     }
     let work = match tempfile::Builder::new().prefix("cowgup-matrix-").tempdir() {
@@ -688,7 +328,7 @@ pub fn matrix(args: &MatrixArgs) -> ExitCode {
             .map_err(|e| format!("cannot write {}: {e}", p.display())),
         None => Ok(None),
     };
-    let (mut sink, mut html_sink) = match (create(&args.output), create(&args.html)) {
+    let (sink, html_sink) = match (create(&args.output), create(&args.html)) {
         (Ok(s), Ok(h)) => (s, h),
         (Err(e), _) | (_, Err(e)) => return crate::fatal(&e),
     };
@@ -702,8 +342,31 @@ pub fn matrix(args: &MatrixArgs) -> ExitCode {
         let first = kernels.iter().flatten().find_map(|k| k.as_ref().ok());
         shared.kvm = decide_kvm(args.kvm, first.map(PathBuf::as_path), work.path());
     }
+    let cells = run_cells(&shared, &cells_planned, &kernels);
+    write_reports(args, &cells, sink, html_sink)
+}
+
+/// Bad kernel paths and a selection that picks nothing: refused before
+/// anything is built, probed or booted.
+fn check_args(args: &MatrixArgs) -> Result<(), String> {
+    for k in &args.kernel {
+        if let KernelSpec::Image(p) = k {
+            spec::check_image("--kernel", p)?;
+        }
+    }
+    check_selection(args)
+}
+
+/// Every planned cell, `--jobs` at a time, each said done on stderr as it
+/// ends; the cells in plan order.
+fn run_cells(
+    shared: &Shared,
+    planned: &[Plan],
+    kernels: &[Option<Result<PathBuf, String>>],
+) -> Vec<Cell> {
+    let args = &shared.args;
     let jobs = args.jobs.map(|j| j as usize).unwrap_or_else(default_jobs);
-    let labels: Vec<String> = cells_planned
+    let labels: Vec<String> = planned
         .iter()
         .map(|c| cell_label(&args.kernel[c.kernel], &c.topology))
         .collect();
@@ -716,23 +379,15 @@ pub fn matrix(args: &MatrixArgs) -> ExitCode {
         if shared.kvm { "KVM" } else { "TCG" }
     );
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Cell>>> = Mutex::new(vec![None; cells_planned.len()]);
+    let results: Mutex<Vec<Option<Cell>>> = Mutex::new(vec![None; planned.len()]);
     std::thread::scope(|s| {
-        for _ in 0..jobs.min(cells_planned.len()) {
+        for _ in 0..jobs.min(planned.len()) {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(p) = cells_planned.get(i) else {
+                let Some(p) = planned.get(i) else {
                     break;
                 };
-                let spec = &args.kernel[p.kernel];
-                let klabel = spec.label();
-                let mut cell = match (spec, &kernels[p.kernel]) {
-                    (KernelSpec::Host, _) => host_cell(&shared, i),
-                    (_, Some(Ok(k))) => guest_cell(&shared, &klabel, k, &p.topology, i),
-                    (_, Some(Err(e))) => Cell::broken(&klabel, Duration::ZERO, e.clone(), vec![]),
-                    (_, None) => unreachable!("guest kernels are resolved"),
-                };
-                cell.topology = p.topology.to_string();
+                let cell = run_cell(shared, i, p, kernels);
                 let summary = match (&cell.fault, &cell.broken) {
                     (Some(f), _) => format!("KERNEL FAULT {}: {}", f.place(), f.headline()),
                     (None, Some(why)) => why.clone(),
@@ -748,24 +403,53 @@ pub fn matrix(args: &MatrixArgs) -> ExitCode {
             });
         }
     });
-    let cells: Vec<Cell> = results
+    results
         .into_inner()
         .unwrap()
         .into_iter()
         .flatten()
-        .collect();
-    let doc = report::json(&cells);
+        .collect()
+}
+
+/// The `i`th cell, `p`, on its kernel (resolved, or why it could not be).
+fn run_cell(
+    shared: &Shared,
+    i: usize,
+    p: &Plan,
+    kernels: &[Option<Result<PathBuf, String>>],
+) -> Cell {
+    let spec = &shared.args.kernel[p.kernel];
+    let klabel = spec.label();
+    let mut cell = match (spec, &kernels[p.kernel]) {
+        (KernelSpec::Host, _) => cell::host_cell(shared, i),
+        (_, Some(Ok(k))) => cell::guest_cell(shared, &klabel, k, &p.topology, i),
+        (_, Some(Err(e))) => Cell::broken(&klabel, Duration::ZERO, e.clone(), vec![]),
+        (_, None) => unreachable!("guest kernels are resolved"),
+    };
+    cell.topology = p.topology.to_string();
+    cell
+}
+
+/// The report on stdout (the table, or JSON when no `--output`), in
+/// `--output` and as HTML in `--html`; failure when a cell was not ok.
+fn write_reports(
+    args: &MatrixArgs,
+    cells: &[Cell],
+    mut sink: Option<std::fs::File>,
+    mut html_sink: Option<std::fs::File>,
+) -> ExitCode {
+    let doc = report::json(cells);
     match args.format {
-        Format::Human => print!("{}", report::render(&cells)),
+        Format::Human => print!("{}", report::text::render(cells)),
         Format::Json if sink.is_none() => {
             println!("{}", serde_json::to_string_pretty(&doc).expect("JSON"))
         }
-        Format::Json => print!("{}", report::render(&cells)),
+        Format::Json => print!("{}", report::text::render(cells)),
     }
     if let Some(f) = &mut sink {
         let text = match args.format {
             Format::Json => serde_json::to_string_pretty(&doc).expect("JSON"),
-            Format::Human => report::render(&cells),
+            Format::Human => report::text::render(cells),
         };
         if let Err(e) = std::io::Write::write_all(f, text.as_bytes()) {
             eprintln!("cowgup: cannot write the report: {e}");
@@ -773,7 +457,7 @@ pub fn matrix(args: &MatrixArgs) -> ExitCode {
         }
     }
     if let Some(f) = &mut html_sink {
-        if let Err(e) = std::io::Write::write_all(f, report::html(&cells).as_bytes()) {
+        if let Err(e) = std::io::Write::write_all(f, report::html::html(cells).as_bytes()) {
             eprintln!("cowgup: cannot write the HTML report: {e}");
             return ExitCode::FAILURE;
         }
@@ -791,9 +475,9 @@ mod tests {
     use clap::Parser;
 
     #[derive(Parser)]
-    struct T {
+    pub(super) struct T {
         #[command(flatten)]
-        m: MatrixArgs,
+        pub(super) m: MatrixArgs,
     }
 
     #[test]
@@ -885,44 +569,5 @@ mod tests {
             T::parse_from(["x", "--kernel", "/k", "--kvm=auto"]).m.kvm,
             Kvm::Auto
         );
-    }
-
-    #[test]
-    fn dry_run_prints_builds_disks_and_qemu_lines() {
-        let t = T::parse_from([
-            "x",
-            "--kernel",
-            "build:6.12+debug_vm",
-            "--kernel",
-            "/k/bzImage",
-            "--kernel",
-            "host",
-            "--topology",
-            "fsdax+movable",
-            "--kvm",
-            "off",
-            "--dry-run",
-            "vmsplice",
-        ]);
-        let out = dry_run(&t.m, &plan(&t.m));
-        assert!(out.contains("merge_config.sh -m -O"), "{out}");
-        assert!(out.contains("cowgup-debug_vm.config"));
-        assert!(out.contains(" -j"));
-        assert!(!out.contains("KVM probe"), "--kvm off");
-        assert!(
-            out.contains("# cell 0: build:6.12+debug_vm [fsdax+movable]\n"),
-            "{out}"
-        );
-        assert!(out.contains("# cell 1: bzImage [fsdax+movable]\n"));
-        assert!(out.contains("# cell 2: host\ncowgup run --format json vmsplice\n"));
-        assert!(out.contains(
-            "truncate -s 268435456 $WORK/cell-1/fsdax.img && mkfs.ext4 -q -F -b 4096 $WORK/cell-1/fsdax.img\n"
-        ));
-        assert!(out.contains("-kernel /k/bzImage"));
-        assert!(out.contains("-kernel $KERNEL_0"));
-        assert!(out.contains(
-            "-device virtio-blk-pci,drive=topo0,serial=cowgup-dax -append \
-             'console=ttyS0 panic=-1 quiet memmap=256M!4G movablecore=2G cowgup.topology=fsdax+movable'"
-        ), "{out}");
     }
 }

@@ -52,6 +52,20 @@ impl Lines {
     }
 }
 
+/// A reader of a stream fed in pieces, one complete line at a time.
+trait LineReader {
+    fn pending(&mut self) -> &mut Lines;
+    fn line(&mut self, raw: &[u8]);
+
+    /// Every line `bytes` completes, to `line`.
+    fn read_piece(&mut self, bytes: &[u8]) {
+        // `line` needs `self` whole while `Lines` hands it the lines.
+        let mut lines = std::mem::take(self.pending());
+        lines.feed(bytes, |l| self.line(l));
+        *self.pending() = lines;
+    }
+}
+
 /// A trial by its place in the run and its name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrialRef {
@@ -105,9 +119,7 @@ const EVENT_START: &str = "{\"event\":\"";
 
 impl EventStream {
     pub fn feed(&mut self, bytes: &[u8]) {
-        let mut lines = std::mem::take(&mut self.lines);
-        lines.feed(bytes, |l| self.line(l));
-        self.lines = lines;
+        self.read_piece(bytes);
     }
 
     /// The port is closed: a last line without a newline was cut off (a
@@ -126,37 +138,6 @@ impl EventStream {
             events: self.events,
             garbled: self.garbled,
             lost: self.lost,
-        }
-    }
-
-    fn line(&mut self, raw: &[u8]) {
-        let text = String::from_utf8_lossy(raw);
-        let line = text.trim_end_matches('\r');
-        if self.in_frame {
-            if line.starts_with(RESULT_END) {
-                self.in_frame = false;
-                self.frame_ended = true;
-            }
-            return;
-        }
-        if line.starts_with(RESULT_END) {
-            return;
-        }
-        if line.starts_with(RESULT) {
-            self.in_frame = true;
-            self.frame_started = true;
-            return;
-        }
-        let Some(at) = line.find(EVENT_START) else {
-            // `/init`'s own lines (`=== TOPOLOGY ...`) and blank ones are not noise.
-            if !line.trim().is_empty() && !line.starts_with("=== ") {
-                self.garbled += 1;
-            }
-            return;
-        };
-        match serde_json::from_str::<Value>(&line[at..]) {
-            Ok(v) if self.event(&v) => self.events += 1,
-            _ => self.garbled += 1,
         }
     }
 
@@ -220,6 +201,43 @@ impl EventStream {
     }
 }
 
+impl LineReader for EventStream {
+    fn pending(&mut self) -> &mut Lines {
+        &mut self.lines
+    }
+
+    fn line(&mut self, raw: &[u8]) {
+        let text = String::from_utf8_lossy(raw);
+        let line = text.trim_end_matches('\r');
+        if self.in_frame {
+            if line.starts_with(RESULT_END) {
+                self.in_frame = false;
+                self.frame_ended = true;
+            }
+            return;
+        }
+        if line.starts_with(RESULT_END) {
+            return;
+        }
+        if line.starts_with(RESULT) {
+            self.in_frame = true;
+            self.frame_started = true;
+            return;
+        }
+        let Some(at) = line.find(EVENT_START) else {
+            // `/init`'s own lines (`=== TOPOLOGY ...`) and blank ones are not noise.
+            if !line.trim().is_empty() && !line.starts_with("=== ") {
+                self.garbled += 1;
+            }
+            return;
+        };
+        match serde_json::from_str::<Value>(&line[at..]) {
+            Ok(v) if self.event(&v) => self.events += 1,
+            _ => self.garbled += 1,
+        }
+    }
+}
+
 /// A console line without its printk timestamp (`[   50.123456] `) and
 /// caller id (`[ T123] `, `[ C1] `), if it has them.
 pub fn strip_printk_prefix(line: &str) -> &str {
@@ -275,9 +293,7 @@ pub struct ConsoleWatch {
 
 impl ConsoleWatch {
     pub fn feed(&mut self, bytes: &[u8]) {
-        let mut lines = std::mem::take(&mut self.lines);
-        lines.feed(bytes, |l| self.line(l));
-        self.lines = lines;
+        self.read_piece(bytes);
     }
 
     /// The console is closed: its last line, even without a newline.
@@ -285,6 +301,12 @@ impl ConsoleWatch {
         if let Some(last) = self.lines.end() {
             self.line(&last);
         }
+    }
+}
+
+impl LineReader for ConsoleWatch {
+    fn pending(&mut self) -> &mut Lines {
+        &mut self.lines
     }
 
     fn line(&mut self, raw: &[u8]) {
@@ -402,13 +424,7 @@ impl GuestWatch {
     /// is arriving, at once when it has arrived.
     pub fn poll(&mut self, elapsed: std::time::Duration) -> Option<String> {
         self.read();
-        if self.seen.is_none() && self.console.fault.is_some() {
-            self.seen = Some(Seen {
-                at: elapsed,
-                running: self.port.running.clone(),
-                last_finished: self.port.last_finished.clone(),
-            });
-        }
+        self.note_fault(elapsed);
         let seen = self.seen.as_ref()?;
         let since = elapsed.saturating_sub(seen.at);
         if self.port.frame_ended {
@@ -428,6 +444,12 @@ impl GuestWatch {
         self.read();
         self.console.end();
         self.port.end();
+        self.note_fault(elapsed);
+    }
+
+    /// A fault first read now: seen at `elapsed`, with the trial the
+    /// stream says is running.
+    fn note_fault(&mut self, elapsed: std::time::Duration) {
         if self.seen.is_none() && self.console.fault.is_some() {
             self.seen = Some(Seen {
                 at: elapsed,
@@ -514,6 +536,32 @@ mod tests {
             assert_eq!(s.garbled, 1, "the port closed mid-line");
             assert_eq!(s.events, 4);
         }
+    }
+
+    /// What `cowgup run --events` writes (`cowgup_tap::report::Events`),
+    /// read back: every trial as the JSON report has it.
+    #[test]
+    fn a_runs_events_read_back_as_its_json_report_has_them() {
+        use cowgup_tap::report::{Document, Events};
+        use cowgup_tap::stream::{examples::sample_run, Reporter};
+        let (mut text, mut doc) = (Vec::new(), Vec::new());
+        let mut events = Events::new(&mut text);
+        let mut json = Document::json(&mut doc);
+        for e in &sample_run() {
+            events.on(e).unwrap();
+            json.on(e).unwrap();
+        }
+        let doc: Value = serde_json::from_slice(&doc).unwrap();
+        let mut s = EventStream::default();
+        s.feed(&text);
+        s.end();
+        assert_eq!((s.events, s.garbled, s.lost), (6, 0, 0));
+        assert_eq!(
+            s.raw_trials,
+            [doc["trials"][0].clone(), doc["trials"][1].clone()]
+        );
+        assert_eq!(s.trials[0].outcome, "fail");
+        assert!(s.run_finished && s.running.is_none());
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::io::{self, IsTerminal, Write};
 use std::time::Duration;
 
+use crate::stream::{trial_lines, Caveats, Event, Reporter, RunEnd, RunStart};
 use cowgup_harness::{Outcome, OutcomeKind};
-use cowgup_tap::stream::{trial_lines, Caveats, Event, Reporter, RunEnd, RunStart};
 
 pub struct Human<W: Write> {
     out: W,
@@ -220,7 +220,7 @@ impl<W: Write> Reporter for Human<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cowgup_tap::stream::examples::sample_run;
+    use crate::stream::examples::sample_run;
 
     fn render(verbose: bool) -> String {
         let mut buf = Vec::new();
