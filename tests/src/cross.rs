@@ -175,52 +175,36 @@ fn product<X: Copy, Y: Copy>(
         .collect()
 }
 
-impl Backing for AnonBacking {
-    fn suffix(&self) -> String {
-        AnonBacking::suffix(self)
-    }
-    fn group(&self) -> String {
-        AnonBacking::group(self)
-    }
-    fn needs(&self) -> Vec<Need> {
-        AnonBacking::needs(self)
-    }
-    fn knobs(&self, caps: &Capabilities) -> Vec<Knob> {
-        AnonBacking::knobs(self, caps.pmd_size)
-    }
-}
-
-impl Backing for NonAnonBacking {
-    fn suffix(&self) -> String {
-        NonAnonBacking::suffix(self)
-    }
-    fn group(&self) -> String {
-        NonAnonBacking::group(self)
-    }
-    fn needs(&self) -> Vec<Need> {
-        NonAnonBacking::needs(self)
-    }
-    /// cow.c's huge zeropage cases rely on the PMD size inheriting the
-    /// top-level THP policy.
-    fn knobs(&self, caps: &Capabilities) -> Vec<Knob> {
-        match (self, caps.pmd_size) {
-            (NonAnonBacking::HugeZeropage, Some(pmd)) => cowgup_fixtures::thp::pmd_inherits(pmd),
-            _ => vec![],
+/// The fixtures' backings say their suffix, group and needs themselves;
+/// `knobs` is what a trial holds on one, given the host.
+macro_rules! fixture_backing {
+    ($t:ty, |$b:ident, $caps:ident| $knobs:expr) => {
+        impl Backing for $t {
+            fn suffix(&self) -> String {
+                <$t>::suffix(self)
+            }
+            fn group(&self) -> String {
+                <$t>::group(self)
+            }
+            fn needs(&self) -> Vec<Need> {
+                <$t>::needs(self)
+            }
+            fn knobs(&self, $caps: &Capabilities) -> Vec<Knob> {
+                let $b = *self;
+                $knobs
+            }
         }
-    }
+    };
 }
 
-impl Backing for FileBacking {
-    fn suffix(&self) -> String {
-        FileBacking::suffix(self)
-    }
-    fn group(&self) -> String {
-        FileBacking::group(self)
-    }
-    fn needs(&self) -> Vec<Need> {
-        FileBacking::needs(self)
-    }
-}
+fixture_backing!(AnonBacking, |b, caps| b.knobs(caps.pmd_size));
+// cow.c's huge zeropage cases rely on the PMD size inheriting the top-level
+// THP policy.
+fixture_backing!(NonAnonBacking, |b, caps| match (b, caps.pmd_size) {
+    (NonAnonBacking::HugeZeropage, Some(pmd)) => cowgup_fixtures::thp::pmd_inherits(pmd),
+    _ => vec![],
+});
+fixture_backing!(FileBacking, |_b, _caps| vec![]);
 
 /// A pin source is a case wherever a family runs every source.
 impl Case for PinSource {
