@@ -17,11 +17,11 @@ use cowgup_harness::probe::Capabilities;
 use cowgup_harness::{diag, Knob, Outcome};
 
 use std::os::unix::fs::OpenOptionsExt;
-use std::sync::Arc;
 
 use crate::common::{child_body, collect, write_and_check_own, Checker, ORIGINAL};
+use crate::cross::{Backing, Case, Cross};
 use crate::expectations::Observed;
-use crate::scenario::{Body, Family, Scenario};
+use crate::scenario::{Family, Scenario};
 
 pub const SHARED_ANON: &str = "MAP_SHARED|MAP_ANONYMOUS";
 pub const SECRET: &str = "memfd_secret";
@@ -286,66 +286,100 @@ pub fn odirect_read_into_shared_page(opts: &TrialOptions) -> Step<Outcome> {
     })
 }
 
-pub fn ext4_scratch() -> Vec<Need> {
-    vec![Need::Scratch(ScratchFs::Ext4)]
+/// What the cases run on; each is named by its memory, as cow.c's are.
+#[derive(Clone, Copy)]
+enum Memory {
+    SharedAnon,
+    Secret,
+    Ksm,
+    BasePage,
+}
+
+impl Backing for Memory {
+    fn suffix(&self) -> String {
+        match self {
+            Memory::SharedAnon => SHARED_ANON.into(),
+            Memory::Secret => SECRET.into(),
+            Memory::Ksm => KSM.into(),
+            Memory::BasePage => AnonBacking::BasePage.suffix(),
+        }
+    }
+    fn group(&self) -> String {
+        "beyond upstream".into()
+    }
+    fn needs(&self) -> Vec<Need> {
+        vec![]
+    }
+    fn knobs(&self, _caps: &Capabilities) -> Vec<Knob> {
+        match self {
+            Memory::Ksm => ksm_knobs(),
+            _ => vec![],
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Check {
+    StaysShared,
+    PinSeesChildsWrite(PinSource),
+    Refused(PinSource),
+    Cow,
+    ODirectRead,
+}
+
+impl Case for Check {
+    fn desc(&self) -> String {
+        match self {
+            Check::StaysShared => "Shared memory stays shared after fork()".into(),
+            Check::PinSeesChildsWrite(s) => {
+                format!("{} sees the child's write after fork()", s.name())
+            }
+            Check::Refused(s) => format!("{} is refused", s.name()),
+            Check::Cow => "Basic COW after fork()".into(),
+            Check::ODirectRead => {
+                "O_DIRECT read into a page shared with a child after fork()".into()
+            }
+        }
+    }
+    fn needs(&self) -> Vec<Need> {
+        match self {
+            Check::PinSeesChildsWrite(s) | Check::Refused(s) => s.needs(),
+            Check::ODirectRead => vec![Need::Scratch(ScratchFs::Ext4)],
+            Check::StaysShared | Check::Cow => vec![],
+        }
+    }
+    fn pins(&self) -> bool {
+        match self {
+            Check::PinSeesChildsWrite(s) | Check::Refused(s) => s.pins(),
+            Check::ODirectRead => true,
+            Check::StaysShared | Check::Cow => false,
+        }
+    }
 }
 
 /// Memory types and pin sources upstream never covers.
-pub fn scenarios(_caps: &Capabilities) -> Vec<Scenario> {
-    let scenario =
-        |name: String, needs: Vec<Need>, knobs: Vec<Knob>, pins: bool, body: Body| Scenario {
-            name,
-            family: Family::BEYOND_UPSTREAM,
-            group: "beyond upstream".into(),
-            needs,
-            knobs,
-            pins,
-            body,
-        };
-    let mut v = vec![scenario(
-        format!("Shared memory stays shared after fork() ... with {SHARED_ANON}"),
-        vec![],
-        vec![],
-        false,
-        Arc::new(shared_stays_shared),
-    )];
-    for source in PinSource::ALL
+pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
+    // An O_DIRECT reference lasts one I/O: nothing is held across the
+    // child's write.
+    let seen_by = PinSource::ALL
         .into_iter()
         .filter(|s| *s != PinSource::ODirect)
-    {
-        v.push(scenario(
-            format!(
-                "{} sees the child's write after fork() ... with {SHARED_ANON}",
-                source.name()
-            ),
-            source.needs(),
-            vec![],
-            source.pins(),
-            Arc::new(move |opts| pin_sees_childs_write(opts, source)),
-        ));
-    }
-    for source in PinSource::ALL {
-        v.push(scenario(
-            format!("{} is refused ... with {SECRET}", source.name()),
-            source.needs(),
-            vec![],
-            source.pins(),
-            Arc::new(move |opts| secret_refuses(opts, source)),
-        ));
-    }
-    v.push(scenario(
-        format!("Basic COW after fork() ... with {KSM}"),
-        vec![],
-        ksm_knobs(),
-        false,
-        Arc::new(|_| ksm_cow()),
-    ));
-    v.push(scenario(
-        "O_DIRECT read into a page shared with a child after fork() ... with base page".into(),
-        ext4_scratch(),
-        vec![],
-        true,
-        Arc::new(odirect_read_into_shared_page),
-    ));
-    v
+        .map(|s| (Check::PinSeesChildsWrite(s), Memory::SharedAnon));
+    let refused = PinSource::ALL.map(|s| (Check::Refused(s), Memory::Secret));
+    let pairs = [(Check::StaysShared, Memory::SharedAnon)]
+        .into_iter()
+        .chain(seen_by)
+        .chain(refused)
+        .chain([
+            (Check::Cow, Memory::Ksm),
+            (Check::ODirectRead, Memory::BasePage),
+        ])
+        .collect();
+    Cross::pairs(Family::BEYOND_UPSTREAM, caps, pairs).build(|opts, check, _| match check {
+        Check::StaysShared => shared_stays_shared(opts),
+        Check::PinSeesChildsWrite(source) => pin_sees_childs_write(opts, source),
+        Check::Refused(source) => secret_refuses(opts, source),
+        Check::Cow => ksm_cow(),
+        Check::ODirectRead => odirect_read_into_shared_page(opts),
+    })
 }

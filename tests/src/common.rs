@@ -187,10 +187,10 @@ impl Checker {
             true,
             "parent and child still share the page",
         )?;
-        Ok(match child.data {
-            Ok(()) => Observed::Clean,
-            Err(mm) => Observed::Leak(format!("Leak from parent into child: {mm}")),
-        })
+        Ok(Observed::leak_unless(
+            child.data,
+            "Leak from parent into child",
+        ))
     }
 
     /// Let the child check again, and collect what it saw.

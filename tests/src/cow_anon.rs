@@ -3,9 +3,7 @@
 //! parent after fork()" on hugetlb is `VMSPLICE_BEFORE_FORK` below, on
 //! `AnonBacking::Hugetlb` from fixtures/src/anon.rs.
 
-use std::sync::Arc;
-
-use cowgup_fixtures::anon::{AnonBacking, AnonMemory};
+use cowgup_fixtures::anon::AnonMemory;
 use cowgup_fixtures::evidence::{self, View};
 use cowgup_fixtures::mem::{Region, RW};
 use cowgup_fixtures::needs::Need;
@@ -15,21 +13,46 @@ use cowgup_fixtures::proc::{spawn, Pipe};
 use cowgup_fixtures::stamp::{Content, Mismatch, Pattern, Writer};
 use cowgup_fixtures::{fail, skip, Step};
 use cowgup_harness::probe::Capabilities;
+use cowgup_harness::Outcome;
 use nix::sys::mman::ProtFlags;
 
 use crate::common::{
     child_body, child_first_look, clear_softdirty, collect, fork_with, lost_at_fork,
     write_and_check_own, Bystander, Checker, Watched, FIRST_LOOK_OK, ORIGINAL,
 };
-use crate::expectations::{self, judge, Mapping, Mechanism, MemoryClass, Observed, Subject};
+use crate::cross::{anon_backings, Case, Cross};
+use crate::expectations::{self, judge, Mechanism, Observed, Subject};
 use crate::scenario::{Family, Scenario};
 
-pub struct AnonCase {
+/// A row of cow.c's case tables (`anon_test_cases[]`, `non_anon_test_cases[]`):
+/// what it runs on the memory `M` its backing set up.
+pub struct CowCase<M> {
     pub desc: &'static str,
     pub mechanism: Mechanism,
     /// Needs beyond the backing's own, checked after them (as cow.c does).
     pub needs: &'static [Need],
-    pub run: fn(&AnonMemory) -> Step<Observed>,
+    pub run: fn(&M) -> Step<Observed>,
+}
+
+pub type AnonCase = CowCase<AnonMemory>;
+
+impl<M> Case for CowCase<M> {
+    fn desc(&self) -> String {
+        self.desc.into()
+    }
+    fn needs(&self) -> Vec<Need> {
+        self.needs.to_vec()
+    }
+    fn pins(&self) -> bool {
+        self.mechanism.pins()
+    }
+}
+
+impl<M> CowCase<M> {
+    /// The case's outcome on `memory`, judged as `subject`.
+    pub fn judged(&self, subject: &Subject, memory: &M) -> Step<Outcome> {
+        Ok(judge(subject, (self.run)(memory)?))
+    }
 }
 
 pub const CASES: [AnonCase; 14] = [
@@ -207,10 +230,10 @@ fn judge_pipe(
         true,
         &format!("the {writer} wrote in place into a page the pipe references"),
     )?;
-    Ok(match data {
-        Ok(()) => Observed::Clean,
-        Err(mm) => Observed::Leak(format!("Leak from {writer} into {reader}: {mm}")),
-    })
+    Ok(Observed::leak_unless(
+        data,
+        &format!("Leak from {writer} into {reader}"),
+    ))
 }
 
 /// The parent vmsplices (before or after fork), unmaps; the child writes; the
@@ -308,10 +331,10 @@ fn write_and_look_through(
         false,
         "the write went to a new page, away from the pin",
     )?;
-    Ok(match data {
-        Ok(()) => Observed::Clean,
-        Err(mm) => Observed::Leak(format!("Longterm {kind} pin is not reliable: {mm}")),
-    })
+    Ok(Observed::leak_unless(
+        data,
+        &format!("Longterm {kind} pin is not reliable"),
+    ))
 }
 
 #[derive(Clone, Copy)]
@@ -368,42 +391,8 @@ pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
 /// The trials, each with the subject it hands the expectation table.
 pub fn entries(caps: &Capabilities) -> Vec<(Scenario, Subject)> {
     let kernel = expectations::parse_version(&caps.kernel_release);
-    let hugetlb: Vec<usize> = caps.hugetlb.iter().map(|p| p.size).collect();
-    let anon = AnonBacking::all(&caps.thp_sizes, caps.pmd_size, &hugetlb);
-    let mut out = Vec::new();
-    for case in &CASES {
-        for &backing in &anon {
-            let subject = Subject {
-                mechanism: case.mechanism,
-                memory: if backing.is_hugetlb() {
-                    MemoryClass::AnonHugetlb
-                } else {
-                    MemoryClass::Anon
-                },
-                size: match backing {
-                    AnonBacking::Thp { size, .. } | AnonBacking::Hugetlb { size } => Some(size),
-                    _ => None,
-                },
-                mapping: Mapping::Private,
-                kernel,
-            };
-            let mechanism = case.mechanism;
-            let run = case.run;
-            let scenario = Scenario {
-                name: format!("{} ... with {}", case.desc, backing.suffix()),
-                family: Family::COW_ANON,
-                group: backing.group(),
-                needs: backing
-                    .needs()
-                    .into_iter()
-                    .chain(case.needs.iter().copied())
-                    .collect(),
-                knobs: backing.knobs(caps.pmd_size),
-                pins: mechanism.pins(),
-                body: Arc::new(move |opts| Ok(judge(&subject, run(&backing.setup(opts)?)?))),
-            };
-            out.push((scenario, subject));
-        }
-    }
-    out
+    Cross::new(Family::COW_ANON, caps, &CASES, anon_backings(caps)).entries(
+        |case, backing| Subject::anon(case.mechanism, backing, kernel),
+        |opts, case, backing, subject| case.judged(subject, &backing.setup(opts)?),
+    )
 }

@@ -2,8 +2,6 @@
 //! MADV_COLLAPSE of a PTE-mapped THP that is (partly) shared with a child.
 //! They always run on one PMD-sized THP, and their names have no suffix.
 
-use std::sync::Arc;
-
 use cowgup_fixtures::anon::{pte_map, AnonBacking, AnonMemory, ThpShape};
 use cowgup_fixtures::pagemap;
 use cowgup_fixtures::stamp::Writer;
@@ -12,9 +10,11 @@ use cowgup_harness::probe::Capabilities;
 use nix::sys::mman::MmapAdvise;
 
 use crate::common::Checker;
-use crate::expectations::{self, judge, Mapping, Mechanism, MemoryClass, Observed, Subject};
+use crate::cross::{Case, Cross};
+use crate::expectations::{self, judge, Mechanism, Observed, Subject};
 use crate::scenario::{Family, Scenario};
 
+/// When the PTE-mapped THP is collapsed, and which half the child shares.
 #[derive(Clone, Copy, Debug)]
 pub enum Collapse {
     BeforeFork,
@@ -23,29 +23,34 @@ pub enum Collapse {
     AfterForkUpperShared,
 }
 
-pub struct ThpCase {
-    pub desc: &'static str,
-    pub collapse: Collapse,
-}
-
-pub const CASES: [ThpCase; 4] = [
-    ThpCase {
-        desc: "Basic COW after fork() when collapsing before fork()",
-        collapse: Collapse::BeforeFork,
-    },
-    ThpCase {
-        desc: "Basic COW after fork() when collapsing after fork() (fully shared)",
-        collapse: Collapse::AfterForkFullyShared,
-    },
-    ThpCase {
-        desc: "Basic COW after fork() when collapsing after fork() (lower shared)",
-        collapse: Collapse::AfterForkLowerShared,
-    },
-    ThpCase {
-        desc: "Basic COW after fork() when collapsing after fork() (upper shared)",
-        collapse: Collapse::AfterForkUpperShared,
-    },
+/// The cases, in cow.c's order.
+pub const CASES: [Collapse; 4] = [
+    Collapse::BeforeFork,
+    Collapse::AfterForkFullyShared,
+    Collapse::AfterForkLowerShared,
+    Collapse::AfterForkUpperShared,
 ];
+
+impl Case for Collapse {
+    fn desc(&self) -> String {
+        match self {
+            Collapse::BeforeFork => "Basic COW after fork() when collapsing before fork()",
+            Collapse::AfterForkFullyShared => {
+                "Basic COW after fork() when collapsing after fork() (fully shared)"
+            }
+            Collapse::AfterForkLowerShared => {
+                "Basic COW after fork() when collapsing after fork() (lower shared)"
+            }
+            Collapse::AfterForkUpperShared => {
+                "Basic COW after fork() when collapsing after fork() (upper shared)"
+            }
+        }
+        .into()
+    }
+    fn pins(&self) -> bool {
+        false
+    }
+}
 
 fn collapse(m: &AnonMemory) -> Step<()> {
     m.region
@@ -53,17 +58,17 @@ fn collapse(m: &AnonMemory) -> Step<()> {
         .or_else(|e| skip(format!("MADV_COLLAPSE failed: {e}")))
 }
 
-pub fn run(case: &ThpCase, m: &AnonMemory) -> Step<Observed> {
+pub fn run(case: Collapse, m: &AnonMemory) -> Step<Observed> {
     let size = m.region.len;
     let (lower, upper) = (m.region.sub(0, size / 2), m.region.sub(size / 2, size / 2));
     pte_map(m.region)?;
     // The half the child keeps (the other is MADV_DONTFORK'ed away from it).
-    let (shared, not_shared) = match case.collapse {
+    let (shared, not_shared) = match case {
         Collapse::BeforeFork | Collapse::AfterForkFullyShared => (m.region, None),
         Collapse::AfterForkLowerShared => (lower, Some(upper)),
         Collapse::AfterForkUpperShared => (upper, Some(lower)),
     };
-    if matches!(case.collapse, Collapse::BeforeFork) {
+    if matches!(case, Collapse::BeforeFork) {
         collapse(m)?;
     }
     if let Some(r) = not_shared {
@@ -76,7 +81,7 @@ pub fn run(case: &ThpCase, m: &AnonMemory) -> Step<Observed> {
     if not_shared.is_some() {
         m.region.madvise(MmapAdvise::MADV_DOFORK, "MADV_DOFORK")?;
     }
-    if !matches!(case.collapse, Collapse::BeforeFork) {
+    if !matches!(case, Collapse::BeforeFork) {
         collapse(m)?;
     }
     let head = pagemap::entry(m.region.addr).or_else(fail)?;
@@ -105,25 +110,10 @@ pub fn entries(caps: &Capabilities) -> Vec<(Scenario, Subject)> {
         shape: ThpShape::Pmd,
         size: pmd,
     };
-    let subject = Subject {
-        mechanism: Mechanism::Collapse,
-        memory: MemoryClass::Anon,
-        size: Some(pmd),
-        mapping: Mapping::Private,
-        kernel,
-    };
-    let mut out = Vec::new();
-    for (i, case) in CASES.iter().enumerate() {
-        let scenario = Scenario {
-            name: case.desc.to_string(),
-            family: Family::COW_ANON_THP,
-            group: backing.group(),
-            needs: backing.needs(),
-            knobs: backing.knobs(caps.pmd_size),
-            pins: false,
-            body: Arc::new(move |opts| Ok(judge(&subject, run(&CASES[i], &backing.setup(opts)?)?))),
-        };
-        out.push((scenario, subject));
-    }
-    out
+    Cross::new(Family::COW_ANON_THP, caps, CASES, [backing])
+        .named(|case, _| case.desc())
+        .entries(
+            |_, backing| Subject::anon(Mechanism::Collapse, backing, kernel),
+            |opts, case, backing, subject| Ok(judge(subject, run(case, &backing.setup(opts)?)?)),
+        )
 }

@@ -2,8 +2,6 @@
 //! of a zeropage or of file data must COW away from the other view, and a
 //! R/O long-term pin on it must stay reliable.
 
-use std::sync::Arc;
-
 use cowgup_fixtures::damage::{self, Side};
 use cowgup_fixtures::evidence::{self, View};
 use cowgup_fixtures::needs::Need;
@@ -13,16 +11,12 @@ use cowgup_fixtures::{fail, Step};
 use cowgup_harness::probe::Capabilities;
 
 use crate::common::write_and_check_own;
-use crate::cow_anon::ro_pin_and_check;
-use crate::expectations::{self, judge, Mapping, Mechanism, MemoryClass, Observed, Subject};
+use crate::cow_anon::{ro_pin_and_check, CowCase};
+use crate::cross::Cross;
+use crate::expectations::{self, Mapping, Mechanism, MemoryClass, Observed, Subject};
 use crate::scenario::{Family, Scenario};
 
-pub struct NonAnonCase {
-    pub desc: &'static str,
-    pub mechanism: Mechanism,
-    pub needs: &'static [Need],
-    pub run: fn(&NonAnonMemory) -> Step<Observed>,
-}
+pub type NonAnonCase = CowCase<NonAnonMemory>;
 
 pub const CASES: [NonAnonCase; 3] = [
     NonAnonCase {
@@ -72,10 +66,7 @@ fn basic_cow(m: &NonAnonMemory) -> Step<Observed> {
         true,
         "the write landed in the page the other mapping shows",
     )?;
-    Ok(match data {
-        Ok(()) => Observed::Clean,
-        Err(mm) => Observed::Leak(format!("Other mapping modified: {mm}")),
-    })
+    Ok(Observed::leak_unless(data, "Other mapping modified"))
 }
 
 fn ro_pin(m: &NonAnonMemory, fast: bool) -> Step<Observed> {
@@ -91,10 +82,16 @@ pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
 pub fn entries(caps: &Capabilities) -> Vec<(Scenario, Subject)> {
     let kernel = expectations::parse_version(&caps.kernel_release);
     let hugetlb: Vec<usize> = caps.hugetlb.iter().map(|p| p.size).collect();
-    let mut out = Vec::new();
-    for case in &CASES {
-        for backing in NonAnonBacking::all(caps.pmd_size, &hugetlb) {
-            let subject = Subject {
+    let backings = NonAnonBacking::all(caps.pmd_size, &hugetlb);
+    Cross::new(Family::COW_NON_ANON, caps, &CASES, backings)
+        .more_knobs(|case, backing| match backing {
+            NonAnonBacking::MemfdHugetlb { size } if case.mechanism == Mechanism::RoPin => {
+                crate::movable_pins::unshare_headroom(size, caps.pmd_size)
+            }
+            _ => vec![],
+        })
+        .entries(
+            |case, backing| Subject {
                 mechanism: case.mechanism,
                 memory: MemoryClass::NonAnon,
                 size: match backing {
@@ -104,35 +101,7 @@ pub fn entries(caps: &Capabilities) -> Vec<(Scenario, Subject)> {
                 },
                 mapping: Mapping::Private,
                 kernel,
-            };
-            let mechanism = case.mechanism;
-            let run = case.run;
-            let knobs = match (backing, caps.pmd_size) {
-                (NonAnonBacking::HugeZeropage, Some(pmd)) => {
-                    cowgup_fixtures::thp::pmd_inherits(pmd)
-                }
-                (NonAnonBacking::MemfdHugetlb { size }, _)
-                    if case.mechanism == Mechanism::RoPin =>
-                {
-                    crate::movable_pins::unshare_headroom(size, caps.pmd_size)
-                }
-                _ => vec![],
-            };
-            let scenario = Scenario {
-                name: format!("{} ... with {}", case.desc, backing.suffix()),
-                family: Family::COW_NON_ANON,
-                group: backing.group(),
-                needs: backing
-                    .needs()
-                    .into_iter()
-                    .chain(case.needs.iter().copied())
-                    .collect(),
-                knobs,
-                pins: mechanism.pins(),
-                body: Arc::new(move |opts| Ok(judge(&subject, run(&backing.setup(opts)?)?))),
-            };
-            out.push((scenario, subject));
-        }
-    }
-    out
+            },
+            |opts, case, backing, subject| case.judged(subject, &backing.setup(opts)?),
+        )
 }

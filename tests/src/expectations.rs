@@ -30,6 +30,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use cowgup_fixtures::anon::AnonBacking;
+use cowgup_fixtures::stamp::Mismatch;
 use cowgup_harness::probe::Filesystem;
 use cowgup_harness::Outcome;
 use nix::errno::Errno;
@@ -50,6 +52,17 @@ pub enum Observed {
     /// A GUP call did not return within the trial's bound: the message says
     /// which and what its thread did meanwhile.
     Livelock(String),
+}
+
+impl Observed {
+    /// What a data check saw: clean, or a leak that names what leaked
+    /// (`what`) and where (the mismatch).
+    pub fn leak_unless(data: Result<(), Mismatch>, what: &str) -> Observed {
+        match data {
+            Ok(()) => Observed::Clean,
+            Err(mm) => Observed::Leak(format!("{what}: {mm}")),
+        }
+    }
 }
 
 /// The reference mechanism a case exercises.
@@ -168,6 +181,27 @@ pub struct Subject {
     pub mapping: Mapping,
     /// The running kernel, read once (`parse_version(uname -r)`); None if unreadable.
     pub kernel: Option<Version>,
+}
+
+impl Subject {
+    /// A case on a private anonymous mapping of `backing`: hugetlb is its
+    /// own class, and a huge page's size is what rows match on.
+    pub fn anon(mechanism: Mechanism, backing: AnonBacking, kernel: Option<Version>) -> Subject {
+        Subject {
+            mechanism,
+            memory: if backing.is_hugetlb() {
+                MemoryClass::AnonHugetlb
+            } else {
+                MemoryClass::Anon
+            },
+            size: match backing {
+                AnonBacking::Thp { size, .. } | AnonBacking::Hugetlb { size } => Some(size),
+                _ => None,
+            },
+            mapping: Mapping::Private,
+            kernel,
+        }
+    }
 }
 
 /// What a row expects to see instead of a clean run.

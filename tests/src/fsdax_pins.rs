@@ -13,7 +13,6 @@
 //! skips with the reason elsewhere.
 
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
 
 use cowgup_fixtures::file::{fsdax_dir, prove_dax, FileBacking, FileMemory};
 use cowgup_fixtures::gup_bench::{GupCmd, GupRun};
@@ -26,10 +25,11 @@ use cowgup_fixtures::{env, fail, skip, Step, TrialOptions};
 use cowgup_harness::probe::Capabilities;
 use cowgup_harness::{diag, Outcome};
 
+use crate::cross::{Case, Cross};
 use crate::expectations::{
     self, judge, Mapping, Mechanism, MemoryClass, Observed, Subject, Version,
 };
-use crate::scenario::{Body, Family, Scenario};
+use crate::scenario::{Family, Scenario};
 
 pub const SHORT_TERM: [PinSource; 2] = [PinSource::ODirect, PinSource::Vmsplice];
 
@@ -48,64 +48,66 @@ const BACKING: FileBacking = FileBacking::Fsdax;
 /// The errno check_vma_flags() refuses a FOLL_LONGTERM pin of fsdax with.
 pub const REFUSAL: nix::errno::Errno = nix::errno::Errno::EOPNOTSUPP;
 
-pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
-    let kernel = expectations::parse_version(&caps.kernel_release);
-    let suffix = BACKING.suffix();
-    let scenario = |name: String, needs: Vec<Need>, pins: bool, body: Body| Scenario {
-        name,
-        family: Family::FSDAX_PINS,
-        group: BACKING.group(),
-        needs,
-        knobs: vec![],
-        pins,
-        body,
-    };
-    let mut v = Vec::new();
-    for source in PinSource::LONGTERM {
-        v.push(scenario(
-            format!(
-                "{} of a MAP_SHARED file mapping is refused ... with {suffix}",
-                source.name()
-            ),
-            source.needs(),
-            source.pins(),
-            Arc::new(move |opts| shared_longterm(opts, source)),
-        ));
-    }
-    for source in SHORT_TERM {
-        v.push(scenario(
-            format!(
-                "{} of a MAP_SHARED file mapping sees the file ... with {suffix}",
-                source.name()
-            ),
-            source.needs(),
-            source.pins(),
-            Arc::new(move |opts| shared_short_term(opts, source)),
-        ));
-    }
-    for cmd in GUP_SHORT {
-        v.push(scenario(
-            format!(
-                "gup_test {} (short-term) of a MAP_SHARED file mapping works ... with {suffix}",
+/// The family's cases, all on [`BACKING`].
+#[derive(Clone, Copy)]
+enum FsdaxCase {
+    SharedLongterm(PinSource),
+    SharedShortTerm(PinSource),
+    GupShort(GupCmd),
+    PrivateLongterm(PinSource),
+}
+
+impl Case for FsdaxCase {
+    fn desc(&self) -> String {
+        match *self {
+            FsdaxCase::SharedLongterm(s) => {
+                format!("{} of a MAP_SHARED file mapping is refused", s.name())
+            }
+            FsdaxCase::SharedShortTerm(s) => {
+                format!("{} of a MAP_SHARED file mapping sees the file", s.name())
+            }
+            FsdaxCase::GupShort(cmd) => format!(
+                "gup_test {} (short-term) of a MAP_SHARED file mapping works",
                 cmd.name()
             ),
-            vec![Need::GupTest],
-            cmd.pins(),
-            Arc::new(move |_| gup_short(cmd)),
-        ));
-    }
-    for source in PinSource::LONGTERM {
-        v.push(scenario(
-            format!(
-                "{} of a MAP_PRIVATE file mapping after a write fault is granted ... with {suffix}",
-                source.name()
+            FsdaxCase::PrivateLongterm(s) => format!(
+                "{} of a MAP_PRIVATE file mapping after a write fault is granted",
+                s.name()
             ),
-            source.needs(),
-            source.pins(),
-            Arc::new(move |opts| private_longterm(opts, source, kernel)),
-        ));
+        }
     }
-    v
+    fn needs(&self) -> Vec<Need> {
+        match *self {
+            FsdaxCase::SharedLongterm(s)
+            | FsdaxCase::SharedShortTerm(s)
+            | FsdaxCase::PrivateLongterm(s) => s.needs(),
+            FsdaxCase::GupShort(_) => vec![Need::GupTest],
+        }
+    }
+    fn pins(&self) -> bool {
+        match *self {
+            FsdaxCase::SharedLongterm(s)
+            | FsdaxCase::SharedShortTerm(s)
+            | FsdaxCase::PrivateLongterm(s) => s.pins(),
+            FsdaxCase::GupShort(cmd) => cmd.pins(),
+        }
+    }
+}
+
+pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
+    let kernel = expectations::parse_version(&caps.kernel_release);
+    let cases = (PinSource::LONGTERM
+        .map(FsdaxCase::SharedLongterm)
+        .into_iter())
+    .chain(SHORT_TERM.map(FsdaxCase::SharedShortTerm))
+    .chain(GUP_SHORT.map(FsdaxCase::GupShort))
+    .chain(PinSource::LONGTERM.map(FsdaxCase::PrivateLongterm));
+    Cross::new(Family::FSDAX_PINS, caps, cases, [BACKING]).build(move |opts, case, _| match case {
+        FsdaxCase::SharedLongterm(source) => shared_longterm(opts, source),
+        FsdaxCase::SharedShortTerm(source) => shared_short_term(opts, source),
+        FsdaxCase::GupShort(cmd) => gup_short(cmd),
+        FsdaxCase::PrivateLongterm(source) => private_longterm(opts, source, kernel),
+    })
 }
 
 fn read_only(source: PinSource) -> bool {

@@ -5,8 +5,6 @@
 //! refused (6.5+). Read-only pins, and pins of MAP_PRIVATE mappings (which
 //! COW into anonymous memory first), must always work.
 
-use std::sync::Arc;
-
 use cowgup_fixtures::file::{FileBacking, FileMemory, FsClass};
 use cowgup_fixtures::needs::{Need, ScratchFs};
 use cowgup_fixtures::pin::{FixedBuffer, GupTest};
@@ -14,6 +12,7 @@ use cowgup_fixtures::{fail, skip, Step, TrialOptions};
 use cowgup_harness::probe::Capabilities;
 use cowgup_harness::{diag, Outcome};
 
+use crate::cross::{Case, Cross};
 use crate::expectations::{judge, Mapping, Mechanism, MemoryClass, Observed, Subject, Version};
 use crate::scenario::{Family, Scenario};
 
@@ -100,14 +99,23 @@ pub const CASES: [LongtermCase; 10] = [
     },
 ];
 
-impl LongtermCase {
-    pub fn needs(&self) -> Vec<Need> {
+impl Case for LongtermCase {
+    fn desc(&self) -> String {
+        self.desc.into()
+    }
+    fn needs(&self) -> Vec<Need> {
         match self.pin {
             LongtermPin::Gup { .. } => vec![Need::GupTest],
             LongtermPin::IoUring => vec![Need::IoUring],
         }
     }
+    /// Every case takes (or is refused) a FOLL_PIN | FOLL_LONGTERM reference.
+    fn pins(&self) -> bool {
+        true
+    }
+}
 
+impl LongtermCase {
     pub fn mechanism(&self) -> Mechanism {
         match self.pin {
             LongtermPin::Gup { write: false, .. } => Mechanism::RoPin,
@@ -305,10 +313,9 @@ pub fn entries(caps: &Capabilities, extra: bool) -> Vec<(Scenario, Subject)> {
             FileBacking::Fsdax,
         ]);
     }
-    let mut out = Vec::new();
-    for (i, case) in CASES.iter().enumerate() {
-        for &backing in &backings {
-            let subject = case.subject(
+    Cross::new(Family::GUP_LONGTERM, caps, &CASES, backings).entries(
+        |case, backing| {
+            case.subject(
                 if backing == FileBacking::Fsdax {
                     MemoryClass::FsdaxFile
                 } else {
@@ -316,18 +323,8 @@ pub fn entries(caps: &Capabilities, extra: bool) -> Vec<(Scenario, Subject)> {
                 },
                 backing.huge_size(),
                 kernel,
-            );
-            let scenario = Scenario {
-                name: format!("{} ... with {}", case.desc, backing.suffix()),
-                family: Family::GUP_LONGTERM,
-                group: backing.group(),
-                needs: backing.needs().into_iter().chain(case.needs()).collect(),
-                knobs: vec![],
-                pins: true,
-                body: Arc::new(move |opts| run(opts, &CASES[i], backing, kernel)),
-            };
-            out.push((scenario, subject));
-        }
-    }
-    out
+            )
+        },
+        move |opts, case, backing, _| run(opts, case, backing, kernel),
+    )
 }

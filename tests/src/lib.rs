@@ -12,13 +12,16 @@
 //! | `cow_non_anon`  | `cow_non_anon::CASES` (3)   | `fixtures::non_anon::NonAnonBacking::all` |
 //! | `pins_under_reclaim` | `pins_under_reclaim::PRESSURES` (7) x `SOURCES` (2) | `fixtures::anon::AnonBacking::all` |
 //!
-//! A trial's name is derived, never typed: `<case> ... with <backing>`.
+//! A trial's name is derived, never typed: `<case> ... with <backing>`. The
+//! crossing is a value (`cross::Cross`): a family declares its cases and
+//! backings, and the cross yields its scenarios.
 
 pub mod beyond_upstream;
 pub mod common;
 pub mod cow_anon;
 pub mod cow_anon_thp;
 pub mod cow_non_anon;
+pub mod cross;
 pub mod expectations;
 pub mod file_large_folios;
 pub mod force_write;

@@ -15,8 +15,6 @@
 //! and root (PFNs); skips with the reason otherwise, and when the kernel put
 //! the memory elsewhere (saying where).
 
-use std::sync::Arc;
-
 use cowgup_fixtures::anon::{AnonBacking, ThpShape};
 use cowgup_fixtures::mem::Region;
 use cowgup_fixtures::pagemap;
@@ -27,6 +25,7 @@ use cowgup_fixtures::{env, fail, skip, Step, TrialOptions};
 use cowgup_harness::probe::Capabilities;
 use cowgup_harness::{diag, Knob, Outcome};
 
+use crate::cross::Cross;
 use crate::scenario::{Family, Scenario};
 
 /// Every pin source, long-term ones first.
@@ -64,21 +63,9 @@ pub fn name(source: PinSource, backing: AnonBacking) -> String {
 }
 
 pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
-    let mut out = Vec::new();
-    for backing in backings(caps) {
-        for source in sources() {
-            out.push(Scenario {
-                name: name(source, backing),
-                family: Family::MOVABLE_PINS,
-                group: backing.group(),
-                needs: backing.needs().into_iter().chain(source.needs()).collect(),
-                knobs: backing.knobs(caps.pmd_size),
-                pins: source.pins(),
-                body: Arc::new(move |opts| run(opts, backing, source)),
-            });
-        }
-    }
-    out
+    Cross::by_backing(Family::MOVABLE_PINS, caps, backings(caps), sources())
+        .named(name)
+        .build(|opts, source, backing| run(opts, backing, source))
 }
 
 /// Knobs for a hugetlb COW/unshare that happens *inside* a long-term pin

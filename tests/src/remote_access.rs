@@ -9,10 +9,8 @@
 //! still not show there. Every case runs on every anonymous backing
 //! (`AnonBacking::all`, sizes as probed), each base page stamped per page.
 
-use std::sync::Arc;
-
-use cowgup_fixtures::anon::{AnonBacking, AnonMemory};
-use cowgup_fixtures::evidence::{self, View};
+use cowgup_fixtures::anon::AnonMemory;
+use cowgup_fixtures::evidence::{self, Sharing, View};
 use cowgup_fixtures::mem::Region;
 use cowgup_fixtures::remote;
 use cowgup_fixtures::stamp::{Content, Mismatch, Pattern, Writer};
@@ -21,10 +19,11 @@ use cowgup_harness::probe::Capabilities;
 use nix::unistd::Pid;
 
 use crate::common::{collect, fork_with, write_and_check_own, ChildView, Watched, ORIGINAL};
-use crate::expectations::{self, judge, Mapping, Mechanism, MemoryClass, Observed, Subject};
+use crate::cross::{anon_backings, Case, Cross};
+use crate::expectations::{self, judge, Mechanism, Observed, Subject};
 use crate::scenario::{Family, Scenario};
 
-/// Which side acts, and how.
+/// Which side acts, and how: the family's cases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
     /// The parent process_vm_writev()s its stamps into the child's
@@ -39,65 +38,55 @@ pub enum Direction {
     ReadThenParentWrites,
 }
 
-pub struct RemoteCase {
-    pub desc: &'static str,
-    pub direction: Direction,
+pub const CASES: [Direction; 3] = [
+    Direction::WriteIntoChild,
+    Direction::ReadChildsWrite,
+    Direction::ReadThenParentWrites,
+];
+
+impl Case for Direction {
+    fn desc(&self) -> String {
+        match self {
+            Direction::WriteIntoChild => {
+                "process_vm_writev() from the parent into COW-shared pages of the child"
+            }
+            Direction::ReadChildsWrite => {
+                "process_vm_readv() by the parent of pages the child wrote after fork()"
+            }
+            Direction::ReadThenParentWrites => {
+                "process_vm_readv() of COW-shared pages, then the parent writes"
+            }
+        }
+        .into()
+    }
+    /// pin_user_pages_remote(): FOLL_PIN, counted in /proc/vmstat.
+    fn pins(&self) -> bool {
+        true
+    }
 }
 
-pub const CASES: [RemoteCase; 3] = [
-    RemoteCase {
-        desc: "process_vm_writev() from the parent into COW-shared pages of the child",
-        direction: Direction::WriteIntoChild,
-    },
-    RemoteCase {
-        desc: "process_vm_readv() by the parent of pages the child wrote after fork()",
-        direction: Direction::ReadChildsWrite,
-    },
-    RemoteCase {
-        desc: "process_vm_readv() of COW-shared pages, then the parent writes",
-        direction: Direction::ReadThenParentWrites,
-    },
-];
+impl Direction {
+    /// What the child's copy must hold at the end.
+    fn child_final(self) -> Content {
+        match self {
+            Direction::WriteIntoChild => ORIGINAL.written_by(Writer::Parent),
+            Direction::ReadChildsWrite => ORIGINAL.written_by(Writer::Child),
+            Direction::ReadThenParentWrites => ORIGINAL,
+        }
+    }
+}
 
 /// Every case on every anonymous backing of this host.
 pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
     let kernel = expectations::parse_version(&caps.kernel_release);
-    let hugetlb: Vec<usize> = caps.hugetlb.iter().map(|p| p.size).collect();
-    let mut out = Vec::new();
-    for case in &CASES {
-        for backing in AnonBacking::all(&caps.thp_sizes, caps.pmd_size, &hugetlb) {
+    Cross::new(Family::REMOTE_ACCESS, caps, CASES, anon_backings(caps)).build(
+        move |opts, direction, backing| {
             // The table is asked about fork()'s part: a child that lost its
             // page at fork() (hugetlb-1g-lost-at-fork) is judged as such.
-            let subject = Subject {
-                mechanism: Mechanism::Fork,
-                memory: if backing.is_hugetlb() {
-                    MemoryClass::AnonHugetlb
-                } else {
-                    MemoryClass::Anon
-                },
-                size: match backing {
-                    AnonBacking::Thp { size, .. } | AnonBacking::Hugetlb { size } => Some(size),
-                    _ => None,
-                },
-                mapping: Mapping::Private,
-                kernel,
-            };
-            let direction = case.direction;
-            out.push(Scenario {
-                name: format!("{} ... with {}", case.desc, backing.suffix()),
-                family: Family::REMOTE_ACCESS,
-                group: backing.group(),
-                needs: backing.needs(),
-                knobs: backing.knobs(caps.pmd_size),
-                // pin_user_pages_remote(): FOLL_PIN, counted in /proc/vmstat.
-                pins: true,
-                body: Arc::new(move |opts| {
-                    Ok(judge(&subject, run(direction, &backing.setup(opts)?)?))
-                }),
-            });
-        }
-    }
-    out
+            let subject = Subject::anon(Mechanism::Fork, backing, kernel);
+            Ok(judge(&subject, run(direction, &backing.setup(opts)?)?))
+        },
+    )
 }
 
 /// The word positions of every base page that remote reads sample: the head
@@ -133,14 +122,17 @@ pub fn remote_read_check(
     Ok(pattern.check_samples(&found, region.addr, region.len, expected))
 }
 
+/// What the parent's side did.
+struct Acted {
+    /// What its remote read found, where it read.
+    remote: Option<Result<(), Mismatch>>,
+    /// What its own copy must hold afterwards.
+    own_expected: Content,
+}
+
 fn run(direction: Direction, m: &AnonMemory) -> Step<Observed> {
     let (region, pattern) = (m.region, m.pattern);
-    // What the child's copy must hold at the end.
-    let child_final = match direction {
-        Direction::WriteIntoChild => ORIGINAL.written_by(Writer::Parent),
-        Direction::ReadChildsWrite => ORIGINAL.written_by(Writer::Child),
-        Direction::ReadThenParentWrites => ORIGINAL,
-    };
+    let child_final = direction.child_final();
     let watched = fork_with(
         region,
         pattern,
@@ -163,49 +155,16 @@ fn run(direction: Direction, m: &AnonMemory) -> Step<Observed> {
     };
     let pid = child.pid();
     let before = View::capture(region, pattern.unit)?;
-    // The parent's side: what it did, and what its own copy must hold.
-    let acted: Step<(Option<Result<(), Mismatch>>, Content)> = (|| match direction {
-        Direction::WriteIntoChild => {
-            remote_write_heads(pid, region, pattern, Writer::Parent)?;
-            Ok((None, ORIGINAL))
-        }
-        Direction::ReadChildsWrite => Ok((
-            Some(remote_read_check(
-                pid,
-                region,
-                pattern,
-                ORIGINAL.written_by(Writer::Child),
-            )?),
-            ORIGINAL,
-        )),
-        Direction::ReadThenParentWrites => {
-            let first = remote_read_check(pid, region, pattern, ORIGINAL)?;
-            if let Err(m) = first {
-                return fail(format!(
-                    "process_vm_readv() of the child's still-shared pages, before anyone wrote: {m}"
-                ));
-            }
-            let unshared = View::capture(region, pattern.unit)?;
-            write_and_check_own(region, pattern, ORIGINAL, Writer::Parent, "the parent")?;
-            let again = remote_read_check(pid, region, pattern, ORIGINAL)?;
-            cowgup_harness::evidence(
-                "sharing",
-                evidence::compare(
-                    "parent before vs after the remote read (the parent's PFNs must not move)",
-                    "before",
-                    &before,
-                    "after",
-                    &unshared,
-                ),
-            );
-            Ok((Some(again), ORIGINAL.written_by(Writer::Parent)))
-        }
-    })();
-    let own = acted.as_ref().ok().map(|(_, c)| pattern.check(region, *c));
+    let acted = act(direction, pid, region, pattern, &before);
+    let own = acted
+        .as_ref()
+        .ok()
+        .map(|a| pattern.check(region, a.own_expected));
     let after = View::capture(region, pattern.unit)?;
+    // The child is released whatever the parent's side did, so it is reaped.
     go.notify()?;
     let seen = collect::<Option<ChildView>>(&report, child);
-    let (remote, own_expected) = acted?;
+    let acted = acted?;
     let Some(child) = seen? else {
         return fail("child sent no view");
     };
@@ -222,78 +181,157 @@ fn run(direction: Direction, m: &AnonMemory) -> Step<Observed> {
         serde_json::json!({
             "direction": format!("{direction:?}"),
             "child_pid": pid.as_raw(),
-            "parent_expected": own_expected.describe(),
+            "parent_expected": acted.own_expected.describe(),
             "child_expected": child_final.describe(),
             "parent_pfn_before": before.ptes.first().and_then(|p| p.pfn()),
             "parent_pfn_after": after.ptes.first().and_then(|p| p.pfn()),
             "child_pfn": child.view.ptes.first().and_then(|p| p.pfn()),
             "parent_own": own.as_ref().err(),
-            "remote_read": remote.as_ref().and_then(|r| r.as_ref().err()),
+            "remote_read": acted.remote.as_ref().and_then(|r| r.as_ref().err()),
             "child_data": child.data.as_ref().err(),
         }),
     );
-    Ok(match direction {
+    let end = End {
+        sharing,
+        own,
+        child: child.data,
+        remote: acted.remote,
+    };
+    match direction {
+        Direction::WriteIntoChild => end.write_into_child(),
+        Direction::ReadChildsWrite => end.read_childs_write(),
+        Direction::ReadThenParentWrites => end.read_then_parent_writes(),
+    }
+}
+
+/// The parent's side, while the child holds its pages shared.
+fn act(
+    direction: Direction,
+    pid: Pid,
+    region: Region,
+    pattern: Pattern,
+    before: &View,
+) -> Step<Acted> {
+    match direction {
         Direction::WriteIntoChild => {
-            // The parent's pages must keep their stamps: a change means the
-            // remote write landed in a page the parent still maps.
-            evidence::agree(
-                &sharing,
-                &own,
-                true,
-                "the remote write went into a page still shared with the parent",
-            )?;
-            if let Err(m) = own {
-                Observed::Leak(format!(
-                    "Leak from the child into the parent: process_vm_writev() into the child changed the parent's pages: {m}"
-                ))
-            } else if let Err(m) = child.data {
-                return fail(format!(
-                    "the child does not see the parent's process_vm_writev(): {m}"
-                ));
-            } else {
-                Observed::Clean
-            }
+            remote_write_heads(pid, region, pattern, Writer::Parent)?;
+            Ok(Acted {
+                remote: None,
+                own_expected: ORIGINAL,
+            })
         }
-        Direction::ReadChildsWrite => {
-            cowgup_harness::evidence("sharing", &sharing);
-            if let Err(m) = own {
-                return fail(format!(
-                    "the parent's own pages changed although only the child wrote: {m}"
-                ));
-            }
-            if let Err(m) = child.data {
-                return fail(format!("the child's copy changed after its write: {m}"));
-            }
-            match remote.expect("a read was made") {
-                Ok(()) => Observed::Clean,
-                Err(m) => {
-                    return fail(format!(
-                        "process_vm_readv() of the child's written pages did not return the child's data: {m}"
-                    ))
-                }
-            }
-        }
+        Direction::ReadChildsWrite => Ok(Acted {
+            remote: Some(remote_read_check(
+                pid,
+                region,
+                pattern,
+                ORIGINAL.written_by(Writer::Child),
+            )?),
+            own_expected: ORIGINAL,
+        }),
         Direction::ReadThenParentWrites => {
-            evidence::agree(
-                &sharing,
-                &child.data,
-                true,
-                "parent and child still share the page",
-            )?;
-            if let Err(m) = own {
+            let first = remote_read_check(pid, region, pattern, ORIGINAL)?;
+            if let Err(m) = first {
                 return fail(format!(
-                    "the parent's own copy is wrong after its write: {m}"
+                    "process_vm_readv() of the child's still-shared pages, before anyone wrote: {m}"
                 ));
             }
-            match (child.data, remote.expect("a read was made")) {
-                (Err(m), _) => Observed::Leak(format!("Leak from parent into child: {m}")),
-                (Ok(()), Err(m)) => Observed::Leak(format!(
-                    "Leak from parent into child: a second process_vm_readv() of the child shows: {m}"
-                )),
-                (Ok(()), Ok(())) => Observed::Clean,
-            }
+            let unshared = View::capture(region, pattern.unit)?;
+            write_and_check_own(region, pattern, ORIGINAL, Writer::Parent, "the parent")?;
+            let again = remote_read_check(pid, region, pattern, ORIGINAL)?;
+            cowgup_harness::evidence(
+                "sharing",
+                evidence::compare(
+                    "parent before vs after the remote read (the parent's PFNs must not move)",
+                    "before",
+                    before,
+                    "after",
+                    &unshared,
+                ),
+            );
+            Ok(Acted {
+                remote: Some(again),
+                own_expected: ORIGINAL.written_by(Writer::Parent),
+            })
         }
-    })
+    }
+}
+
+/// What both sides hold at the end: the verdict per direction.
+struct End {
+    sharing: Sharing,
+    /// The parent's own copy, against what it must hold.
+    own: Result<(), Mismatch>,
+    /// The child's copy, against what it must hold.
+    child: Result<(), Mismatch>,
+    /// The parent's remote read, where it read.
+    remote: Option<Result<(), Mismatch>>,
+}
+
+impl End {
+    fn write_into_child(self) -> Step<Observed> {
+        // The parent's pages must keep their stamps: a change means the
+        // remote write landed in a page the parent still maps.
+        evidence::agree(
+            &self.sharing,
+            &self.own,
+            true,
+            "the remote write went into a page still shared with the parent",
+        )?;
+        if let Err(m) = self.own {
+            return Ok(Observed::Leak(format!(
+                "Leak from the child into the parent: process_vm_writev() into the child \
+                 changed the parent's pages: {m}"
+            )));
+        }
+        if let Err(m) = self.child {
+            return fail(format!(
+                "the child does not see the parent's process_vm_writev(): {m}"
+            ));
+        }
+        Ok(Observed::Clean)
+    }
+
+    fn read_childs_write(self) -> Step<Observed> {
+        cowgup_harness::evidence("sharing", &self.sharing);
+        if let Err(m) = self.own {
+            return fail(format!(
+                "the parent's own pages changed although only the child wrote: {m}"
+            ));
+        }
+        if let Err(m) = self.child {
+            return fail(format!("the child's copy changed after its write: {m}"));
+        }
+        match self.remote.expect("a read was made") {
+            Ok(()) => Ok(Observed::Clean),
+            Err(m) => fail(format!(
+                "process_vm_readv() of the child's written pages did not return the child's \
+                 data: {m}"
+            )),
+        }
+    }
+
+    fn read_then_parent_writes(self) -> Step<Observed> {
+        evidence::agree(
+            &self.sharing,
+            &self.child,
+            true,
+            "parent and child still share the page",
+        )?;
+        if let Err(m) = self.own {
+            return fail(format!(
+                "the parent's own copy is wrong after its write: {m}"
+            ));
+        }
+        Ok(match (self.child, self.remote.expect("a read was made")) {
+            (Err(m), _) => Observed::Leak(format!("Leak from parent into child: {m}")),
+            (Ok(()), Err(m)) => Observed::Leak(format!(
+                "Leak from parent into child: a second process_vm_readv() of the child \
+                 shows: {m}"
+            )),
+            (Ok(()), Ok(())) => Observed::Clean,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! What a catalogue entry is: a [`Scenario`] (a trial plus what it needs
 //! from the host), the [`Family`] it belongs to, and the [`Selection`] rules
-//! that pick entries by name. A leaf: the families build on it, and the
-//! registry (`registry.rs`) says what each [`Family`] is.
+//! that pick entries by name. A leaf: the families build on it (most through
+//! `cross.rs`, which crosses a case table with backings), and the registry
+//! (`registry.rs`) says what each [`Family`] is.
 
 use std::sync::Arc;
 

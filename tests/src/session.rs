@@ -102,97 +102,26 @@ impl Session {
         signals::install();
         let mut caps = caps;
         let mut log = Vec::new();
-        let mut guard = None;
-        if !opts.provision {
+        let guard = if !opts.provision {
             log.push("provisioning off (--no-provision): host settings left alone".into());
+            None
         } else if !caps.is_root() {
             log.push(format!(
                 "not root (euid {}): host settings left alone; trials that need them skip",
                 caps.euid
             ));
+            None
         } else {
-            let (mut g, stale) =
-                HostGuard::acquire(&opts.state_dir, opts.lock_wait).map_err(|e| {
-                    format!(
-                        "cannot take the host guard in {}: {e}",
-                        opts.state_dir.display()
-                    )
-                })?;
-            // The probe was made before we held the host: if another run held
-            // it meanwhile, or a dead run's settings were just put back, the
-            // host has changed since. Provision from what it is now.
-            if g.waited_for_another_run() || stale.is_some() {
-                caps = Capabilities::probe();
-            }
-            if let Some(report) = stale {
-                log.push(format!(
-                    "restored settings left by an earlier run that did not finish: {}",
-                    if report.changed.is_empty() {
-                        "nothing needed changing".into()
-                    } else {
-                        report.changed.join("; ")
-                    }
-                ));
-                for p in report.problems {
-                    log.push(format!("could not restore: {p}"));
-                }
-            }
-            // debugfs first: whether gup_test exists decides which trials can run at all.
-            if selected.iter().any(|s| s.needs.contains(&Need::GupTest)) {
-                log.extend(provision(&[Need::GupTest], &caps, &mut g));
-                caps.refresh_gup_test();
-            }
-            // Then only what trials that can otherwise run will use: no hugetlb
-            // pool for trials that will skip for lack of gup_test.
-            let needs: Vec<Need> = selected
-                .iter()
-                .filter(|s| {
-                    s.needs
-                        .iter()
-                        .all(|n| n.provisionable() || n.unmet(&caps).is_none())
-                })
-                .flat_map(|s| {
-                    // Trials that may run side by side get a pool for `jobs`
-                    // of them at once (reserved as far as the host allows;
-                    // batches take what was reserved, see `plan_batches`).
-                    let jobs = if s.family.concurrent() {
-                        opts.jobs.max(1) as u64
-                    } else {
-                        1
-                    };
-                    s.needs.iter().map(move |n| match *n {
-                        Need::HugetlbPages { size, count } => Need::HugetlbPages {
-                            size,
-                            count: count * jobs,
-                        },
-                        n => n,
-                    })
-                })
-                .collect();
-            log.extend(provision(&needs, &caps, &mut g));
-            // The phase change: what the trials see is the provisioned host.
-            caps = Capabilities::probe();
-            guard = Some(g);
-        }
+            let mut guard = hold_host(opts, &mut caps, &mut log)?;
+            provision_for(selected, opts.jobs, &mut caps, &mut guard, &mut log);
+            Some(guard)
+        };
         cowgup_fixtures::init_env(Env {
             page_size: caps.page_size,
             pmd_size: caps.pmd_size,
             pfns_visible: caps.cap_sys_admin,
         });
-        let leak = if opts.simulate_leak {
-            let a = cowgup_fixtures::leak::Anchor::new()
-                .map_err(|e| format!("cannot start the simulated leak's holder: {e}"))?;
-            // Read by the trials' processes, forked from this one.
-            std::env::set_var(cowgup_fixtures::leak::VAR, a.env_value());
-            log.push(
-                "simulated pin leak (--simulate-leak): every io_uring fixed buffer's pins are \
-                 kept after its trial, until the run ends"
-                    .into(),
-            );
-            Some(a)
-        } else {
-            None
-        };
+        let leak = simulated_leak(opts, &mut log)?;
         if opts.jobs > 1 {
             log.push(format!(
                 "up to {} trials side by side (--jobs): cow and gup_longterm trials in \
@@ -356,6 +285,115 @@ impl Session {
         }
         signals::die_of(sig)
     }
+}
+
+/// Take the host guard (waiting up to `--lock-wait` for another run), and
+/// put back what a dead run left. `caps` is probed again if the host may
+/// have changed since it was.
+fn hold_host(
+    opts: &Options,
+    caps: &mut Capabilities,
+    log: &mut Vec<String>,
+) -> Result<HostGuard, String> {
+    let (guard, stale) = HostGuard::acquire(&opts.state_dir, opts.lock_wait).map_err(|e| {
+        format!(
+            "cannot take the host guard in {}: {e}",
+            opts.state_dir.display()
+        )
+    })?;
+    // The probe was made before we held the host: if another run held
+    // it meanwhile, or a dead run's settings were just put back, the
+    // host has changed since. Provision from what it is now.
+    if guard.waited_for_another_run() || stale.is_some() {
+        *caps = Capabilities::probe();
+    }
+    if let Some(report) = stale {
+        log.push(format!(
+            "restored settings left by an earlier run that did not finish: {}",
+            if report.changed.is_empty() {
+                "nothing needed changing".into()
+            } else {
+                report.changed.join("; ")
+            }
+        ));
+        for p in report.problems {
+            log.push(format!("could not restore: {p}"));
+        }
+    }
+    Ok(guard)
+}
+
+/// Provision what the selected trials need, then probe the provisioned host
+/// into `caps` (what the trials see).
+fn provision_for(
+    selected: &[&Scenario],
+    jobs: usize,
+    caps: &mut Capabilities,
+    guard: &mut HostGuard,
+    log: &mut Vec<String>,
+) {
+    // debugfs first: whether gup_test exists decides which trials can run at all.
+    if selected.iter().any(|s| s.needs.contains(&Need::GupTest)) {
+        log.extend(provision(&[Need::GupTest], caps, guard));
+        caps.refresh_gup_test();
+    }
+    log.extend(provision(
+        &runnable_needs(selected, jobs, caps),
+        caps,
+        guard,
+    ));
+    *caps = Capabilities::probe();
+}
+
+/// The needs of the trials that can otherwise run (no hugetlb pool for
+/// trials that will skip for lack of gup_test), hugetlb pools sized for
+/// `jobs` trials at once where their family runs side by side.
+fn runnable_needs(selected: &[&Scenario], jobs: usize, caps: &Capabilities) -> Vec<Need> {
+    selected
+        .iter()
+        .filter(|s| {
+            s.needs
+                .iter()
+                .all(|n| n.provisionable() || n.unmet(caps).is_none())
+        })
+        .flat_map(|s| {
+            // Reserved as far as the host allows; batches take what was
+            // reserved, see `plan_batches`.
+            let jobs = if s.family.concurrent() {
+                jobs.max(1) as u64
+            } else {
+                1
+            };
+            s.needs.iter().map(move |n| match *n {
+                Need::HugetlbPages { size, count } => Need::HugetlbPages {
+                    size,
+                    count: count * jobs,
+                },
+                n => n,
+            })
+        })
+        .collect()
+}
+
+/// `--simulate-leak`: the holder that keeps every io_uring fixed buffer's
+/// pins until the run ends.
+fn simulated_leak(
+    opts: &Options,
+    log: &mut Vec<String>,
+) -> Result<Option<cowgup_fixtures::leak::Anchor>, String> {
+    if !opts.simulate_leak {
+        return Ok(None);
+    }
+    let a = cowgup_fixtures::leak::Anchor::new()
+        .map_err(|e| format!("cannot start the simulated leak's holder: {e}"))?;
+    // Read by the trials' processes, forked from this one.
+    std::env::set_var(cowgup_fixtures::leak::VAR, a.env_value());
+    log.push(
+        "simulated pin leak (--simulate-leak): every io_uring fixed buffer's pins are kept \
+         after its trial, until the run ends"
+            .into(),
+    );
+    Ok(Some(a))
 }
 
 /// What `Session::run_all` tells its caller, in run order.
