@@ -8,6 +8,7 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
+use cowgup_fixtures::anon::AnonBacking;
 use cowgup_fixtures::evidence::{self, View};
 use cowgup_fixtures::mem::{Region, RW};
 use cowgup_fixtures::needs::{scratch_dir, ScratchFs};
@@ -62,154 +63,165 @@ impl Prepared {
         v
     }
 }
+
+/// `target` built, stamped and faulted in, with what must keep the original.
 pub(super) fn prepare(target: Target, opts: &TrialOptions) -> Step<Prepared> {
-    let page = env().page_size;
     match target {
-        Target::SharedWithChild(b) => {
-            let m = b.setup(opts)?;
-            m.region.mprotect(ProtFlags::PROT_READ)?;
-            let checker = match Checker::fork(m.region, m.pattern)? {
-                Ok(c) => c,
-                Err(observed) => return fail(format!("before the forced write: {observed:?}")),
-            };
-            Ok(Prepared {
-                target: m.region,
-                written: m.region,
-                pattern: m.pattern,
-                original: ORIGINAL,
-                views: vec![],
-                file: None,
-                checker: Some(checker),
-                fresh_zero: None,
-                _hold: vec![],
-            })
-        }
-        Target::Zeropage | Target::HugeZeropage => {
-            let backing = if target == Target::Zeropage {
-                NonAnonBacking::SharedZeropage
-            } else {
-                NonAnonBacking::HugeZeropage
-            };
-            // smem is PROT_READ; mem, the other private mapping of the zeropage, must stay zero.
-            let m = backing.setup(opts)?;
-            let written = if m.smem.len > page {
-                // One page inside the huge zeropage: the PMD must split,
-                // the rest keep reading zeroes.
-                m.smem.sub(page, page)
-            } else {
-                m.smem
-            };
-            Ok(Prepared {
-                target: m.smem,
-                written,
-                pattern: m.pattern,
-                original: Content::all(Writer::Nobody),
-                views: vec![("the other private mapping of the zeropage", m.mem)],
-                file: None,
-                checker: None,
-                fresh_zero: Some(m.smem.len),
-                _hold: vec![],
-            })
-        }
-        Target::PrivateFile | Target::SharedFile => {
-            let dir = scratch_dir(ScratchFs::Ext4).ok_or_else(|| {
-                Outcome::Fail("no ext4 scratch directory although the trial's need was met".into())
-            })?;
-            let path = dir.join(format!("force-{}", std::process::id()));
-            let rw = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .or_else(|e| fail(format!("creating {} failed: {e}", path.display())));
-            let opened = rw.and_then(|rw| {
-                let ro = std::fs::File::open(&path).or_else(|e| {
-                    fail(format!(
-                        "reopening {} read-only failed: {e}",
-                        path.display()
-                    ))
-                })?;
-                let direct = std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_DIRECT)
-                    .open(&path)
-                    .or_else(|e| {
-                        skip(format!("cannot open {} with O_DIRECT: {e}", path.display()))
-                    })?;
-                Ok((rw, ro, direct))
-            });
-            let _ = std::fs::remove_file(&path);
-            let (rw, ro, direct) = opened?;
-            file_target(
-                rw,
-                ro,
-                Some(direct),
-                4 * page,
-                opts.pattern(page),
-                target == Target::SharedFile,
-            )
-        }
-        Target::PrivateMemfd | Target::UffdMinorMemfd | Target::SharedMemfd => {
-            let fd =
-                nix::sys::memfd::memfd_create("cowgup-force", nix::sys::memfd::MFdFlags::empty())
-                    .or_else(|e| fail(format!("memfd_create() failed: {e}")))?;
-            let rw = std::fs::File::from(fd);
-            let ro = if target == Target::SharedMemfd {
-                rw.try_clone()
-                    .or_else(|e| fail(format!("dup() failed: {e}")))?
-            } else {
-                reopen_read_only(&rw)?
-            };
-            let mut p = file_target(
-                rw,
-                ro,
-                None,
-                4 * page,
-                opts.pattern(page),
-                target == Target::SharedMemfd,
-            )?;
-            if target == Target::UffdMinorMemfd {
-                p._hold.push(uffd::uffd_continue(p.target)?);
-                // CVE-2022-2590's starting point: the private mapping maps
-                // the shmem page-cache pages themselves, read-only.
-                let (label, view) = p.views[0];
-                let sharing = evidence::compare(
-                    "target after UFFDIO_CONTINUE vs the MAP_SHARED view",
-                    "target",
-                    &View::capture(p.target, page)?,
-                    label,
-                    &View::capture(view, page)?,
-                );
-                cowgup_harness::evidence("sharing", &sharing);
-                if sharing.same < sharing.compared {
-                    return fail(format!(
-                        "UFFDIO_CONTINUE did not map the page-cache pages: {}",
-                        sharing.summary
-                    ));
-                }
-            }
+        Target::SharedWithChild(b) => shared_with_child(b, opts),
+        Target::Zeropage => zeropage(NonAnonBacking::SharedZeropage, opts),
+        Target::HugeZeropage => zeropage(NonAnonBacking::HugeZeropage, opts),
+        Target::PrivateFile | Target::SharedFile => ext4_file(target == Target::SharedFile, opts),
+        Target::PrivateMemfd | Target::SharedMemfd => memfd(target == Target::SharedMemfd, opts),
+        Target::UffdMinorMemfd => {
+            let mut p = memfd(false, opts)?;
+            map_by_uffd_continue(&mut p)?;
             Ok(p)
         }
-        Target::Hugetlb { size, shared } => {
-            let flags = nix::sys::memfd::MFdFlags::MFD_HUGETLB
-                | nix::sys::memfd::MFdFlags::from_bits_retain(
-                    (size.trailing_zeros() as libc::c_uint) << libc::MFD_HUGE_SHIFT,
-                );
-            let fd = nix::sys::memfd::memfd_create("cowgup-force", flags)
-                .or_else(|e| fail(format!("memfd_create(MFD_HUGETLB) failed: {e}")))?;
-            let rw = std::fs::File::from(fd);
-            let ro = if shared {
-                rw.try_clone()
-                    .or_else(|e| fail(format!("dup() failed: {e}")))?
-            } else {
-                reopen_read_only(&rw)?
-            };
-            let mut p = file_target(rw, ro, None, size, opts.pattern(size), shared)?;
-            // One base page at the head of the huge page; the rest must
-            // show the original (the whole huge page was copied).
-            p.written = p.target.sub(0, page);
-            Ok(p)
-        }
+        Target::Hugetlb { size, shared } => hugetlb_memfd(size, shared, opts),
+    }
+}
+
+/// Anonymous memory made PROT_READ and COW-shared with a child, which
+/// checks afterwards that it kept the original.
+fn shared_with_child(b: AnonBacking, opts: &TrialOptions) -> Step<Prepared> {
+    let m = b.setup(opts)?;
+    m.region.mprotect(ProtFlags::PROT_READ)?;
+    let checker = match Checker::fork(m.region, m.pattern)? {
+        Ok(c) => c,
+        Err(observed) => return fail(format!("before the forced write: {observed:?}")),
+    };
+    Ok(Prepared {
+        target: m.region,
+        written: m.region,
+        pattern: m.pattern,
+        original: ORIGINAL,
+        views: vec![],
+        file: None,
+        checker: Some(checker),
+        fresh_zero: None,
+        _hold: vec![],
+    })
+}
+
+/// A PROT_READ private mapping of the shared or the huge zeropage.
+fn zeropage(backing: NonAnonBacking, opts: &TrialOptions) -> Step<Prepared> {
+    let page = env().page_size;
+    // smem is PROT_READ; mem, the other private mapping of the zeropage, must stay zero.
+    let m = backing.setup(opts)?;
+    let written = if m.smem.len > page {
+        // One page inside the huge zeropage: the PMD must split,
+        // the rest keep reading zeroes.
+        m.smem.sub(page, page)
+    } else {
+        m.smem
+    };
+    Ok(Prepared {
+        target: m.smem,
+        written,
+        pattern: m.pattern,
+        original: Content::all(Writer::Nobody),
+        views: vec![("the other private mapping of the zeropage", m.mem)],
+        file: None,
+        checker: None,
+        fresh_zero: Some(m.smem.len),
+        _hold: vec![],
+    })
+}
+
+/// A file on the ext4 scratch directory, opened read-only (and O_DIRECT,
+/// to read the disk afterwards) and unlinked at once.
+fn ext4_file(shared: bool, opts: &TrialOptions) -> Step<Prepared> {
+    let page = env().page_size;
+    let dir = scratch_dir(ScratchFs::Ext4).ok_or_else(|| {
+        Outcome::Fail("no ext4 scratch directory although the trial's need was met".into())
+    })?;
+    let path = dir.join(format!("force-{}", std::process::id()));
+    let rw = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .or_else(|e| fail(format!("creating {} failed: {e}", path.display())));
+    let opened = rw.and_then(|rw| {
+        let ro = std::fs::File::open(&path).or_else(|e| {
+            fail(format!(
+                "reopening {} read-only failed: {e}",
+                path.display()
+            ))
+        })?;
+        let direct = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .or_else(|e| skip(format!("cannot open {} with O_DIRECT: {e}", path.display())))?;
+        Ok((rw, ro, direct))
+    });
+    let _ = std::fs::remove_file(&path);
+    let (rw, ro, direct) = opened?;
+    file_target(rw, ro, Some(direct), 4 * page, opts.pattern(page), shared)
+}
+
+/// A memfd mapped shared (through a dup of the writable descriptor) or
+/// private (reopened read-only).
+fn memfd(shared: bool, opts: &TrialOptions) -> Step<Prepared> {
+    let page = env().page_size;
+    let fd = nix::sys::memfd::memfd_create("cowgup-force", nix::sys::memfd::MFdFlags::empty())
+        .or_else(|e| fail(format!("memfd_create() failed: {e}")))?;
+    let rw = std::fs::File::from(fd);
+    let ro = to_map(&rw, shared)?;
+    file_target(rw, ro, None, 4 * page, opts.pattern(page), shared)
+}
+
+/// The private memfd mapping's PTEs installed by UFFDIO_CONTINUE, proved
+/// to map the page-cache pages themselves (CVE-2022-2590's starting point).
+fn map_by_uffd_continue(p: &mut Prepared) -> Step<()> {
+    let page = env().page_size;
+    p._hold.push(uffd::uffd_continue(p.target)?);
+    let (label, view) = p.views[0];
+    let sharing = evidence::compare(
+        "target after UFFDIO_CONTINUE vs the MAP_SHARED view",
+        "target",
+        &View::capture(p.target, page)?,
+        label,
+        &View::capture(view, page)?,
+    );
+    cowgup_harness::evidence("sharing", &sharing);
+    if sharing.same < sharing.compared {
+        return fail(format!(
+            "UFFDIO_CONTINUE did not map the page-cache pages: {}",
+            sharing.summary
+        ));
+    }
+    Ok(())
+}
+
+/// One huge page of a hugetlb memfd, written at its head only.
+fn hugetlb_memfd(size: usize, shared: bool, opts: &TrialOptions) -> Step<Prepared> {
+    let page = env().page_size;
+    let flags = nix::sys::memfd::MFdFlags::MFD_HUGETLB
+        | nix::sys::memfd::MFdFlags::from_bits_retain(
+            (size.trailing_zeros() as libc::c_uint) << libc::MFD_HUGE_SHIFT,
+        );
+    let fd = nix::sys::memfd::memfd_create("cowgup-force", flags)
+        .or_else(|e| fail(format!("memfd_create(MFD_HUGETLB) failed: {e}")))?;
+    let rw = std::fs::File::from(fd);
+    let ro = to_map(&rw, shared)?;
+    let mut p = file_target(rw, ro, None, size, opts.pattern(size), shared)?;
+    // One base page at the head of the huge page; the rest must
+    // show the original (the whole huge page was copied).
+    p.written = p.target.sub(0, page);
+    Ok(p)
+}
+
+/// The descriptor a memfd target maps: MAP_SHARED maps the writable one
+/// (VM_SHARED, mapped PROT_READ), MAP_PRIVATE one reopened read-only (no
+/// write access to the file at all, as in Dirty COW).
+fn to_map(rw: &std::fs::File, shared: bool) -> Step<std::fs::File> {
+    if shared {
+        rw.try_clone()
+            .or_else(|e| fail(format!("dup() failed: {e}")))
+    } else {
+        reopen_read_only(rw)
     }
 }
 
