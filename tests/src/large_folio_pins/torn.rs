@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use cowgup_fixtures::mem::{self, Region, RW};
 use cowgup_fixtures::pagemap;
+use cowgup_fixtures::pin_source::Held;
 use cowgup_fixtures::proc::{spawn, Pipe};
 use cowgup_fixtures::stamp::Writer;
 use cowgup_fixtures::{env, fail, skip, Step, TrialOptions};
@@ -142,106 +143,16 @@ pub(super) fn torn_fork(opts: &TrialOptions, t: TornBacking) -> Step<Observed> {
         unsafe { std::ptr::write_volatile(region.ptr().add(off).cast::<u64>(), gen_word(0)) };
     }
     let mut pin = register(region, "the region")?;
-    let generation = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    // Words written so far, published every 128: shows the writer runs
-    // even when one sweep takes longer than the wait (1 GiB).
-    let progress = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let (generation, stop, progress) = (generation.clone(), stop.clone(), progress.clone());
-        let addr = region.addr;
-        let offs: Vec<usize> = gen_offsets(region).collect();
-        std::thread::spawn(move || {
-            let (mut g, mut n) = (0u64, 0u64);
-            while !stop.load(Ordering::Relaxed) {
-                g += 1;
-                generation.store(g, Ordering::SeqCst);
-                for &off in &offs {
-                    // SAFETY: the region stays mapped until the thread is joined.
-                    unsafe { std::ptr::write_volatile((addr + off) as *mut u64, gen_word(g)) };
-                    n += 1;
-                    if n % 128 == 0 {
-                        progress.store(n, Ordering::Relaxed);
-                    }
-                }
-            }
-        })
-    };
-    let result = (|| -> Step<(usize, usize, usize, Option<Observed>)> {
-        let deadline = std::time::Instant::now() + TORN_BUDGET;
-        let (mut forks, mut raced, mut running_at_fork) = (0, 0, 0);
-        // Let the writer get going.
-        while generation.load(Ordering::SeqCst) < 2 && std::time::Instant::now() < deadline {
-            std::thread::yield_now();
-        }
-        while forks < TORN_FORKS && std::time::Instant::now() < deadline {
-            let report = Pipe::new()?;
-            // Fork only while the writer is seen running: its generation
-            // moves within a short wait. (A kernel that write-protects the
-            // pages before copying stalls the writer during fork(), so
-            // "it advanced during fork()" cannot be the precondition.)
-            let seen = progress.load(Ordering::Relaxed);
-            let wait = std::time::Instant::now();
-            let mut running = false;
-            while !running && wait.elapsed() < WRITER_SEEN_WITHIN {
-                std::hint::spin_loop();
-                running = progress.load(Ordering::Relaxed) != seen;
-            }
-            let start = generation.load(Ordering::SeqCst);
-            let child = spawn(|| {
-                child_body(&report, || {
-                    let ptes = pagemap::read(region, unit).or_else(fail)?;
-                    if ptes.iter().any(|p| !p.populated()) {
-                        return Ok(None);
-                    }
-                    Ok(Some(Snapshot::of(gen_offsets(region).map(|off| {
-                        // SAFETY: inside the child's copy of the region.
-                        unsafe { std::ptr::read_volatile(region.ptr().add(off).cast::<u64>()) }
-                    }))))
-                })
-            })?;
-            let end = generation.load(Ordering::SeqCst);
-            forks += 1;
-            if running {
-                running_at_fork += 1;
-            }
-            if end > start {
-                raced += 1;
-            }
-            let Some(snap) = collect::<Option<Snapshot>>(&report, child)? else {
-                return Ok((
-                    forks,
-                    raced,
-                    running_at_fork,
-                    Some(crate::common::lost_at_fork()),
-                ));
-            };
-            if let Err(why) = snap.verdict((start, end)) {
-                cowgup_harness::evidence("snapshot", &snap);
-                return Ok((
-                    forks,
-                    raced,
-                    running_at_fork,
-                    Some(Observed::Leak(format!(
-                        "Torn fork: the child of fork #{forks} sees no single moment of the parent's memory: {why}"
-                    ))),
-                ));
-            }
-        }
-        Ok((forks, raced, running_at_fork, None))
-    })();
-    stop.store(true, Ordering::Relaxed);
-    let sweeps = generation.load(Ordering::SeqCst);
-    if writer.join().is_err() {
-        return fail("the writer thread panicked");
-    }
-    let (forks, raced, running_at_fork, bad) = result?;
+    let writer = GenWriter::start(region);
+    let result = fork_until_torn(region, unit, &writer);
+    let sweeps = writer.stop()?;
+    let (tally, bad) = result?;
     cowgup_harness::evidence(
         "torn_fork",
         serde_json::json!({
-            "forks": forks,
-            "forks_with_the_writer_running": running_at_fork,
-            "forks_the_writer_advanced_during": raced,
+            "forks": tally.forks,
+            "forks_with_the_writer_running": tally.running_at_fork,
+            "forks_the_writer_advanced_during": tally.raced,
             "writer_sweeps": sweeps,
             "words": 2 * region.len / env().page_size,
         }),
@@ -249,21 +160,172 @@ pub(super) fn torn_fork(opts: &TrialOptions, t: TornBacking) -> Step<Observed> {
     if let Some(observed) = bad {
         return Ok(observed);
     }
-    if running_at_fork == 0 {
+    if tally.running_at_fork == 0 {
         return skip(format!(
-            "the writer thread was never seen running right before fork() ({forks} forks, {sweeps} \
+            "the writer thread was never seen running right before fork() ({} forks, {sweeps} \
              sweeps in all, waiting up to {} ms each): nothing raced, so nothing was tested",
+            tally.forks,
             WRITER_SEEN_WITHIN.as_millis()
         ));
     }
-    // The pin must still see the parent's memory after all those copies.
+    pin_after_copies(opts, region, unit, &mut pin, &tally)
+}
+
+/// The writer thread: sweeps the words in `gen_offsets` order, generation
+/// after generation, until stopped.
+struct GenWriter {
+    generation: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    /// Words written so far, published every 128: shows the writer runs
+    /// even when one sweep takes longer than the wait (1 GiB).
+    progress: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl GenWriter {
+    fn start(region: Region) -> GenWriter {
+        let generation = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (generation, stop, progress) = (generation.clone(), stop.clone(), progress.clone());
+            let addr = region.addr;
+            let offs: Vec<usize> = gen_offsets(region).collect();
+            std::thread::spawn(move || {
+                let (mut g, mut n) = (0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    g += 1;
+                    generation.store(g, Ordering::SeqCst);
+                    for &off in &offs {
+                        // SAFETY: the region stays mapped until the thread is joined.
+                        unsafe { std::ptr::write_volatile((addr + off) as *mut u64, gen_word(g)) };
+                        n += 1;
+                        if n % 128 == 0 {
+                            progress.store(n, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        };
+        GenWriter {
+            generation,
+            stop,
+            progress,
+            thread,
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Whether the writer's progress moves within `WRITER_SEEN_WITHIN`.
+    fn seen_running(&self) -> bool {
+        let seen = self.progress.load(Ordering::Relaxed);
+        let wait = std::time::Instant::now();
+        let mut running = false;
+        while !running && wait.elapsed() < WRITER_SEEN_WITHIN {
+            std::hint::spin_loop();
+            running = self.progress.load(Ordering::Relaxed) != seen;
+        }
+        running
+    }
+
+    /// Stop the writer and join it: how many sweeps it began.
+    fn stop(self) -> Step<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let sweeps = self.generation();
+        if self.thread.join().is_err() {
+            return fail("the writer thread panicked");
+        }
+        Ok(sweeps)
+    }
+}
+
+/// How the forks went.
+#[derive(Default)]
+struct Tally {
+    forks: usize,
+    /// Forks during which the writer's generation advanced.
+    raced: usize,
+    /// Forks made right after the writer was seen running.
+    running_at_fork: usize,
+}
+
+/// Fork up to `TORN_FORKS` times within `TORN_BUDGET` while the writer
+/// runs, until a child sees no single moment (or lost a page at fork()).
+fn fork_until_torn(
+    region: Region,
+    unit: usize,
+    writer: &GenWriter,
+) -> Step<(Tally, Option<Observed>)> {
+    let deadline = std::time::Instant::now() + TORN_BUDGET;
+    let mut tally = Tally::default();
+    // Let the writer get going.
+    while writer.generation() < 2 && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    while tally.forks < TORN_FORKS && std::time::Instant::now() < deadline {
+        let report = Pipe::new()?;
+        // Fork only while the writer is seen running: its generation
+        // moves within a short wait. (A kernel that write-protects the
+        // pages before copying stalls the writer during fork(), so
+        // "it advanced during fork()" cannot be the precondition.)
+        let running = writer.seen_running();
+        let start = writer.generation();
+        let child = spawn(|| {
+            child_body(&report, || {
+                let ptes = pagemap::read(region, unit).or_else(fail)?;
+                if ptes.iter().any(|p| !p.populated()) {
+                    return Ok(None);
+                }
+                Ok(Some(Snapshot::of(gen_offsets(region).map(|off| {
+                    // SAFETY: inside the child's copy of the region.
+                    unsafe { std::ptr::read_volatile(region.ptr().add(off).cast::<u64>()) }
+                }))))
+            })
+        })?;
+        let end = writer.generation();
+        tally.forks += 1;
+        if running {
+            tally.running_at_fork += 1;
+        }
+        if end > start {
+            tally.raced += 1;
+        }
+        let Some(snap) = collect::<Option<Snapshot>>(&report, child)? else {
+            return Ok((tally, Some(crate::common::lost_at_fork())));
+        };
+        if let Err(why) = snap.verdict((start, end)) {
+            cowgup_harness::evidence("snapshot", &snap);
+            let forks = tally.forks;
+            return Ok((
+                tally,
+                Some(Observed::Leak(format!(
+                    "Torn fork: the child of fork #{forks} sees no single moment of the parent's memory: {why}"
+                ))),
+            ));
+        }
+    }
+    Ok((tally, None))
+}
+
+/// The pin must still see the parent's memory after all those copies.
+fn pin_after_copies(
+    opts: &TrialOptions,
+    region: Region,
+    unit: usize,
+    pin: &mut Held,
+    tally: &Tally,
+) -> Step<Observed> {
     let pattern = opts.pattern(unit);
     pattern.fill(region, Writer::Setup);
     pattern.write(region, Writer::Parent);
     let data = pin.check(region, pattern, ORIGINAL.written_by(Writer::Parent))?;
     diag(format!(
-        "evidence: {forks} forks with a live pin, the writer running at {running_at_fork} of them and \
-         advancing during {raced}; every child saw one moment"
+        "evidence: {} forks with a live pin, the writer running at {} of them and \
+         advancing during {}; every child saw one moment",
+        tally.forks, tally.running_at_fork, tally.raced
     ));
     Ok(match data {
         Ok(()) => Observed::Clean,
