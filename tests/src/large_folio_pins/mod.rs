@@ -59,24 +59,35 @@ pub enum Folio {
 }
 
 impl Folio {
-    fn suffix(self) -> String {
+    /// What kind of page, and its size: the one place both are read from.
+    fn kind(self) -> (&'static str, usize) {
         match self {
-            Folio::Thp(s) => format!("THP ({})", kb(s)),
-            Folio::Hugetlb(s) => format!("hugetlb ({})", kb(s)),
+            Folio::Thp(s) => ("THP", s),
+            Folio::Hugetlb(s) => ("hugetlb", s),
         }
+    }
+
+    fn suffix(self) -> String {
+        let (kind, size) = self.kind();
+        format!("{kind} ({})", kb(size))
     }
 
     fn size(self) -> usize {
-        match self {
-            Folio::Thp(s) | Folio::Hugetlb(s) => s,
-        }
+        self.kind().1
     }
 
     fn group(self) -> String {
-        match self {
-            Folio::Thp(s) => format!("anon THP {}", kb(s)),
-            Folio::Hugetlb(s) => format!("anon hugetlb {}", kb(s)),
-        }
+        let (kind, size) = self.kind();
+        format!("anon {kind} {}", kb(size))
+    }
+
+    /// The backing's needs and io_uring's.
+    fn needs(self) -> Vec<Need> {
+        self.backing()
+            .needs()
+            .into_iter()
+            .chain([Need::IoUring])
+            .collect()
     }
 
     /// The one-folio backing (THP only at the PMD size).
@@ -233,34 +244,78 @@ impl TornBacking {
             TornBacking::Folio(f) => f.suffix(),
         }
     }
+
+    fn group(self) -> String {
+        match self {
+            TornBacking::BasePages => "anon base page".to_string(),
+            TornBacking::Folio(f) => f.group(),
+        }
+    }
+
+    fn needs(self) -> Vec<Need> {
+        match self {
+            TornBacking::BasePages => vec![Need::IoUring],
+            TornBacking::Folio(f) => f.needs(),
+        }
+    }
+
+    fn knobs(self, pmd: Option<usize>) -> Vec<Knob> {
+        match self {
+            TornBacking::BasePages => vec![],
+            TornBacking::Folio(f) => f.knobs(pmd),
+        }
+    }
+
+    /// How a fork() of this memory is judged.
+    fn subject(self, kernel: Option<expectations::Version>) -> Subject {
+        match self {
+            TornBacking::BasePages => Subject {
+                mechanism: Mechanism::Fork,
+                memory: MemoryClass::Anon,
+                size: None,
+                mapping: Mapping::Private,
+                kernel,
+            },
+            TornBacking::Folio(f) => f.subject(kernel),
+        }
+    }
 }
 
 const TORN_BASE_LEN: usize = 2 << 20;
 
-/// The family's trials on this host.
+/// The family's trials on this host: (a) and (b) on every one-folio kind,
+/// (c) on base pages and every one-folio kind, (d) on every span.
 pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
     let kernel = expectations::parse_version(&caps.kernel_release);
     let pmd = caps.pmd_size;
-    let scenario =
-        |name: String, group: String, needs: Vec<Need>, knobs: Vec<Knob>, body: Body| Scenario {
-            name,
-            family: Family::LARGE_FOLIO_PINS,
-            group,
-            needs,
-            knobs,
-            pins: true,
-            body,
-        };
-    let with_io_uring = |f: Folio| -> Vec<Need> {
-        f.backing()
-            .needs()
-            .into_iter()
-            .chain([Need::IoUring])
-            .collect()
-    };
-    let mut v = Vec::new();
-    // One folio, two ways of leaving it pinned before fork().
-    let one_folio_cases: [(String, OneFolioCase); 2] = [
+    let mut v = one_folio_scenarios(caps, kernel);
+    v.extend(torn_scenarios(caps, kernel));
+    for s in spans(caps) {
+        let body: Body = Arc::new(move |_| write_fixed_span(s));
+        v.push(trial(s.name(), s.group(), s.needs(), s.knobs(pmd), body));
+    }
+    v
+}
+
+/// Every trial of the family pins.
+fn trial(name: String, group: String, needs: Vec<Need>, knobs: Vec<Knob>, body: Body) -> Scenario {
+    Scenario {
+        name,
+        family: Family::LARGE_FOLIO_PINS,
+        group,
+        needs,
+        knobs,
+        pins: true,
+        body,
+    }
+}
+
+/// (a) and (b): one folio, two ways of leaving it pinned before fork().
+fn one_folio_scenarios(
+    caps: &Capabilities,
+    kernel: Option<expectations::Version>,
+) -> Vec<Scenario> {
+    let cases: [(String, OneFolioCase); 2] = [
         (
             "fork() after unregistering one of two fixed buffers over the halves of one folio"
                 .into(),
@@ -271,71 +326,53 @@ pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
             many_rings,
         ),
     ];
-    for (desc, run) in one_folio_cases {
+    let mut v = Vec::new();
+    for (desc, run) in cases {
         for f in one_folio_kinds(caps) {
             let subject = f.subject(kernel);
-            v.push(scenario(
+            v.push(trial(
                 format!("{desc} ... with {}", f.suffix()),
                 f.group(),
-                with_io_uring(f),
-                f.knobs(pmd),
+                f.needs(),
+                f.knobs(caps.pmd_size),
                 Arc::new(move |opts| Ok(judge(&subject, run(&f.backing().setup(opts)?)?))),
             ));
         }
     }
-    let torn: Vec<TornBacking> = std::iter::once(TornBacking::BasePages)
-        .chain(one_folio_kinds(caps).into_iter().map(TornBacking::Folio))
-        .collect();
-    for t in torn {
-        let (group, needs, knobs, subject) = match t {
-            TornBacking::BasePages => (
-                "anon base page".to_string(),
-                vec![Need::IoUring],
-                vec![],
-                Subject {
-                    mechanism: Mechanism::Fork,
-                    memory: MemoryClass::Anon,
-                    size: None,
-                    mapping: Mapping::Private,
-                    kernel,
-                },
-            ),
-            TornBacking::Folio(f) => (f.group(), with_io_uring(f), f.knobs(pmd), f.subject(kernel)),
-        };
-        v.push(scenario(
-            format!(
-                "fork() with a fixed buffer while a thread writes: the child sees one moment ... with {}",
-                t.suffix()
-            ),
-            group,
-            needs,
-            knobs,
-            Arc::new(move |opts| {
-                // A page lost at fork() is fork()'s own behaviour; anything
-                // else the child saw is judged as a torn copy.
-                Ok(match torn_fork(opts, t)? {
-                    o @ Observed::LostAtFork(_) => judge(&subject, o),
-                    o => judge(
-                        &Subject {
-                            mechanism: Mechanism::ThreadedFork,
-                            ..subject
-                        },
-                        o,
-                    ),
-                })
-            }),
-        ));
-    }
-    for s in spans(caps) {
-        v.push(scenario(
-            s.name(),
-            s.group(),
-            s.needs(),
-            s.knobs(pmd),
-            Arc::new(move |_| write_fixed_span(s)),
-        ));
-    }
     v
+}
+
+/// (c): fork() racing a writer thread, on base pages and every one-folio kind.
+fn torn_scenarios(caps: &Capabilities, kernel: Option<expectations::Version>) -> Vec<Scenario> {
+    std::iter::once(TornBacking::BasePages)
+        .chain(one_folio_kinds(caps).into_iter().map(TornBacking::Folio))
+        .map(|t| {
+            let subject = t.subject(kernel);
+            trial(
+                format!(
+                    "fork() with a fixed buffer while a thread writes: the child sees one moment ... with {}",
+                    t.suffix()
+                ),
+                t.group(),
+                t.needs(),
+                t.knobs(caps.pmd_size),
+                Arc::new(move |opts| {
+                    // A page lost at fork() is fork()'s own behaviour; anything
+                    // else the child saw is judged as a torn copy.
+                    Ok(match torn_fork(opts, t)? {
+                        o @ Observed::LostAtFork(_) => judge(&subject, o),
+                        o => judge(
+                            &Subject {
+                                mechanism: Mechanism::ThreadedFork,
+                                ..subject
+                            },
+                            o,
+                        ),
+                    })
+                }),
+            )
+        })
+        .collect()
 }
 
 /// A case run on one folio pinned before fork().

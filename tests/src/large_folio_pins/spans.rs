@@ -36,99 +36,121 @@ fn shared_fixed(at: Region, fd: i32, off: i64) -> Step<()> {
     mem::map_fixed(at, RW, MapFlags::MAP_SHARED, Some(fd), off)
 }
 
+/// The span's memory, stamped, and the range to register.
 fn span_setup(s: Span) -> Step<SpanMemory> {
-    let page = env().page_size;
-    Ok(match s {
+    match s {
         Span::Folios {
             folio: Folio::Thp(size),
             n,
-        } => {
-            let r = anon::map_thps(size, n)?;
-            let part = (size / 2).min(1 << 20);
-            thorough(page).fill(r, Writer::Setup);
-            SpanMemory {
-                buffer: Region::new(r.addr + size - part, (n - 2) * size + 2 * part),
-                twice: None,
-            }
-        }
+        } => thp_folios(size, n),
         Span::Folios {
             folio: Folio::Hugetlb(size),
             n,
-        } => {
-            let flags = MapFlags::MAP_PRIVATE | mem::hugetlb_flags(size);
-            let r = mem::map_anon(n * size, RW, flags)
-                .or_else(|e| skip(format!("need more free huge pages: {e}")))?;
-            let part = (size / 2).min(1 << 20);
-            thorough(size).fill(r, Writer::Setup);
-            SpanMemory {
-                buffer: Region::new(r.addr + size - part, (n - 2) * size + 2 * part),
-                twice: None,
-            }
-        }
-        Span::ThpThenBasePages(size) | Span::BasePagesThenThp(size) => {
-            let r = mem::map_aligned(2 * size, RW)?;
-            let (lo, hi) = (r.sub(0, size), r.sub(size, size));
-            let thp_first = matches!(s, Span::ThpThenBasePages(_));
-            let (thp, base) = if thp_first { (lo, hi) } else { (hi, lo) };
-            base.no_thp()?;
-            thp.madvise(MmapAdvise::MADV_HUGEPAGE, "MADV_HUGEPAGE")?;
-            thp.sub(0, page).touch_write(page);
-            prove_thp(thp, size)?;
-            thorough(page).fill(r, Writer::Setup);
-            let tail = 4 * page;
-            SpanMemory {
-                buffer: if thp_first {
-                    Region::new(thp.addr, size + tail)
-                } else {
-                    Region::new(thp.addr - tail, size + tail)
-                },
-                twice: None,
-            }
-        }
-        Span::PageTwice => {
-            let fd =
-                nix::sys::memfd::memfd_create("cowgup-twice", nix::sys::memfd::MFdFlags::empty())
-                    .or_else(|e| fail(format!("memfd_create() failed: {e}")))?;
-            nix::unistd::ftruncate(&fd, 2 * page as i64)
-                .or_else(|e| fail(format!("ftruncate() failed: {e}")))?;
-            let at = mem::reserve(3 * page, page)?.addr;
-            let raw = fd.as_raw_fd();
-            shared_fixed(Region::new(at, page), raw, 0)?;
-            shared_fixed(Region::new(at + page, page), raw, 0)?;
-            shared_fixed(Region::new(at + 2 * page, page), raw, page as i64)?;
-            let p = thorough(page);
-            p.fill(Region::new(at, page), Writer::Setup);
-            p.fill(Region::new(at + 2 * page, page), Writer::Setup);
-            SpanMemory {
-                buffer: Region::new(at, 3 * page),
-                twice: Some((at, at + page)),
-            }
-        }
-        Span::HugePageTwice(size) => {
-            let flags = nix::sys::memfd::MFdFlags::from_bits_retain(
-                libc::MFD_HUGETLB | ((size.trailing_zeros()) << libc::MFD_HUGE_SHIFT),
-            );
-            let fd = nix::sys::memfd::memfd_create("cowgup-twice-huge", flags).or_else(|e| {
-                skip(format!(
-                    "memfd_create(MFD_HUGETLB, {}) failed: {e}",
-                    kb(size)
-                ))
-            })?;
-            nix::unistd::ftruncate(&fd, size as i64)
-                .or_else(|e| skip(format!("ftruncate() of a hugetlb memfd failed: {e}")))?;
-            let at = mem::reserve(2 * size, size)?.addr;
-            let raw = fd.as_raw_fd();
-            shared_fixed(Region::new(at, size), raw, 0)?;
-            shared_fixed(Region::new(at + size, size), raw, 0)?;
-            let first = Region::new(at, size);
-            // Fault the page in (a SIGBUS here would be an empty pool).
-            thorough(size).fill(first, Writer::Setup);
-            let part = (size / 2).min(1 << 20);
-            SpanMemory {
-                buffer: Region::new(at + size - part, 2 * part),
-                twice: Some((at + size - page, at + 2 * size - page)),
-            }
-        }
+        } => hugetlb_folios(size, n),
+        Span::ThpThenBasePages(size) => thp_and_base_pages(size, true),
+        Span::BasePagesThenThp(size) => thp_and_base_pages(size, false),
+        Span::PageTwice => page_twice(),
+        Span::HugePageTwice(size) => huge_page_twice(size),
+    }
+}
+
+/// From the middle of the first of `n` folios of `size` at `r` to the
+/// middle of the last (at most 1 MiB of each partial folio).
+fn mid_to_mid(r: Region, size: usize, n: usize) -> Region {
+    let part = (size / 2).min(1 << 20);
+    Region::new(r.addr + size - part, (n - 2) * size + 2 * part)
+}
+
+fn thp_folios(size: usize, n: usize) -> Step<SpanMemory> {
+    let r = anon::map_thps(size, n)?;
+    thorough(env().page_size).fill(r, Writer::Setup);
+    Ok(SpanMemory {
+        buffer: mid_to_mid(r, size, n),
+        twice: None,
+    })
+}
+
+fn hugetlb_folios(size: usize, n: usize) -> Step<SpanMemory> {
+    let flags = MapFlags::MAP_PRIVATE | mem::hugetlb_flags(size);
+    let r = mem::map_anon(n * size, RW, flags)
+        .or_else(|e| skip(format!("need more free huge pages: {e}")))?;
+    thorough(size).fill(r, Writer::Setup);
+    Ok(SpanMemory {
+        buffer: mid_to_mid(r, size, n),
+        twice: None,
+    })
+}
+
+/// A PMD THP and a NOHUGEPAGE stretch of base pages next to it, the THP
+/// first or second; the buffer is the THP and four base pages.
+fn thp_and_base_pages(size: usize, thp_first: bool) -> Step<SpanMemory> {
+    let page = env().page_size;
+    let r = mem::map_aligned(2 * size, RW)?;
+    let (lo, hi) = (r.sub(0, size), r.sub(size, size));
+    let (thp, base) = if thp_first { (lo, hi) } else { (hi, lo) };
+    base.no_thp()?;
+    thp.madvise(MmapAdvise::MADV_HUGEPAGE, "MADV_HUGEPAGE")?;
+    thp.sub(0, page).touch_write(page);
+    prove_thp(thp, size)?;
+    thorough(page).fill(r, Writer::Setup);
+    let tail = 4 * page;
+    Ok(SpanMemory {
+        buffer: if thp_first {
+            Region::new(thp.addr, size + tail)
+        } else {
+            Region::new(thp.addr - tail, size + tail)
+        },
+        twice: None,
+    })
+}
+
+/// Memfd page 0 mapped at two adjacent addresses, then page 1.
+fn page_twice() -> Step<SpanMemory> {
+    let page = env().page_size;
+    let fd = nix::sys::memfd::memfd_create("cowgup-twice", nix::sys::memfd::MFdFlags::empty())
+        .or_else(|e| fail(format!("memfd_create() failed: {e}")))?;
+    nix::unistd::ftruncate(&fd, 2 * page as i64)
+        .or_else(|e| fail(format!("ftruncate() failed: {e}")))?;
+    let at = mem::reserve(3 * page, page)?.addr;
+    let raw = fd.as_raw_fd();
+    shared_fixed(Region::new(at, page), raw, 0)?;
+    shared_fixed(Region::new(at + page, page), raw, 0)?;
+    shared_fixed(Region::new(at + 2 * page, page), raw, page as i64)?;
+    let p = thorough(page);
+    p.fill(Region::new(at, page), Writer::Setup);
+    p.fill(Region::new(at + 2 * page, page), Writer::Setup);
+    Ok(SpanMemory {
+        buffer: Region::new(at, 3 * page),
+        twice: Some((at, at + page)),
+    })
+}
+
+/// One hugetlb memfd page mapped at two adjacent addresses; the buffer
+/// crosses from the first view into the second.
+fn huge_page_twice(size: usize) -> Step<SpanMemory> {
+    let page = env().page_size;
+    let flags = nix::sys::memfd::MFdFlags::from_bits_retain(
+        libc::MFD_HUGETLB | ((size.trailing_zeros()) << libc::MFD_HUGE_SHIFT),
+    );
+    let fd = nix::sys::memfd::memfd_create("cowgup-twice-huge", flags).or_else(|e| {
+        skip(format!(
+            "memfd_create(MFD_HUGETLB, {}) failed: {e}",
+            kb(size)
+        ))
+    })?;
+    nix::unistd::ftruncate(&fd, size as i64)
+        .or_else(|e| skip(format!("ftruncate() of a hugetlb memfd failed: {e}")))?;
+    let at = mem::reserve(2 * size, size)?.addr;
+    let raw = fd.as_raw_fd();
+    shared_fixed(Region::new(at, size), raw, 0)?;
+    shared_fixed(Region::new(at + size, size), raw, 0)?;
+    let first = Region::new(at, size);
+    // Fault the page in (a SIGBUS here would be an empty pool).
+    thorough(size).fill(first, Writer::Setup);
+    let part = (size / 2).min(1 << 20);
+    Ok(SpanMemory {
+        buffer: Region::new(at + size - part, 2 * part),
+        twice: Some((at + size - page, at + 2 * size - page)),
     })
 }
 
