@@ -282,16 +282,72 @@ fn run(
 ) -> Step<Outcome> {
     let m = backing.setup(opts)?;
     let (region, pattern) = (m.region, m.pattern);
-    let mut held = match source.take(region)? {
-        Ok(h) => h,
-        Err(Errno::EINVAL) if matches!(source, PinSource::GupTest { .. }) => {
-            return skip("PIN_LONGTERM_TEST_START failed: EINVAL")
-        }
-        Err(e) => return fail(format!("{} failed: {e}", source.name())),
-    };
+    let mut held = take_pin(source, region)?;
     let pinned = View::capture(region, pattern.unit)?;
     let applied = (pressure.apply)(&m, backing)?;
     let after = View::capture(region, pattern.unit)?;
+    accept(pressure, backing, &applied)?;
+
+    // The process writes; the pin must see it.
+    let written = ORIGINAL.written_by(Writer::Parent);
+    write_and_check_own(region, pattern, ORIGINAL, Writer::Parent, "the process")?;
+    let after_write = View::capture(region, pattern.unit)?;
+    let pin_sees = held.check(region, pattern, written)?;
+    // The pin writes (io_uring only: the others cannot write); the process must see it.
+    let process_sees = match &mut held {
+        Held::Ring(buf) => Some(write_through_ring(buf, region, pattern)?),
+        _ => None,
+    };
+
+    let views = Views {
+        pinned,
+        after,
+        after_write,
+    };
+    views.evidence();
+    let through_pin = match &pin_sees {
+        Ok(()) => format!(
+            "the pin saw {} on all {} page(s)",
+            written.describe(),
+            pattern.pages(region.len)
+        ),
+        Err(mm) => format!("the pin saw: {mm}"),
+    };
+    let into_process = match &process_sees {
+        None => String::new(),
+        Some(Ok(n)) => format!("; the process saw the pin's READ_FIXED on all {n} page(s)"),
+        Some(Err(mm)) => format!("; the process saw: {mm}"),
+    };
+    let pfn_line = pfn_story(&views.pinned, &views.after, &views.after_write);
+    diag(format!(
+        "evidence: {} -> {}; {pfn_line}; {through_pin}{into_process}",
+        pressure.desc, applied.summary
+    ));
+    Ok(verdict(
+        pressure,
+        source,
+        &views,
+        pin_sees,
+        process_sees,
+        &pfn_line,
+    ))
+}
+
+/// The pin the trial holds: a gup_test pin refused with EINVAL skips (the
+/// backing is one gup_test cannot pin), any other refusal fails.
+fn take_pin(source: PinSource, region: Region) -> Step<Held> {
+    match source.take(region)? {
+        Ok(h) => Ok(h),
+        Err(Errno::EINVAL) if matches!(source, PinSource::GupTest { .. }) => {
+            skip("PIN_LONGTERM_TEST_START failed: EINVAL")
+        }
+        Err(e) => fail(format!("{} failed: {e}", source.name())),
+    }
+}
+
+/// The pressure's syscall result, recorded, and failed unless the table
+/// accepts it for this backing.
+fn accept(pressure: &Pressure, backing: AnonBacking, applied: &Applied) -> Step<()> {
     cowgup_harness::evidence(
         "pressure",
         serde_json::json!({
@@ -317,82 +373,84 @@ fn run(
             applied.summary
         ));
     }
+    Ok(())
+}
 
-    // The process writes; the pin must see it.
-    let written = ORIGINAL.written_by(Writer::Parent);
-    write_and_check_own(region, pattern, ORIGINAL, Writer::Parent, "the process")?;
-    let after_write = View::capture(region, pattern.unit)?;
-    let pin_sees = held.check(region, pattern, written)?;
-    // The pin writes (io_uring only: the others cannot write); the process must see it.
-    let process_sees = match &mut held {
-        Held::Ring(buf) => Some(write_through_ring(buf, region, pattern)?),
-        _ => None,
-    };
+/// The pinned range's page-table entries at the three moments the
+/// judgement compares.
+struct Views {
+    pinned: View,
+    after: View,
+    after_write: View,
+}
 
-    let moved_by_pressure = moved(&pinned, &after);
-    let moved_by_write = moved(&pinned, &after_write);
-    cowgup_harness::evidence(
-        "pfns",
-        serde_json::json!({
-            "pinned": pfns(&pinned),
-            "after_pressure": pfns(&after),
-            "after_process_write": pfns(&after_write),
-            "moved_by_pressure": moved_by_pressure.len(),
-            "moved_by_write": moved_by_write.len(),
-        }),
-    );
-    let through_pin = match &pin_sees {
-        Ok(()) => format!(
-            "the pin saw {} on all {} page(s)",
-            written.describe(),
-            pattern.pages(region.len)
-        ),
-        Err(mm) => format!("the pin saw: {mm}"),
-    };
-    let into_process = match &process_sees {
-        None => String::new(),
-        Some(Ok(n)) => format!("; the process saw the pin's READ_FIXED on all {n} page(s)"),
-        Some(Err(mm)) => format!("; the process saw: {mm}"),
-    };
-    let pfn_line = pfn_story(&pinned, &after, &after_write);
-    diag(format!(
-        "evidence: {} -> {}; {pfn_line}; {through_pin}{into_process}",
-        pressure.desc, applied.summary
-    ));
+impl Views {
+    fn moved_by_pressure(&self) -> Vec<(usize, Pte, Pte)> {
+        moved(&self.pinned, &self.after)
+    }
 
+    fn moved_by_write(&self) -> Vec<(usize, Pte, Pte)> {
+        moved(&self.pinned, &self.after_write)
+    }
+
+    fn evidence(&self) {
+        cowgup_harness::evidence(
+            "pfns",
+            serde_json::json!({
+                "pinned": pfns(&self.pinned),
+                "after_pressure": pfns(&self.after),
+                "after_process_write": pfns(&self.after_write),
+                "moved_by_pressure": self.moved_by_pressure().len(),
+                "moved_by_write": self.moved_by_write().len(),
+            }),
+        );
+    }
+}
+
+/// Stale in either direction fails; so does a pinned page that moved where
+/// the table says it stays.
+fn verdict(
+    pressure: &Pressure,
+    source: PinSource,
+    views: &Views,
+    pin_sees: Result<(), Mismatch>,
+    process_sees: Option<Result<usize, Mismatch>>,
+    pfn_line: &str,
+) -> Outcome {
     if let Err(mm) = pin_sees {
         cowgup_harness::evidence("mismatch", &mm);
-        return Ok(Outcome::Fail(format!(
+        return Outcome::Fail(format!(
             "stale pin after {}: the {} does not see the process's write: {mm} ({pfn_line})",
             pressure.desc,
             source_label(source)
-        )));
+        ));
     }
     if let Some(Err(mm)) = process_sees {
         cowgup_harness::evidence("mismatch", &mm);
-        return Ok(Outcome::Fail(format!(
+        return Outcome::Fail(format!(
             "stale pin after {}: the process does not see what the io_uring fixed buffer wrote \
              (READ_FIXED): {mm} ({pfn_line})",
             pressure.desc
-        )));
+        ));
     }
     if pressure.pinned == Pinned::Stays {
-        if let Some(&(unit, was, now)) = moved_by_pressure.first().or(moved_by_write.first()) {
-            let when = if moved_by_pressure.is_empty() {
+        let (by_pressure, by_write) = (views.moved_by_pressure(), views.moved_by_write());
+        if let Some(&(unit, was, now)) = by_pressure.first().or(by_write.first()) {
+            let when = if by_pressure.is_empty() {
                 "by the process's write after it"
             } else {
                 "by it"
             };
-            return Ok(Outcome::Fail(format!(
+            return Outcome::Fail(format!(
                 "pinned page moved under {} ({when}): unit {unit} was {was:?}, is {now:?} ({} of {} \
                  units moved); a pinned page must stay where it is",
                 pressure.desc,
-                moved_by_pressure.len().max(moved_by_write.len()),
-                pinned.ptes.len()
-            )));
+                by_pressure.len().max(by_write.len()),
+                views.pinned.ptes.len()
+            ));
         }
     }
-    Ok(Outcome::Pass)
+    Outcome::Pass
 }
 
 /// READ_FIXED the child's stamps into the first base page of every unit of
