@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use cowgup_fixtures::anon::{AnonBacking, AnonMemory};
-use cowgup_fixtures::mem::{self, RW};
+use cowgup_fixtures::mem::{self, Region, RW};
 use cowgup_fixtures::pagemap::{self, Pte};
 use cowgup_fixtures::{env, fail, skip, Step};
 use nix::sys::mman::{MapFlags, MmapAdvise};
@@ -49,40 +49,10 @@ pub(super) fn ksm_merge(m: &AnonMemory, backing: AnonBacking) -> Step<Applied> {
              no KSM pressure can reach these pinned pages",
         );
     }
-    let page = env().page_size;
-    let twins = mem::map_anon(2 * page, RW, MapFlags::MAP_PRIVATE)
-        .or_else(|e| fail(format!("mmap() failed: {e}")))?;
-    let _ = twins.madvise_raw(libc::MADV_NOHUGEPAGE);
-    for t in 0..2 {
-        // SAFETY: both are mapped pages of this trial.
-        unsafe { std::ptr::copy_nonoverlapping(m.region.ptr(), twins.ptr().add(t * page), page) };
-    }
-    twins.madvise(MmapAdvise::MADV_MERGEABLE, "MADV_MERGEABLE on the twins")?;
+    let twins = twins_of(m)?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(15);
-    let scans_at_start = ksm_read("full_scans");
-    let twin_ptes = || -> Step<(Pte, Pte)> {
-        let p = pagemap::read(twins, page).or_else(fail)?;
-        Ok((p[0], p[1]))
-    };
-    loop {
-        let (a, b) = twin_ptes()?;
-        if a.pfn().is_some() && a.pfn() == b.pfn() {
-            break;
-        }
-        if Instant::now() > deadline {
-            return skip(format!(
-                "ksmd did not merge two identical unpinned pages within {:.1} s (KSM run {:?}, \
-                 full_scans {:?} -> {:?}, twins {a:?} / {b:?}; {})",
-                started.elapsed().as_secs_f64(),
-                ksm_read("run"),
-                scans_at_start,
-                ksm_read("full_scans"),
-                ksm_load()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    twins_merged(twins, started, deadline)?;
     let merged_after = started.elapsed().as_secs_f64();
     let errno = errno_of(m.region.madvise_raw(libc::MADV_MERGEABLE));
     if errno != 0 {
@@ -100,22 +70,8 @@ pub(super) fn ksm_merge(m: &AnonMemory, backing: AnonBacking) -> Step<Applied> {
             "/sys/kernel/mm/ksm/full_scans unreadable: cannot tell when ksmd saw the pinned pages",
         );
     };
-    loop {
-        let scans = ksm_read("full_scans").unwrap_or(0);
-        if scans >= scans_at_mergeable + 2 {
-            break;
-        }
-        if Instant::now() > deadline {
-            return skip(format!(
-                "ksmd did not complete two full scans after the pinned pages became MADV_MERGEABLE \
-                 within {:.1} s (full_scans {scans_at_mergeable} -> {scans}; {})",
-                started.elapsed().as_secs_f64(),
-                ksm_load()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let (a, _) = twin_ptes()?;
+    two_more_scans(scans_at_mergeable, started, deadline)?;
+    let (a, _) = twin_ptes(twins)?;
     let pinned = pagemap::entry(m.region.addr).or_else(fail)?;
     let merging = std::fs::read_to_string("/proc/self/ksm_merging_pages")
         .map_or("unreadable".into(), |s| s.trim().to_string());
@@ -134,4 +90,67 @@ pub(super) fn ksm_merge(m: &AnonMemory, backing: AnonBacking) -> Step<Applied> {
             "ksm_merging_pages": merging,
         }),
     })
+}
+
+/// Two unpinned copies of the pinned region's first page, MADV_MERGEABLE.
+fn twins_of(m: &AnonMemory) -> Step<Region> {
+    let page = env().page_size;
+    let twins = mem::map_anon(2 * page, RW, MapFlags::MAP_PRIVATE)
+        .or_else(|e| fail(format!("mmap() failed: {e}")))?;
+    let _ = twins.madvise_raw(libc::MADV_NOHUGEPAGE);
+    for t in 0..2 {
+        // SAFETY: both are mapped pages of this trial.
+        unsafe { std::ptr::copy_nonoverlapping(m.region.ptr(), twins.ptr().add(t * page), page) };
+    }
+    twins.madvise(MmapAdvise::MADV_MERGEABLE, "MADV_MERGEABLE on the twins")?;
+    Ok(twins)
+}
+
+/// Wait until ksmd maps both twins to one KSM page (a skip, saying what
+/// ksmd did, if not by `deadline`).
+fn twins_merged(twins: Region, started: Instant, deadline: Instant) -> Step<()> {
+    let scans_at_start = ksm_read("full_scans");
+    loop {
+        let (a, b) = twin_ptes(twins)?;
+        if a.pfn().is_some() && a.pfn() == b.pfn() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return skip(format!(
+                "ksmd did not merge two identical unpinned pages within {:.1} s (KSM run {:?}, \
+                 full_scans {:?} -> {:?}, twins {a:?} / {b:?}; {})",
+                started.elapsed().as_secs_f64(),
+                ksm_read("run"),
+                scans_at_start,
+                ksm_read("full_scans"),
+                ksm_load()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn twin_ptes(twins: Region) -> Step<(Pte, Pte)> {
+    let p = pagemap::read(twins, env().page_size).or_else(fail)?;
+    Ok((p[0], p[1]))
+}
+
+/// Two full scans of ksmd after the pinned pages became MADV_MERGEABLE, so
+/// that the pinned page met the KSM page (a skip if not by `deadline`).
+fn two_more_scans(scans_at_mergeable: u64, started: Instant, deadline: Instant) -> Step<()> {
+    loop {
+        let scans = ksm_read("full_scans").unwrap_or(0);
+        if scans >= scans_at_mergeable + 2 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return skip(format!(
+                "ksmd did not complete two full scans after the pinned pages became MADV_MERGEABLE \
+                 within {:.1} s (full_scans {scans_at_mergeable} -> {scans}; {})",
+                started.elapsed().as_secs_f64(),
+                ksm_load()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
