@@ -46,7 +46,7 @@ use cowgup_fixtures::gup_bench::{self, GupCmd};
 use cowgup_fixtures::mem::RW;
 use cowgup_fixtures::needs::Need;
 use cowgup_fixtures::pin::{FixedBuffer, GupTest};
-use cowgup_fixtures::pin_source::PinSource;
+use cowgup_fixtures::pin_source::{Held, PinSource};
 use cowgup_fixtures::stamp::Writer;
 use cowgup_fixtures::{fail, Step};
 use cowgup_harness::probe::Capabilities;
@@ -293,19 +293,26 @@ fn io_uring_refused(m: &FolioMemory) -> Step<Outcome> {
     Ok(Outcome::Pass)
 }
 
+/// `source` taken on the mapping (announced as `doing`), where a call that
+/// does not return and a refusal (`refused: errno`) both fail: these
+/// references are not the R/O long-term pins the livelock is known for.
+fn granted(m: &FolioMemory, source: PinSource, doing: &str, refused: &str) -> Step<Held> {
+    m.announce(doing);
+    match returned(take_bounded(source, m.region)?)? {
+        Ok(h) => Ok(h),
+        Err(e) => fail(format!("{refused}: {e}")),
+    }
+}
+
 fn io_uring_after_mprotect(m: &FolioMemory) -> Step<Outcome> {
     let source = PinSource::IoUringFixed;
     m.region.mprotect(RW)?;
-    m.announce(&format!("taking an {}", source.name()));
-    let mut held = match returned(take_bounded(source, m.region)?)? {
-        Ok(h) => h,
-        Err(e) => {
-            return fail(format!(
-                "{} was refused after mprotect(PROT_WRITE): {e}",
-                source.name()
-            ))
-        }
-    };
+    let mut held = granted(
+        m,
+        source,
+        &format!("taking an {}", source.name()),
+        &format!("{} was refused after mprotect(PROT_WRITE)", source.name()),
+    )?;
     if let Err(mm) = held.check(m.region, m.pattern, ORIGINAL)? {
         return fail(format!("through the {}: {mm}", source.name()));
     }
@@ -329,11 +336,7 @@ fn io_uring_after_mprotect(m: &FolioMemory) -> Step<Outcome> {
 /// original stamps, as must the page cache.
 fn vmsplice_then_cow(m: &FolioMemory) -> Step<Outcome> {
     let source = PinSource::Vmsplice;
-    m.announce("vmsplice()");
-    let mut held = match returned(take_bounded(source, m.region)?)? {
-        Ok(h) => h,
-        Err(e) => return fail(format!("vmsplice() failed: {e}")),
-    };
+    let mut held = granted(m, source, "vmsplice()", "vmsplice() failed")?;
     let covered = held.covered();
     if covered == 0 {
         return fail("vmsplice() took no page");
@@ -350,11 +353,12 @@ fn vmsplice_then_cow(m: &FolioMemory) -> Step<Outcome> {
 
 fn odirect_write(m: &FolioMemory) -> Step<Outcome> {
     let source = PinSource::ODirect;
-    m.announce("an O_DIRECT write from the mapping");
-    let mut held = match returned(take_bounded(source, m.region)?)? {
-        Ok(h) => h,
-        Err(e) => return fail(format!("the O_DIRECT write from the mapping failed: {e}")),
-    };
+    let mut held = granted(
+        m,
+        source,
+        "an O_DIRECT write from the mapping",
+        "the O_DIRECT write from the mapping failed",
+    )?;
     if let Err(mm) = held.check(m.region, m.pattern, ORIGINAL)? {
         return fail(format!("the O_DIRECT write wrote: {mm}"));
     }
