@@ -4,8 +4,9 @@
 
 use cowgup_fixtures::anon::AnonMemory;
 use cowgup_fixtures::evidence::{self, View};
+use cowgup_fixtures::mem::Region;
 use cowgup_fixtures::pin_source::Held;
-use cowgup_fixtures::stamp::Writer;
+use cowgup_fixtures::stamp::{Mismatch, Writer};
 use cowgup_fixtures::{fail, seeded, Step};
 
 use super::register;
@@ -16,40 +17,32 @@ use crate::expectations::Observed;
 pub const RINGS: usize = 64;
 /// The seed of the release order (xorshift64*), fixed so runs repeat.
 pub const RELEASE_SEED: u64 = 0x00c0_ffee_5eed_0001;
+
 /// (a) Two buffers over the two halves of one folio; the lower one is
 /// unregistered; fork(); the parent writes. The upper buffer's pin keeps the
 /// folio maybe-pinned, so fork() must have copied it for the child: the pin
 /// sees the parent's write, and the child keeps the original.
 pub(super) fn halves(m: &AnonMemory) -> Step<Observed> {
-    let (region, pattern) = (m.region, m.pattern);
+    let region = m.region;
     let half = region.len / 2;
     let (lower, upper) = (region.sub(0, half), region.sub(half, half));
     let lower_pin = register(lower, "the lower half")?;
     let mut upper_pin = register(upper, "the upper half")?;
     drop(lower_pin);
-    let before = View::capture(upper, pattern.unit)?;
-    let checker = match Checker::fork(region, pattern)? {
-        Ok(c) => c,
-        Err(observed) => return Ok(observed),
-    };
-    pattern.write(region, Writer::Parent);
-    let child = checker.judge_parents_write(region)?;
-    let after = View::capture(upper, pattern.unit)?;
-    let data = upper_pin.check(upper, pattern, ORIGINAL.written_by(Writer::Parent))?;
-    evidence::compare_and_agree(
+    let after = fork_and_write(
+        m,
+        upper,
+        &mut upper_pin,
         "upper half before fork() vs after the parent's write",
-        ("before", &before),
-        ("after", &after),
-        &data,
-        false,
         "the parent's write went to a new page, away from the remaining pin",
     )?;
-    Ok(match (data, child) {
-        (Err(m), _) => Observed::Leak(format!(
+    Ok(match after {
+        AfterFork::Fork(observed) => observed,
+        AfterFork::Written { pin: Err(m), .. } => Observed::Leak(format!(
             "Longterm R/W pin is not reliable: the fixed buffer left over the upper half does not see \
              the parent's write after the lower half's buffer was unregistered and fork() ran: {m}"
         )),
-        (Ok(()), child) => child,
+        AfterFork::Written { child, .. } => child,
     })
 }
 
@@ -87,31 +80,65 @@ pub(super) fn many_rings(m: &AnonMemory) -> Step<Observed> {
             "left": last,
         }),
     );
-    let before = View::capture(region, pattern.unit)?;
-    let checker = match Checker::fork(region, pattern)? {
-        Ok(c) => c,
-        Err(observed) => return Ok(observed),
-    };
-    pattern.write(region, Writer::Parent);
-    let child = checker.judge_parents_write(region)?;
-    let after = View::capture(region, pattern.unit)?;
-    let held = rings[last].as_mut().expect("kept");
-    let data = held.check(region, pattern, ORIGINAL.written_by(Writer::Parent))?;
-    evidence::compare_and_agree(
+    let after = fork_and_write(
+        m,
+        region,
+        rings[last].as_mut().expect("kept"),
         "the folio before fork() vs after the parent's write",
-        ("before", &before),
-        ("after", &after),
-        &data,
-        false,
         "the parent's write went to a new page, away from the last pin",
     )?;
     drop(rings);
-    Ok(match (data, child) {
-        (Err(m), _) => Observed::Leak(format!(
+    Ok(match after {
+        AfterFork::Fork(observed) => observed,
+        AfterFork::Written { pin: Err(m), .. } => Observed::Leak(format!(
             "Longterm R/W pin is not reliable: ring {last}, the last of {RINGS} pins of the folio, does \
              not see the parent's write after the other {} were released and fork() ran: {m}",
             RINGS - 1
         )),
-        (Ok(()), child) => child,
+        AfterFork::Written { child, .. } => child,
     })
+}
+
+/// What fork() and the parent's write showed.
+enum AfterFork {
+    /// fork() itself went wrong (the child's copy before any write); the
+    /// case ends with it.
+    Fork(Observed),
+    /// What the pin saw of the parent's write, and the child's copy.
+    Written {
+        pin: Result<(), Mismatch>,
+        child: Observed,
+    },
+}
+
+/// fork(), then the parent writes the whole folio: the child must keep the
+/// original and `pin`, over `watched`, see the write. The page tables of
+/// `watched` before fork() and after the write must agree with what the
+/// pin saw (`compared` and `claim` name the comparison in the evidence).
+fn fork_and_write(
+    m: &AnonMemory,
+    watched: Region,
+    pin: &mut Held,
+    compared: &str,
+    claim: &str,
+) -> Step<AfterFork> {
+    let (region, pattern) = (m.region, m.pattern);
+    let before = View::capture(watched, pattern.unit)?;
+    let checker = match Checker::fork(region, pattern)? {
+        Ok(c) => c,
+        Err(observed) => return Ok(AfterFork::Fork(observed)),
+    };
+    pattern.write(region, Writer::Parent);
+    let child = checker.judge_parents_write(region)?;
+    let after = View::capture(watched, pattern.unit)?;
+    let data = pin.check(watched, pattern, ORIGINAL.written_by(Writer::Parent))?;
+    evidence::compare_and_agree(
+        compared,
+        ("before", &before),
+        ("after", &after),
+        &data,
+        false,
+        claim,
+    )?;
+    Ok(AfterFork::Written { pin: data, child })
 }
