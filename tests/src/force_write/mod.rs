@@ -247,6 +247,7 @@ pub fn run(opts: &TrialOptions, forcer: Forcer, target: Target, expect: Expect) 
     judge(p, forcer, expect, &res, words.len(), &after)
 }
 
+/// What the kernel did with the forced write, judged against `expect`.
 fn judge(
     p: Prepared,
     forcer: Forcer,
@@ -255,86 +256,99 @@ fn judge(
     attempted: usize,
     after: &View,
 ) -> Step<Outcome> {
-    let who = forcer.name();
     match expect {
-        Expect::PrivateCopy => {
-            if res.written != attempted {
-                if forcer == Forcer::ProcMem {
-                    if let Some(why) = proc_mem_without_force() {
-                        return Ok(Outcome::Skip(why));
-                    }
-                }
-                let why = res
-                    .errno
-                    .map_or("a short write".into(), |e| Errno::from_raw(e).to_string());
-                return Ok(Outcome::Fail(format!(
-                    "forced write via {who} refused after {} of {attempted} word(s): {why} \
-                     (a COW mapping must take FOLL_FORCE writes into a private copy)",
-                    res.written
-                )));
-            }
-            if let Some(checker) = p.checker {
-                // The child's copy must keep the original; the writer sees its write.
-                return Ok(match checker.judge_parents_write(p.written)? {
-                    Observed::Clean => Outcome::Pass,
-                    other => Outcome::Fail(format!(
-                        "forced write via {who} reached the child: {other:?}"
-                    )),
-                });
-            }
-            check_own_write(
-                p.written,
-                p.pattern,
-                p.original.written_by(Writer::Parent),
-                "the forced writer",
-            )?;
-            // The written page must be a new one, not the one the other
-            // views map (which must keep the original); a contradiction
-            // is reported with whatever else changed.
-            let mut agreement = Ok(());
-            if let Some((label, view)) = p.views.first() {
-                let off = p.written.addr - p.target.addr;
-                let other = view.sub(off, p.written.len);
-                let theirs = View::capture(other, p.pattern.unit)?;
-                let data = p
-                    .pattern
-                    .check_bytes(read(other), p.written.addr, p.original);
-                agreement = evidence::compare_and_agree(
-                    "writer's copy vs the other view",
-                    ("writer", after),
-                    (label, &theirs),
-                    &data,
-                    true,
-                    "the forced write went into the page the other view maps",
-                );
-            }
-            let data = untouched(&p, who)?;
-            Ok(match (agreement, data) {
-                (Ok(()), d) => d,
-                (Err(a), Outcome::Pass) => a,
-                (Err(a), d) => Outcome::Fail(format!("{}; {}", a.reason(), d.reason())),
-            })
-        }
-        Expect::Refused => {
-            let refused = match (res.written, res.errno.map(Errno::from_raw)) {
-                (0, Some(Errno::EIO)) => None,
-                (0, Some(e)) => Some(format!("refused with {e}, expected EIO")),
-                (n, e) => Some(format!(
-                    "the kernel took {n} of {attempted} forced word(s){} into a mapping where \
-                     FOLL_FORCE must be refused (check_vma_flags: no COW mapping, or hugetlb)",
-                    e.map(|e| format!(" (then {e})")).unwrap_or_default()
-                )),
-            };
-            // Whatever happened, nothing may have changed.
-            let data = untouched(&p, who)?;
-            Ok(match (refused, data) {
-                (None, d) => d,
-                (Some(why), Outcome::Pass) => Outcome::Fail(why),
-                (Some(why), Outcome::Fail(d)) => Outcome::Fail(format!("{why}; {d}")),
-                (Some(why), other) => Outcome::Fail(format!("{why}; {other:?}")),
-            })
-        }
+        Expect::PrivateCopy => private_copy(p, forcer, res, attempted, after),
+        Expect::Refused => refused(p, forcer.name(), res, attempted),
     }
+}
+
+/// Every word written, into a copy only the writer sees: the child, the
+/// other views and the file keep the original.
+fn private_copy(
+    p: Prepared,
+    forcer: Forcer,
+    res: &WriteResult,
+    attempted: usize,
+    after: &View,
+) -> Step<Outcome> {
+    let who = forcer.name();
+    if res.written != attempted {
+        if forcer == Forcer::ProcMem {
+            if let Some(why) = proc_mem_without_force() {
+                return Ok(Outcome::Skip(why));
+            }
+        }
+        let why = res
+            .errno
+            .map_or("a short write".into(), |e| Errno::from_raw(e).to_string());
+        return Ok(Outcome::Fail(format!(
+            "forced write via {who} refused after {} of {attempted} word(s): {why} \
+             (a COW mapping must take FOLL_FORCE writes into a private copy)",
+            res.written
+        )));
+    }
+    if let Some(checker) = p.checker {
+        // The child's copy must keep the original; the writer sees its write.
+        return Ok(match checker.judge_parents_write(p.written)? {
+            Observed::Clean => Outcome::Pass,
+            other => Outcome::Fail(format!(
+                "forced write via {who} reached the child: {other:?}"
+            )),
+        });
+    }
+    check_own_write(
+        p.written,
+        p.pattern,
+        p.original.written_by(Writer::Parent),
+        "the forced writer",
+    )?;
+    // The written page must be a new one, not the one the other
+    // views map (which must keep the original); a contradiction
+    // is reported with whatever else changed.
+    let mut agreement = Ok(());
+    if let Some((label, view)) = p.views.first() {
+        let off = p.written.addr - p.target.addr;
+        let other = view.sub(off, p.written.len);
+        let theirs = View::capture(other, p.pattern.unit)?;
+        let data = p
+            .pattern
+            .check_bytes(read(other), p.written.addr, p.original);
+        agreement = evidence::compare_and_agree(
+            "writer's copy vs the other view",
+            ("writer", after),
+            (label, &theirs),
+            &data,
+            true,
+            "the forced write went into the page the other view maps",
+        );
+    }
+    let data = untouched(&p, who)?;
+    Ok(match (agreement, data) {
+        (Ok(()), d) => d,
+        (Err(a), Outcome::Pass) => a,
+        (Err(a), d) => Outcome::Fail(format!("{}; {}", a.reason(), d.reason())),
+    })
+}
+
+/// EIO before any word is written, and nothing changed anywhere.
+fn refused(p: Prepared, who: &str, res: &WriteResult, attempted: usize) -> Step<Outcome> {
+    let refused = match (res.written, res.errno.map(Errno::from_raw)) {
+        (0, Some(Errno::EIO)) => None,
+        (0, Some(e)) => Some(format!("refused with {e}, expected EIO")),
+        (n, e) => Some(format!(
+            "the kernel took {n} of {attempted} forced word(s){} into a mapping where \
+             FOLL_FORCE must be refused (check_vma_flags: no COW mapping, or hugetlb)",
+            e.map(|e| format!(" (then {e})")).unwrap_or_default()
+        )),
+    };
+    // Whatever happened, nothing may have changed.
+    let data = untouched(&p, who)?;
+    Ok(match (refused, data) {
+        (None, d) => d,
+        (Some(why), Outcome::Pass) => Outcome::Fail(why),
+        (Some(why), Outcome::Fail(d)) => Outcome::Fail(format!("{why}; {d}")),
+        (Some(why), other) => Outcome::Fail(format!("{why}; {other:?}")),
+    })
 }
 
 /// The rest of the target, every other view, the file (page cache and
