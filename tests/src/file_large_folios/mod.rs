@@ -26,7 +26,6 @@
 //! range in again and again) and its kernel stack. The stuck thread dies
 //! with the trial process (exit's SIGKILL makes GUP give up). Behind that,
 //! the runner's time limit (`--timeout`) still bounds the whole trial.
-
 //!
 //! Where each piece is:
 //! - here: the cases (`Case`), what each does on the mapping and how it is

@@ -15,13 +15,12 @@
 //! - buffers over several folios, partial folios, mixed folio sizes and one
 //!   page mapped twice (the CVE-2023-2598 shape): `WRITE_FIXED` must write
 //!   exactly the bytes the mapping holds.
-
 //!
 //! Where each piece is:
 //! - here: the folio kinds, the shapes of each case (`Folio`, `TornBacking`,
 //!   `Span`), the catalogue (`scenarios`) with its judgement (each case's
-//!   observation judged by `expectations::judge`), and `register`, the one
-//!   way every case takes a pin and says why one was refused;
+//!   observation judged by `expectations::judge`), and `register`, how cases
+//!   (a) to (c) take a pin and say why one was refused;
 //! - `one_folio.rs`: (a) the halves of one folio and (b) many rings on one folio;
 //! - `torn.rs`: (c) fork() racing a writer thread, and what "one moment" means;
 //! - `spans.rs`: (d) building each span and comparing `WRITE_FIXED` with the mapping.

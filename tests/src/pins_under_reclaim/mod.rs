@@ -10,7 +10,6 @@
 //! What each pressure may legitimately do to a pinned page is data in
 //! `PRESSURES` (`Pressure::pinned`), argued from the kernel source above
 //! each entry; the syscall results it may return are data too.
-
 //!
 //! Where each piece is:
 //! - here: the case table (`PRESSURES`, with what each pressure may do to a
