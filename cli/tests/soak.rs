@@ -73,7 +73,7 @@ use nix::unistd::Pid;
 
 const COWGUP: &str = env!("CARGO_BIN_EXE_cowgup");
 
-/// The host lock's name (harness/src/guard.rs, `HOST_LOCK`): an abstract
+/// The host lock's name (harness/src/guard/lock.rs, `HOST_LOCK`): an abstract
 /// unix socket only one cowgup process can bind. The soak binds it while it
 /// takes a snapshot, so that no run is changing the host meanwhile.
 const HOST_LOCK: &[u8] = b"cowgup-host-guard";

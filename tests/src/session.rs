@@ -153,7 +153,7 @@ impl Session {
     /// Run one scenario. Its verdict includes the pin-balance check (every
     /// FOLL_PIN it took must be released once its processes are gone, see
     /// pin_balance.rs) and the kernel-log check (no warning, BUG, Oops or
-    /// error taint flag while it ran, see harness/src/kmsg.rs); each says
+    /// error taint flag while it ran, see harness/src/kmsg/check.rs); each says
     /// why when it could not tell. The kernel log is judged last, so that
     /// what the kernel logs while pins are released still counts.
     pub fn run(&mut self, s: &Scenario) -> Result<TrialReport, Stop> {
