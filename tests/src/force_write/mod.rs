@@ -42,8 +42,8 @@ use nix::sys::mman::{MapFlags, ProtFlags};
 use crate::common::check_own_write;
 use crate::expectations::{Observed, Version};
 use crate::scenario::{Family, Scenario};
-use readback::{check_file, direct_read, read};
-use targets::{map_file, prepare, Prepared};
+use readback::{check_file, direct_read};
+use targets::{mmap_failed, prepare, Prepared};
 
 pub use race::{race, RACE_FOR, RACE_SEED};
 
@@ -312,7 +312,7 @@ fn private_copy(
         let theirs = View::capture(other, p.pattern.unit)?;
         let data = p
             .pattern
-            .check_bytes(read(other), p.written.addr, p.original);
+            .check_bytes(other.bytes(), p.written.addr, p.original);
         agreement = evidence::compare_and_agree(
             "writer's copy vs the other view",
             ("writer", after),
@@ -378,7 +378,7 @@ fn untouched(p: &Prepared, who: &str) -> Step<Outcome> {
     for (label, v) in &p.views {
         see(
             (*label).to_string(),
-            seen(p.pattern.check_bytes(read(*v), p.target.addr, orig)),
+            seen(p.pattern.check_bytes(v.bytes(), p.target.addr, orig)),
         );
     }
     if let Some(f) = &p.file {
@@ -395,11 +395,18 @@ fn untouched(p: &Prepared, who: &str) -> Step<Outcome> {
                 ),
             );
         }
-        let fresh = map_file(&f.file, f.len, false, false, None)?;
+        let fresh = mem::map_file(
+            &f.file,
+            f.len,
+            ProtFlags::PROT_READ,
+            MapFlags::MAP_SHARED,
+            None,
+        )
+        .or_else(mmap_failed(f.len))?;
         fresh.touch_read(f.unit);
         see(
             "a fresh MAP_SHARED mapping of the file".into(),
-            seen(p.pattern.check_bytes(read(fresh), p.target.addr, orig)),
+            seen(p.pattern.check_bytes(fresh.bytes(), p.target.addr, orig)),
         );
     }
     if let Some(len) = p.fresh_zero {
@@ -412,7 +419,7 @@ fn untouched(p: &Prepared, who: &str) -> Step<Outcome> {
             r
         };
         fresh.touch_read(len);
-        let zero = read(fresh).iter().position(|b| *b != 0);
+        let zero = fresh.bytes().iter().position(|b| *b != 0);
         if let Some(off) = zero {
             wrong.push(format!(
                 "a fresh private anonymous mapping does not read zeroes: byte +0x{off:x} is not zero \
