@@ -78,7 +78,7 @@ pub enum Mechanism {
     RwPin,
     Collapse,
     /// fork() of pinned (so immediately copied) pages while another thread
-    /// of the parent keeps writing them (large_folio_pins.rs).
+    /// of the parent keeps writing them (large_folio_pins/torn.rs).
     ThreadedFork,
 }
 

@@ -1,5 +1,7 @@
 //! The scenario catalogue, written once and used by `cargo test`, `cowgup`
-//! and the drop-in binaries. One file per family, each with
+//! and the drop-in binaries. One module per family (a file, or a directory
+//! whose `mod.rs` keeps the cases and their judgement and whose other files
+//! the family's own mechanics), each with
 //! `pub fn scenarios(&Capabilities) -> Vec<Scenario>`; the registry
 //! (`registry.rs`) has one row per family (id, title, help text, whether its
 //! trials may share a batch, its builder), and the catalogue is its rows in
@@ -11,10 +13,14 @@
 //! | `cow_anon_thp`  | `cow_anon_thp::CASES` (4)   | one PMD THP                       |
 //! | `cow_non_anon`  | `cow_non_anon::CASES` (3)   | `fixtures::non_anon::NonAnonBacking::all` |
 //! | `pins_under_reclaim` | `pins_under_reclaim::PRESSURES` (7) x `SOURCES` (2) | `fixtures::anon::AnonBacking::all` |
+//! | `file_large_folios` | `file_large_folios::Case::ALL` (9) | `file_large_folios::FolioBacking::all` |
+//! | `force_write`   | `force_write::Forcer::ALL` (2), then `Racing` | `force_write::Target::all`, then the private file |
+//! | `large_folio_pins` | `OneFolio` (2), `Torn`, each `Span` | `Folio`s, `TornBacking`s, the span itself |
 //!
 //! A trial's name is derived, never typed: `<case> ... with <backing>`. The
 //! crossing is a value (`cross::Cross`): a family declares its cases and
-//! backings, and the cross yields its scenarios.
+//! backings, and the cross yields its scenarios. Only gup_test writes its
+//! scenarios out, as its trials are upstream's command lines.
 
 pub mod beyond_upstream;
 pub mod common;

@@ -29,7 +29,7 @@
 //!
 //! Where each piece is:
 //! - here: the cases (`Case`), what each does on the mapping and how it is
-//!   judged, and the catalogue (`scenarios`, `catalogue`: cases x backings);
+//!   judged, and the catalogue (`scenarios`: cases x backings);
 //! - `folio.rs`: the backings (`FolioBacking`), the proof that the file got
 //!   a large folio (`FolioProof`), and the mapping with its checks of the
 //!   page cache (`FolioMemory`);
@@ -49,9 +49,10 @@ use cowgup_fixtures::pin_source::{Held, PinSource};
 use cowgup_fixtures::stamp::Writer;
 use cowgup_fixtures::{fail, Step};
 use cowgup_harness::probe::Capabilities;
-use cowgup_harness::{diag, Outcome};
+use cowgup_harness::{diag, Knob, Outcome};
 
 use crate::common::{check_own_write, write_and_check_own, ORIGINAL};
+use crate::cross::{self, Backing, Cross};
 use crate::expectations::{judge, Mapping, Mechanism, MemoryClass, Observed, Subject, Version};
 use crate::scenario::{Family, Scenario};
 use bounded::{bounded, returned, take_bounded};
@@ -97,48 +98,6 @@ impl Case {
         Case::ODirect,
     ];
 
-    pub fn desc(&self) -> String {
-        match self {
-            Case::RoPin { fast } => ro_pin(*fast).name().to_string(),
-            Case::RoPinBenchmark => {
-                "R/O PIN_LONGTERM_BENCHMARK (pin_user_pages(FOLL_LONGTERM))".into()
-            }
-            Case::CowAfterMprotect => "COW on write after mprotect(PROT_WRITE)".into(),
-            Case::CowForcedWrite => "COW on a forced write through /proc/self/mem".into(),
-            Case::IoUringRefused => {
-                format!(
-                    "{} is refused on the PROT_READ mapping",
-                    PinSource::IoUringFixed.name()
-                )
-            }
-            Case::IoUringAfterMprotect => {
-                format!(
-                    "{} after mprotect(PROT_WRITE)",
-                    PinSource::IoUringFixed.name()
-                )
-            }
-            Case::Vmsplice => format!("{} then COW", PinSource::Vmsplice.name()),
-            Case::ODirect => PinSource::ODirect.name().to_string(),
-        }
-    }
-
-    pub fn needs(&self) -> Vec<Need> {
-        match self {
-            Case::RoPin { .. } | Case::RoPinBenchmark => vec![Need::GupTest],
-            Case::IoUringRefused | Case::IoUringAfterMprotect => vec![Need::IoUring],
-            Case::ODirect => PinSource::ODirect.needs(),
-            Case::CowAfterMprotect | Case::CowForcedWrite | Case::Vmsplice => vec![],
-        }
-    }
-
-    /// Takes FOLL_PIN references (the run counts pin balance exactly).
-    pub fn pins(&self) -> bool {
-        !matches!(
-            self,
-            Case::CowAfterMprotect | Case::CowForcedWrite | Case::Vmsplice
-        )
-    }
-
     /// `kernel`: the running kernel's version, for the expectation table
     /// (which judges only the R/O long-term pins: a livelock there is a
     /// known bug of kernels before the fix).
@@ -163,6 +122,50 @@ impl Case {
             Case::Vmsplice => vmsplice_then_cow(m),
             Case::ODirect => odirect_write(m),
         }
+    }
+}
+
+impl cross::Case for Case {
+    fn desc(&self) -> String {
+        match self {
+            Case::RoPin { fast } => ro_pin(*fast).name().to_string(),
+            Case::RoPinBenchmark => {
+                "R/O PIN_LONGTERM_BENCHMARK (pin_user_pages(FOLL_LONGTERM))".into()
+            }
+            Case::CowAfterMprotect => "COW on write after mprotect(PROT_WRITE)".into(),
+            Case::CowForcedWrite => "COW on a forced write through /proc/self/mem".into(),
+            Case::IoUringRefused => {
+                format!(
+                    "{} is refused on the PROT_READ mapping",
+                    PinSource::IoUringFixed.name()
+                )
+            }
+            Case::IoUringAfterMprotect => {
+                format!(
+                    "{} after mprotect(PROT_WRITE)",
+                    PinSource::IoUringFixed.name()
+                )
+            }
+            Case::Vmsplice => format!("{} then COW", PinSource::Vmsplice.name()),
+            Case::ODirect => PinSource::ODirect.name().to_string(),
+        }
+    }
+
+    fn needs(&self) -> Vec<Need> {
+        match self {
+            Case::RoPin { .. } | Case::RoPinBenchmark => vec![Need::GupTest],
+            Case::IoUringRefused | Case::IoUringAfterMprotect => vec![Need::IoUring],
+            Case::ODirect => PinSource::ODirect.needs(),
+            Case::CowAfterMprotect | Case::CowForcedWrite | Case::Vmsplice => vec![],
+        }
+    }
+
+    /// Takes FOLL_PIN references (the run counts pin balance exactly).
+    fn pins(&self) -> bool {
+        !matches!(
+            self,
+            Case::CowAfterMprotect | Case::CowForcedWrite | Case::Vmsplice
+        )
     }
 }
 
@@ -365,39 +368,40 @@ fn odirect_write(m: &FolioMemory) -> Step<Outcome> {
     Ok(Outcome::Pass)
 }
 
-/// The family's trials: every case with every backing this kernel has.
+/// The family's trials: every case with every backing this kernel has
+/// (none without a PMD size).
 pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
-    catalogue(
-        caps.pmd_size,
-        &caps.thp_sizes,
-        crate::expectations::parse_version(&caps.kernel_release),
-    )
-}
-
-/// The trials for this PMD size, these mTHP sizes and this kernel.
-pub fn catalogue(
-    pmd_size: Option<usize>,
-    thp_sizes: &[usize],
-    kernel: Option<Version>,
-) -> Vec<Scenario> {
-    let Some(pmd) = pmd_size else {
+    let Some(pmd) = caps.pmd_size else {
         return vec![];
     };
-    let mut v = Vec::new();
-    for case in Case::ALL {
-        for backing in FolioBacking::all(pmd, thp_sizes) {
-            v.push(Scenario {
-                name: format!("{} ... with {}", case.desc(), backing.suffix(pmd)),
-                family: Family::FILE_LARGE_FOLIOS,
-                group: "file large folios".into(),
-                needs: backing.needs().into_iter().chain(case.needs()).collect(),
-                knobs: backing.knobs(pmd),
-                pins: case.pins(),
-                body: std::sync::Arc::new(move |opts| case.run(&backing.setup(opts)?, kernel)),
-            });
-        }
+    let kernel = crate::expectations::parse_version(&caps.kernel_release);
+    let backings = FolioBacking::all(pmd, &caps.thp_sizes)
+        .into_iter()
+        .map(|backing| OnHost { backing, pmd });
+    Cross::new(Family::FILE_LARGE_FOLIOS, caps, Case::ALL, backings)
+        .build(move |opts, case, b| case.run(&b.backing.setup(opts)?, kernel))
+}
+
+/// A backing on a host with this PMD size, which names its folio's size.
+#[derive(Clone, Copy)]
+struct OnHost {
+    backing: FolioBacking,
+    pmd: usize,
+}
+
+impl Backing for OnHost {
+    fn suffix(&self) -> String {
+        self.backing.suffix(self.pmd)
     }
-    v
+    fn group(&self) -> String {
+        "file large folios".into()
+    }
+    fn needs(&self) -> Vec<Need> {
+        self.backing.needs()
+    }
+    fn knobs(&self, _caps: &Capabilities) -> Vec<Knob> {
+        self.backing.knobs(self.pmd)
+    }
 }
 
 #[cfg(test)]
@@ -406,13 +410,16 @@ mod tests {
 
     #[test]
     fn names_are_unique_and_derived() {
-        let v = catalogue(Some(2 << 20), &[16 << 10, 2 << 20], Some((6, 18)));
+        let mut caps = crate::tests::reference_host();
+        caps.thp_sizes = vec![16 << 10, 2 << 20];
+        let v = scenarios(&caps);
         let mut names: Vec<&str> = v.iter().map(|s| s.name.as_str()).collect();
         assert!(names.iter().all(|n| n.contains(" kB folio of ")));
         let n = names.len();
         names.sort();
         names.dedup();
         assert_eq!(names.len(), n);
-        assert!(catalogue(None, &[], None).is_empty());
+        caps.pmd_size = None;
+        assert!(scenarios(&caps).is_empty());
     }
 }

@@ -12,19 +12,18 @@
 //! through FOLL_FORCE).
 //!
 //! Where each piece is:
-//! - here: the case model (`Forcer`, `Target`, `Expect` and what the kernel
-//!   must do, argued from check_vma_flags()), the catalogue (`scenarios`),
-//!   one trial (`run`) and its judgement (`judge`, `untouched`);
+//! - here: the case model (the writers `Forcer` and `Racing` as cases, the
+//!   `Target`s as backings, `Expect` and what the kernel must do, argued
+//!   from check_vma_flags()), the catalogue (`scenarios`: writers x
+//!   targets), one trial (`run`) and its judgement (`judge`, `untouched`);
 //! - `targets.rs`: how each target is built and faulted in (`prepare`), and
 //!   what it leaves for the judgement (`Prepared`);
-//! - `readback.rs`: reading back a mapping, the page cache and the disk;
+//! - `readback.rs`: reading back the file, from the page cache and the disk;
 //! - `race.rs`: the Dirty COW race against MADV_DONTNEED.
 
 mod race;
 mod readback;
 mod targets;
-
-use std::sync::Arc;
 
 use cowgup_fixtures::anon::{AnonBacking, ThpShape};
 use cowgup_fixtures::evidence::{self, View};
@@ -40,10 +39,11 @@ use nix::errno::Errno;
 use nix::sys::mman::{MapFlags, ProtFlags};
 
 use crate::common::check_own_write;
+use crate::cross::{Backing, Case, Cross};
 use crate::expectations::{Observed, Version};
 use crate::scenario::{Family, Scenario};
-use readback::{check_file, direct_read, read};
-use targets::{map_file, prepare, Prepared};
+use readback::{check_file, direct_read};
+use targets::{mmap_failed, prepare, Prepared};
 
 pub use race::{race, RACE_FOR, RACE_SEED};
 
@@ -64,6 +64,30 @@ impl Forcer {
             Forcer::ProcMem => "/proc/self/mem",
             Forcer::Poke => "ptrace(PTRACE_POKEDATA)",
         }
+    }
+}
+
+/// A forced write is a case, on every target; no case pins.
+impl Case for Forcer {
+    fn desc(&self) -> String {
+        format!("Forced write via {}", self.name())
+    }
+    fn pins(&self) -> bool {
+        false
+    }
+}
+
+/// The same writer racing MADV_DONTNEED (Dirty COW's race), on the private
+/// file only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Racing(pub Forcer);
+
+impl Case for Racing {
+    fn desc(&self) -> String {
+        format!("{} racing MADV_DONTNEED", self.0.desc())
+    }
+    fn pins(&self) -> bool {
+        false
     }
 }
 
@@ -136,7 +160,26 @@ impl Target {
         v
     }
 
-    pub fn suffix(&self) -> String {
+    /// What this kernel must do, argued from mm/gup.c check_vma_flags():
+    /// a write without VM_WRITE needs FOLL_FORCE and a COW mapping
+    /// (`is_cow_mapping()`: VM_MAYWRITE without VM_SHARED), and hugetlb
+    /// is refused outright before HUGETLB_FORCE_SINCE.
+    pub fn expect(&self, kernel: Option<Version>) -> Expect {
+        match *self {
+            Target::SharedFile | Target::SharedMemfd | Target::Hugetlb { shared: true, .. } => {
+                Expect::Refused
+            }
+            Target::Hugetlb { shared: false, .. } => match kernel {
+                Some(v) if v < HUGETLB_FORCE_SINCE => Expect::Refused,
+                _ => Expect::PrivateCopy,
+            },
+            _ => Expect::PrivateCopy,
+        }
+    }
+}
+
+impl Backing for Target {
+    fn suffix(&self) -> String {
         match *self {
             Target::PrivateFile => "MAP_PRIVATE ext4 file opened read-only".into(),
             Target::SharedWithChild(b) => format!("{} shared with a child", b.suffix()),
@@ -156,7 +199,7 @@ impl Target {
         }
     }
 
-    pub fn group(&self) -> String {
+    fn group(&self) -> String {
         match *self {
             Target::SharedWithChild(b) => b.group(),
             Target::Hugetlb { size, .. } => format!("memfd hugetlb {}", kb(size)),
@@ -166,7 +209,7 @@ impl Target {
         }
     }
 
-    pub fn needs(&self) -> Vec<Need> {
+    fn needs(&self) -> Vec<Need> {
         match *self {
             Target::PrivateFile | Target::SharedFile => vec![Need::Scratch(ScratchFs::Ext4)],
             Target::SharedWithChild(b) => b.needs(),
@@ -177,28 +220,11 @@ impl Target {
         }
     }
 
-    pub fn knobs(&self, pmd_size: Option<usize>) -> Vec<Knob> {
-        match (*self, pmd_size) {
-            (Target::SharedWithChild(b), _) => b.knobs(pmd_size),
+    fn knobs(&self, caps: &Capabilities) -> Vec<Knob> {
+        match (*self, caps.pmd_size) {
+            (Target::SharedWithChild(b), pmd) => b.knobs(pmd),
             (Target::HugeZeropage, Some(pmd)) => cowgup_fixtures::thp::pmd_inherits(pmd),
             _ => vec![],
-        }
-    }
-
-    /// What this kernel must do, argued from mm/gup.c check_vma_flags():
-    /// a write without VM_WRITE needs FOLL_FORCE and a COW mapping
-    /// (`is_cow_mapping()`: VM_MAYWRITE without VM_SHARED), and hugetlb
-    /// is refused outright before HUGETLB_FORCE_SINCE.
-    pub fn expect(&self, kernel: Option<Version>) -> Expect {
-        match *self {
-            Target::SharedFile | Target::SharedMemfd | Target::Hugetlb { shared: true, .. } => {
-                Expect::Refused
-            }
-            Target::Hugetlb { shared: false, .. } => match kernel {
-                Some(v) if v < HUGETLB_FORCE_SINCE => Expect::Refused,
-                _ => Expect::PrivateCopy,
-            },
-            _ => Expect::PrivateCopy,
         }
     }
 }
@@ -312,7 +338,7 @@ fn private_copy(
         let theirs = View::capture(other, p.pattern.unit)?;
         let data = p
             .pattern
-            .check_bytes(read(other), p.written.addr, p.original);
+            .check_bytes(other.bytes(), p.written.addr, p.original);
         agreement = evidence::compare_and_agree(
             "writer's copy vs the other view",
             ("writer", after),
@@ -378,7 +404,7 @@ fn untouched(p: &Prepared, who: &str) -> Step<Outcome> {
     for (label, v) in &p.views {
         see(
             (*label).to_string(),
-            seen(p.pattern.check_bytes(read(*v), p.target.addr, orig)),
+            seen(p.pattern.check_bytes(v.bytes(), p.target.addr, orig)),
         );
     }
     if let Some(f) = &p.file {
@@ -395,11 +421,18 @@ fn untouched(p: &Prepared, who: &str) -> Step<Outcome> {
                 ),
             );
         }
-        let fresh = map_file(&f.file, f.len, false, false, None)?;
+        let fresh = mem::map_file(
+            &f.file,
+            f.len,
+            ProtFlags::PROT_READ,
+            MapFlags::MAP_SHARED,
+            None,
+        )
+        .or_else(mmap_failed(f.len))?;
         fresh.touch_read(f.unit);
         see(
             "a fresh MAP_SHARED mapping of the file".into(),
-            seen(p.pattern.check_bytes(read(fresh), p.target.addr, orig)),
+            seen(p.pattern.check_bytes(fresh.bytes(), p.target.addr, orig)),
         );
     }
     if let Some(len) = p.fresh_zero {
@@ -412,7 +445,7 @@ fn untouched(p: &Prepared, who: &str) -> Step<Outcome> {
             r
         };
         fresh.touch_read(len);
-        let zero = read(fresh).iter().position(|b| *b != 0);
+        let zero = fresh.bytes().iter().position(|b| *b != 0);
         if let Some(off) = zero {
             wrong.push(format!(
                 "a fresh private anonymous mapping does not read zeroes: byte +0x{off:x} is not zero \
@@ -448,48 +481,20 @@ fn heads(r: Region, pattern: Pattern, writer: Writer) -> Vec<(usize, u64)> {
         .collect()
 }
 
-/// The family's trials: every writer crossed with every target, then the
-/// bounded race for each writer. Names: `Forced write via <writer> ... with
-/// <target>`; the expectation (private copy or EIO) is the kernel's, not
-/// part of the name.
+/// The family's trials: every writer on every target, target by target,
+/// then the bounded race for each writer. Names: `Forced write via <writer>
+/// ... with <target>`; the expectation (private copy or EIO) is the
+/// kernel's, not part of the name.
 pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
     let kernel = crate::expectations::parse_version(&caps.kernel_release);
     let hugetlb: Vec<usize> = caps.hugetlb.iter().map(|p| p.size).collect();
-    let mut v = Vec::new();
-    for target in Target::all(caps.pmd_size, &hugetlb) {
-        for forcer in Forcer::ALL {
-            let expect = target.expect(kernel);
-            v.push(Scenario {
-                name: format!(
-                    "Forced write via {} ... with {}",
-                    forcer.name(),
-                    target.suffix()
-                ),
-                family: Family::FORCE_WRITE,
-                group: target.group(),
-                needs: target.needs(),
-                knobs: target.knobs(caps.pmd_size),
-                pins: false,
-                body: Arc::new(move |opts| run(opts, forcer, target, expect)),
-            });
-        }
-    }
-    for forcer in Forcer::ALL {
-        v.push(Scenario {
-            name: format!(
-                "Forced write via {} racing MADV_DONTNEED ... with {}",
-                forcer.name(),
-                Target::PrivateFile.suffix()
-            ),
-            family: Family::FORCE_WRITE,
-            group: Target::PrivateFile.group(),
-            needs: Target::PrivateFile.needs(),
-            knobs: vec![],
-            pins: false,
-            body: Arc::new(move |opts| race(opts, forcer)),
-        });
-    }
-    v
+    let targets = Target::all(caps.pmd_size, &hugetlb);
+    let writes = Cross::by_backing(Family::FORCE_WRITE, caps, targets, Forcer::ALL)
+        .build(move |opts, forcer, target| run(opts, forcer, target, target.expect(kernel)));
+    let races = Forcer::ALL.map(|f| (Racing(f), Target::PrivateFile));
+    let races = Cross::pairs(Family::FORCE_WRITE, caps, races.to_vec())
+        .build(|opts, Racing(forcer), _| race(opts, forcer));
+    writes.into_iter().chain(races).collect()
 }
 
 #[cfg(test)]

@@ -1,22 +1,15 @@
-//! How the judgement reads back what must still hold the original: a
-//! mapping in place, the file through the page cache (pread in chunks) and
-//! from disk (O_DIRECT). Kept apart from the judgement so that `untouched`
-//! reads as the list of places it checks.
+//! How the judgement reads back the file that must still hold the original
+//! (a mapping is read in place, `Region::bytes`): through the page cache
+//! (pread in chunks) and from disk (O_DIRECT). Kept apart from the judgement
+//! so that `untouched` reads as the list of places it checks.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
-use cowgup_fixtures::mem::{self, Region, RW};
+use cowgup_fixtures::mem::{self, RW};
 use cowgup_fixtures::stamp::{Content, Pattern};
 use cowgup_fixtures::{fail, Step};
 use nix::sys::mman::MapFlags;
-
-/// The bytes of a mapping, read for real where they are checked (no copy:
-/// a 1 GiB hugetlb page is checked in place).
-pub(super) fn read(r: Region) -> &'static [u8] {
-    // SAFETY: trial processes never unmap these mappings while checking them.
-    unsafe { std::slice::from_raw_parts(r.ptr(), r.len) }
-}
 
 /// Files are read and checked in chunks of this size.
 const CHUNK: usize = 2 << 20;
@@ -59,7 +52,7 @@ pub(super) fn direct_read(f: &std::fs::File, len: usize) -> Step<Vec<u8>> {
             std::io::Error::last_os_error()
         ));
     }
-    let bytes = read(buf).to_vec();
+    let bytes = buf.bytes().to_vec();
     buf.munmap()?;
     Ok(bytes)
 }

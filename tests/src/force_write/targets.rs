@@ -5,17 +5,19 @@
 //! How a target is built is mechanics; what it must hold afterwards is
 //! judged in `mod.rs`.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use cowgup_fixtures::anon::AnonBacking;
 use cowgup_fixtures::evidence::{self, View};
-use cowgup_fixtures::mem::{Region, RW};
+use cowgup_fixtures::file::reopen_read_only;
+use cowgup_fixtures::mem::{self, Region, RW};
 use cowgup_fixtures::needs::{scratch_dir, ScratchFs};
 use cowgup_fixtures::non_anon::NonAnonBacking;
 use cowgup_fixtures::stamp::{Content, Pattern, Writer};
 use cowgup_fixtures::{env, fail, skip, uffd, Step, TrialOptions};
 use cowgup_harness::Outcome;
+use nix::errno::Errno;
 use nix::sys::mman::{MapFlags, ProtFlags};
 
 use super::Target;
@@ -198,11 +200,7 @@ fn map_by_uffd_continue(p: &mut Prepared) -> Step<()> {
 /// One huge page of a hugetlb memfd, written at its head only.
 fn hugetlb_memfd(size: usize, shared: bool, opts: &TrialOptions) -> Step<Prepared> {
     let page = env().page_size;
-    let flags = nix::sys::memfd::MFdFlags::MFD_HUGETLB
-        | nix::sys::memfd::MFdFlags::from_bits_retain(
-            (size.trailing_zeros() as libc::c_uint) << libc::MFD_HUGE_SHIFT,
-        );
-    let fd = nix::sys::memfd::memfd_create("cowgup-force", flags)
+    let fd = nix::sys::memfd::memfd_create("cowgup-force", mem::hugetlb_memfd_flags(size))
         .or_else(|e| fail(format!("memfd_create(MFD_HUGETLB) failed: {e}")))?;
     let rw = std::fs::File::from(fd);
     let ro = to_map(&rw, shared)?;
@@ -225,40 +223,16 @@ fn to_map(rw: &std::fs::File, shared: bool) -> Step<std::fs::File> {
     }
 }
 
-fn reopen_read_only(f: &std::fs::File) -> Step<std::fs::File> {
-    let path = format!("/proc/self/fd/{}", f.as_raw_fd());
-    std::fs::File::open(&path).or_else(|e| fail(format!("reopening {path} read-only failed: {e}")))
-}
-
-/// mmap() of `len` bytes of a file, shared or private, R/O or RW.
-/// With `at`, exactly there (MAP_FIXED_NOREPLACE: never over a mapping).
-pub(super) fn map_file(
-    f: &impl AsFd,
-    len: usize,
-    private: bool,
-    writable: bool,
-    at: Option<usize>,
-) -> Step<Region> {
-    let prot = if writable { RW } else { ProtFlags::PROT_READ };
-    let mut flags = if private {
-        MapFlags::MAP_PRIVATE
-    } else {
-        MapFlags::MAP_SHARED
-    };
-    if at.is_some() {
-        flags |= MapFlags::MAP_FIXED_NOREPLACE;
-    }
-    let nz = std::num::NonZeroUsize::new(len).expect("mapping of zero length");
-    let addr = at.and_then(std::num::NonZeroUsize::new);
-    // SAFETY: a fresh mapping, at an address no mapping holds; nothing truncates the file.
-    let p = unsafe { nix::sys::mman::mmap(addr, nz, prot, flags, f, 0) }.or_else(|e| {
+/// What a failed mmap() of `len` bytes of a target's file means: a file
+/// larger than a page is a hugetlb one, whose pool is short.
+pub(super) fn mmap_failed(len: usize) -> impl FnOnce(Errno) -> Step<Region> {
+    move |e| {
         if len > env().page_size {
             skip(format!("need more free huge pages: mmap() failed: {e}"))
         } else {
             fail(format!("mmap() failed: {e}"))
         }
-    })?;
-    Ok(Region::new(p.as_ptr() as usize, len))
+    }
 }
 
 /// A file of `len` bytes holding the original stamps for the target's
@@ -289,11 +263,19 @@ fn file_target(
     // Stamp the file through a writable shared mapping (hugetlbfs has no
     // write()), then map the target at the same address, so the stamps name
     // the target's pages.
-    let filler = map_file(&rw, len, false, true, None)?;
+    let map = |f: &std::fs::File, prot, flags, at| {
+        mem::map_file(f, len, prot, flags, at).or_else(mmap_failed(len))
+    };
+    let filler = map(&rw, RW, MapFlags::MAP_SHARED, None)?;
     pattern.fill(filler, Writer::Setup);
     filler.munmap()?;
-    let target = map_file(&ro, len, !shared, false, Some(filler.addr))?;
-    let view = map_file(&ro, len, false, false, None)?;
+    let sharing = if shared {
+        MapFlags::MAP_SHARED
+    } else {
+        MapFlags::MAP_PRIVATE
+    };
+    let target = map(&ro, ProtFlags::PROT_READ, sharing, Some(filler.addr))?;
+    let view = map(&ro, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, None)?;
     target.touch_read(unit);
     view.touch_read(unit);
     Ok(Prepared {

@@ -17,10 +17,12 @@
 //!   exactly the bytes the mapping holds.
 //!
 //! Where each piece is:
-//! - here: the folio kinds, the shapes of each case (`Folio`, `TornBacking`,
-//!   `Span`), the catalogue (`scenarios`) with its judgement (each case's
-//!   observation judged by `expectations::judge`), and `register`, how cases
-//!   (a) to (c) take a pin and say why one was refused;
+//! - here: the cases (`OneFolio` for (a) and (b), `Torn` for (c); a `Span`
+//!   of (d) is its own case and backing), the backings (`Folio`,
+//!   `TornBacking`), the catalogue (`scenarios`: one cross per shape) with
+//!   its judgement (each case's observation judged by `expectations::judge`),
+//!   and `register`, how cases (a) to (c) take a pin and say why one was
+//!   refused;
 //! - `one_folio.rs`: (a) the halves of one folio and (b) many rings on one folio;
 //! - `torn.rs`: (c) fork() racing a writer thread, and what "one moment" means;
 //! - `spans.rs`: (d) building each span and comparing `WRITE_FIXED` with the mapping.
@@ -28,8 +30,6 @@
 mod one_folio;
 mod spans;
 mod torn;
-
-use std::sync::Arc;
 
 use cowgup_fixtures::anon::{AnonBacking, AnonMemory, ThpShape};
 use cowgup_fixtures::mem::Region;
@@ -39,8 +39,9 @@ use cowgup_fixtures::{fail, kb, skip, Step};
 use cowgup_harness::probe::Capabilities;
 use cowgup_harness::Knob;
 
+use crate::cross::{Backing, Case, Cross};
 use crate::expectations::{self, judge, Mapping, Mechanism, MemoryClass, Observed, Subject};
-use crate::scenario::{Body, Family, Scenario};
+use crate::scenario::{Family, Scenario};
 use one_folio::{halves, many_rings};
 use spans::write_fixed_span;
 use torn::torn_fork;
@@ -66,27 +67,8 @@ impl Folio {
         }
     }
 
-    fn suffix(self) -> String {
-        let (kind, size) = self.kind();
-        format!("{kind} ({})", kb(size))
-    }
-
     fn size(self) -> usize {
         self.kind().1
-    }
-
-    fn group(self) -> String {
-        let (kind, size) = self.kind();
-        format!("anon {kind} {}", kb(size))
-    }
-
-    /// The backing's needs and io_uring's.
-    fn needs(self) -> Vec<Need> {
-        self.backing()
-            .needs()
-            .into_iter()
-            .chain([Need::IoUring])
-            .collect()
     }
 
     /// The one-folio backing (THP only at the PMD size).
@@ -112,9 +94,30 @@ impl Folio {
             kernel,
         }
     }
+}
 
-    fn knobs(self, pmd: Option<usize>) -> Vec<Knob> {
-        self.backing().knobs(pmd)
+impl Backing for Folio {
+    fn suffix(&self) -> String {
+        let (kind, size) = self.kind();
+        format!("{kind} ({})", kb(size))
+    }
+
+    fn group(&self) -> String {
+        let (kind, size) = self.kind();
+        format!("anon {kind} {}", kb(size))
+    }
+
+    /// The backing's needs and io_uring's.
+    fn needs(&self) -> Vec<Need> {
+        self.backing()
+            .needs()
+            .into_iter()
+            .chain([Need::IoUring])
+            .collect()
+    }
+
+    fn knobs(&self, caps: &Capabilities) -> Vec<Knob> {
+        self.backing().knobs(caps.pmd_size)
     }
 }
 
@@ -145,35 +148,27 @@ pub enum Span {
     HugePageTwice(usize),
 }
 
-impl Span {
-    fn name(self) -> String {
-        match self {
-            Span::Folios { folio, n } => format!(
-                "WRITE_FIXED of a fixed buffer over {n} folios, from mid-folio to mid-folio ... with {}",
-                folio.suffix()
-            ),
-            Span::ThpThenBasePages(s) => format!(
-                "WRITE_FIXED of a fixed buffer over a THP and the base pages after it ... with THP ({})",
-                kb(s)
-            ),
-            Span::BasePagesThenThp(s) => format!(
-                "WRITE_FIXED of a fixed buffer over base pages and the THP after them ... with THP ({})",
-                kb(s)
-            ),
-            Span::PageTwice => "WRITE_FIXED of a fixed buffer with one page mapped twice \
-                                (CVE-2023-2598 shape) ... with memfd"
-                .into(),
-            Span::HugePageTwice(s) => format!(
-                "WRITE_FIXED of a fixed buffer with one page mapped twice (CVE-2023-2598 shape) \
-                 ... with memfd hugetlb ({})",
-                kb(s)
-            ),
-        }
+/// A span is its case and its backing at once: its shape heads the name,
+/// its memory ends it. It says its needs as a case (io_uring first, then
+/// the hugetlb pages it takes), none as a backing.
+impl Case for Span {
+    fn desc(&self) -> String {
+        let over = match *self {
+            Span::Folios { n, .. } => {
+                format!("over {n} folios, from mid-folio to mid-folio")
+            }
+            Span::ThpThenBasePages(_) => "over a THP and the base pages after it".into(),
+            Span::BasePagesThenThp(_) => "over base pages and the THP after them".into(),
+            Span::PageTwice | Span::HugePageTwice(_) => {
+                "with one page mapped twice (CVE-2023-2598 shape)".into()
+            }
+        };
+        format!("WRITE_FIXED of a fixed buffer {over}")
     }
 
-    fn needs(self) -> Vec<Need> {
+    fn needs(&self) -> Vec<Need> {
         let mut v = vec![Need::IoUring];
-        match self {
+        match *self {
             Span::Folios {
                 folio: Folio::Hugetlb(size),
                 n,
@@ -187,20 +182,39 @@ impl Span {
         v
     }
 
-    fn knobs(self, pmd: Option<usize>) -> Vec<Knob> {
-        match self {
-            Span::Folios { folio, .. } => folio.knobs(pmd),
-            Span::ThpThenBasePages(s) | Span::BasePagesThenThp(s) => Folio::Thp(s).knobs(pmd),
-            Span::PageTwice | Span::HugePageTwice(_) => vec![],
+    fn pins(&self) -> bool {
+        true
+    }
+}
+
+impl Backing for Span {
+    fn suffix(&self) -> String {
+        match *self {
+            Span::Folios { folio, .. } => folio.suffix(),
+            Span::ThpThenBasePages(s) | Span::BasePagesThenThp(s) => Folio::Thp(s).suffix(),
+            Span::PageTwice => "memfd".into(),
+            Span::HugePageTwice(s) => format!("memfd hugetlb ({})", kb(s)),
         }
     }
 
-    fn group(self) -> String {
-        match self {
+    fn group(&self) -> String {
+        match *self {
             Span::Folios { folio, .. } => folio.group(),
             Span::ThpThenBasePages(s) | Span::BasePagesThenThp(s) => Folio::Thp(s).group(),
             Span::PageTwice => "memfd".into(),
             Span::HugePageTwice(s) => format!("memfd hugetlb {}", kb(s)),
+        }
+    }
+
+    fn needs(&self) -> Vec<Need> {
+        vec![]
+    }
+
+    fn knobs(&self, caps: &Capabilities) -> Vec<Knob> {
+        match *self {
+            Span::Folios { folio, .. } => folio.knobs(caps),
+            Span::ThpThenBasePages(s) | Span::BasePagesThenThp(s) => Folio::Thp(s).knobs(caps),
+            Span::PageTwice | Span::HugePageTwice(_) => vec![],
         }
     }
 }
@@ -236,35 +250,37 @@ pub enum TornBacking {
     Folio(Folio),
 }
 
-impl TornBacking {
-    fn suffix(self) -> String {
+impl Backing for TornBacking {
+    fn suffix(&self) -> String {
         match self {
             TornBacking::BasePages => format!("base pages ({})", kb(TORN_BASE_LEN)),
             TornBacking::Folio(f) => f.suffix(),
         }
     }
 
-    fn group(self) -> String {
+    fn group(&self) -> String {
         match self {
             TornBacking::BasePages => "anon base page".to_string(),
             TornBacking::Folio(f) => f.group(),
         }
     }
 
-    fn needs(self) -> Vec<Need> {
+    fn needs(&self) -> Vec<Need> {
         match self {
             TornBacking::BasePages => vec![Need::IoUring],
             TornBacking::Folio(f) => f.needs(),
         }
     }
 
-    fn knobs(self, pmd: Option<usize>) -> Vec<Knob> {
+    fn knobs(&self, caps: &Capabilities) -> Vec<Knob> {
         match self {
             TornBacking::BasePages => vec![],
-            TornBacking::Folio(f) => f.knobs(pmd),
+            TornBacking::Folio(f) => f.knobs(caps),
         }
     }
+}
 
+impl TornBacking {
     /// How a fork() of this memory is judged.
     fn subject(self, kernel: Option<expectations::Version>) -> Subject {
         match self {
@@ -282,100 +298,86 @@ impl TornBacking {
 
 const TORN_BASE_LEN: usize = 2 << 20;
 
+/// The cases on one folio pinned before fork(): (a) and (b).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OneFolio {
+    Halves,
+    ManyRings,
+}
+
+impl OneFolio {
+    fn run(self, m: &AnonMemory) -> Step<Observed> {
+        match self {
+            OneFolio::Halves => halves(m),
+            OneFolio::ManyRings => many_rings(m),
+        }
+    }
+}
+
+impl Case for OneFolio {
+    fn desc(&self) -> String {
+        match self {
+            OneFolio::Halves => {
+                "fork() after unregistering one of two fixed buffers over the halves of one folio"
+                    .into()
+            }
+            OneFolio::ManyRings => {
+                format!(
+                    "{RINGS} fixed buffers over one folio released in random order, then fork()"
+                )
+            }
+        }
+    }
+    fn pins(&self) -> bool {
+        true
+    }
+}
+
+/// (c): fork() racing a writer thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Torn;
+
+impl Case for Torn {
+    fn desc(&self) -> String {
+        "fork() with a fixed buffer while a thread writes: the child sees one moment".into()
+    }
+    fn pins(&self) -> bool {
+        true
+    }
+}
+
 /// The family's trials on this host: (a) and (b) on every one-folio kind,
 /// (c) on base pages and every one-folio kind, (d) on every span.
 pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
     let kernel = expectations::parse_version(&caps.kernel_release);
-    let pmd = caps.pmd_size;
-    let mut v = one_folio_scenarios(caps, kernel);
-    v.extend(torn_scenarios(caps, kernel));
-    for s in spans(caps) {
-        let body: Body = Arc::new(move |_| write_fixed_span(s));
-        v.push(trial(s.name(), s.group(), s.needs(), s.knobs(pmd), body));
-    }
-    v
-}
-
-/// Every trial of the family pins.
-fn trial(name: String, group: String, needs: Vec<Need>, knobs: Vec<Knob>, body: Body) -> Scenario {
-    Scenario {
-        name,
-        family: Family::LARGE_FOLIO_PINS,
-        group,
-        needs,
-        knobs,
-        pins: true,
-        body,
-    }
-}
-
-/// (a) and (b): one folio, two ways of leaving it pinned before fork().
-fn one_folio_scenarios(
-    caps: &Capabilities,
-    kernel: Option<expectations::Version>,
-) -> Vec<Scenario> {
-    let cases: [(String, OneFolioCase); 2] = [
-        (
-            "fork() after unregistering one of two fixed buffers over the halves of one folio"
-                .into(),
-            halves,
-        ),
-        (
-            format!("{RINGS} fixed buffers over one folio released in random order, then fork()"),
-            many_rings,
-        ),
-    ];
-    let mut v = Vec::new();
-    for (desc, run) in cases {
-        for f in one_folio_kinds(caps) {
-            let subject = f.subject(kernel);
-            v.push(trial(
-                format!("{desc} ... with {}", f.suffix()),
-                f.group(),
-                f.needs(),
-                f.knobs(caps.pmd_size),
-                Arc::new(move |opts| Ok(judge(&subject, run(&f.backing().setup(opts)?)?))),
-            ));
-        }
-    }
-    v
-}
-
-/// (c): fork() racing a writer thread, on base pages and every one-folio kind.
-fn torn_scenarios(caps: &Capabilities, kernel: Option<expectations::Version>) -> Vec<Scenario> {
-    std::iter::once(TornBacking::BasePages)
-        .chain(one_folio_kinds(caps).into_iter().map(TornBacking::Folio))
-        .map(|t| {
-            let subject = t.subject(kernel);
-            trial(
-                format!(
-                    "fork() with a fixed buffer while a thread writes: the child sees one moment ... with {}",
-                    t.suffix()
-                ),
-                t.group(),
-                t.needs(),
-                t.knobs(caps.pmd_size),
-                Arc::new(move |opts| {
-                    // A page lost at fork() is fork()'s own behaviour; anything
-                    // else the child saw is judged as a torn copy.
-                    Ok(match torn_fork(opts, t)? {
-                        o @ Observed::LostAtFork(_) => judge(&subject, o),
-                        o => judge(
-                            &Subject {
-                                mechanism: Mechanism::ThreadedFork,
-                                ..subject
-                            },
-                            o,
-                        ),
-                    })
-                }),
-            )
+    let family = Family::LARGE_FOLIO_PINS;
+    let one_folio = [OneFolio::Halves, OneFolio::ManyRings];
+    let pinned = Cross::new(family, caps, one_folio, one_folio_kinds(caps));
+    let pinned = pinned.build(move |opts, case, f| {
+        let observed = case.run(&f.backing().setup(opts)?)?;
+        Ok(judge(&f.subject(kernel), observed))
+    });
+    let torn_backings = std::iter::once(TornBacking::BasePages)
+        .chain(one_folio_kinds(caps).into_iter().map(TornBacking::Folio));
+    let torn = Cross::new(family, caps, [Torn], torn_backings).build(move |opts, Torn, t| {
+        let subject = t.subject(kernel);
+        // A page lost at fork() is fork()'s own behaviour; anything else the
+        // child saw is judged as a torn copy.
+        Ok(match torn_fork(opts, t)? {
+            o @ Observed::LostAtFork(_) => judge(&subject, o),
+            o => judge(
+                &Subject {
+                    mechanism: Mechanism::ThreadedFork,
+                    ..subject
+                },
+                o,
+            ),
         })
-        .collect()
+    });
+    let spans = spans(caps).into_iter().map(|s| (s, s)).collect();
+    let spans = Cross::pairs(family, caps, spans).build(|_, s, _| write_fixed_span(s));
+    pinned.into_iter().chain(torn).chain(spans).collect()
 }
-
-/// A case run on one folio pinned before fork().
-type OneFolioCase = fn(&AnonMemory) -> Step<Observed>;
 
 /// An io_uring fixed buffer the case needs granted; a refusal says why.
 fn register(region: Region, which: &str) -> Step<Held> {

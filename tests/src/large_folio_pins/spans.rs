@@ -31,11 +31,6 @@ fn thorough(unit: usize) -> Pattern {
     Pattern::with_unit(unit, true)
 }
 
-/// `at` mapped MAP_SHARED, read-write, from `fd` at `off`.
-fn shared_fixed(at: Region, fd: i32, off: i64) -> Step<()> {
-    mem::map_fixed(at, RW, MapFlags::MAP_SHARED, Some(fd), off)
-}
-
 /// The span's memory, stamped, and the range to register.
 fn span_setup(s: Span) -> Step<SpanMemory> {
     match s {
@@ -112,10 +107,12 @@ fn page_twice() -> Step<SpanMemory> {
     nix::unistd::ftruncate(&fd, 2 * page as i64)
         .or_else(|e| fail(format!("ftruncate() failed: {e}")))?;
     let at = mem::reserve(3 * page, page)?.addr;
-    let raw = fd.as_raw_fd();
-    shared_fixed(Region::new(at, page), raw, 0)?;
-    shared_fixed(Region::new(at + page, page), raw, 0)?;
-    shared_fixed(Region::new(at + 2 * page, page), raw, page as i64)?;
+    // Pages 0, 0 and 1 of the memfd, MAP_SHARED, side by side.
+    let raw = Some(fd.as_raw_fd());
+    for (i, off) in [0, 0, page as i64].into_iter().enumerate() {
+        let view = Region::new(at + i * page, page);
+        mem::map_fixed(view, RW, MapFlags::MAP_SHARED, raw, off)?;
+    }
     let p = thorough(page);
     p.fill(Region::new(at, page), Writer::Setup);
     p.fill(Region::new(at + 2 * page, page), Writer::Setup);
@@ -129,9 +126,7 @@ fn page_twice() -> Step<SpanMemory> {
 /// crosses from the first view into the second.
 fn huge_page_twice(size: usize) -> Step<SpanMemory> {
     let page = env().page_size;
-    let flags = nix::sys::memfd::MFdFlags::from_bits_retain(
-        libc::MFD_HUGETLB | ((size.trailing_zeros()) << libc::MFD_HUGE_SHIFT),
-    );
+    let flags = mem::hugetlb_memfd_flags(size);
     let fd = nix::sys::memfd::memfd_create("cowgup-twice-huge", flags).or_else(|e| {
         skip(format!(
             "memfd_create(MFD_HUGETLB, {}) failed: {e}",
@@ -141,9 +136,10 @@ fn huge_page_twice(size: usize) -> Step<SpanMemory> {
     nix::unistd::ftruncate(&fd, size as i64)
         .or_else(|e| skip(format!("ftruncate() of a hugetlb memfd failed: {e}")))?;
     let at = mem::reserve(2 * size, size)?.addr;
-    let raw = fd.as_raw_fd();
-    shared_fixed(Region::new(at, size), raw, 0)?;
-    shared_fixed(Region::new(at + size, size), raw, 0)?;
+    let raw = Some(fd.as_raw_fd());
+    for view in [at, at + size] {
+        mem::map_fixed(Region::new(view, size), RW, MapFlags::MAP_SHARED, raw, 0)?;
+    }
     let first = Region::new(at, size);
     // Fault the page in (a SIGBUS here would be an empty pool).
     thorough(size).fill(first, Writer::Setup);
@@ -198,9 +194,7 @@ pub(super) fn write_fixed_span(s: Span) -> Step<Outcome> {
             )))
         }
     };
-    // SAFETY: the buffer is mapped and readable.
-    let mapped = unsafe { std::slice::from_raw_parts(buf.ptr(), buf.len) };
-    Ok(compare_bytes(mapped, &out, buf))
+    Ok(compare_bytes(buf.bytes(), &out, buf))
 }
 
 /// Byte-for-byte comparison, naming the first differing word and whose

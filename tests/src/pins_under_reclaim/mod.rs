@@ -22,8 +22,6 @@
 mod ksm;
 mod pressures;
 
-use std::sync::Arc;
-
 use cowgup_fixtures::anon::{AnonBacking, AnonMemory};
 use cowgup_fixtures::evidence::View;
 use cowgup_fixtures::mem::Region;
@@ -37,6 +35,7 @@ use cowgup_harness::{diag, Knob, Outcome};
 use nix::errno::Errno;
 
 use crate::common::{write_and_check_own, ORIGINAL};
+use crate::cross::{anon_backings, Case, Cross};
 use crate::scenario::{Family, Scenario};
 use ksm::ksm_merge;
 use pressures::{collapse, compact, madvise_lru, mbind_same_node, move_pages_same_node};
@@ -236,40 +235,34 @@ fn source_label(source: PinSource) -> &'static str {
     }
 }
 
+/// A case: a pressure on pages pinned by a source (named after both).
+impl Case for (&'static Pressure, PinSource) {
+    fn desc(&self) -> String {
+        let (pressure, source) = *self;
+        format!("{} while pinned by {}", pressure.desc, source_label(source))
+    }
+    /// The source's needs, then the pressure's.
+    fn needs(&self) -> Vec<Need> {
+        let (pressure, source) = *self;
+        source
+            .needs()
+            .into_iter()
+            .chain(pressure.needs.iter().copied())
+            .collect()
+    }
+    fn pins(&self) -> bool {
+        true
+    }
+}
+
 /// The family's trials: pressure x pin source x anonymous backing.
 pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
-    let hugetlb: Vec<usize> = caps.hugetlb.iter().map(|p| p.size).collect();
-    let anon = AnonBacking::all(&caps.thp_sizes, caps.pmd_size, &hugetlb);
-    let pmd = caps.pmd_size;
-    let mut out = Vec::new();
-    for (i, pressure) in PRESSURES.iter().enumerate() {
-        for source in SOURCES {
-            for &backing in &anon {
-                let mut knobs = backing.knobs(pmd);
-                knobs.extend((pressure.knobs)());
-                out.push(Scenario {
-                    name: format!(
-                        "{} while pinned by {} ... with {}",
-                        pressure.desc,
-                        source_label(source),
-                        backing.suffix()
-                    ),
-                    family: Family::PINS_UNDER_RECLAIM,
-                    group: backing.group(),
-                    needs: backing
-                        .needs()
-                        .into_iter()
-                        .chain(source.needs())
-                        .chain(pressure.needs.iter().copied())
-                        .collect(),
-                    knobs,
-                    pins: true,
-                    body: Arc::new(move |opts| run(opts, &PRESSURES[i], source, backing)),
-                });
-            }
-        }
-    }
-    out
+    let cases = PRESSURES
+        .iter()
+        .flat_map(|pressure| SOURCES.map(|source| (pressure, source)));
+    Cross::new(Family::PINS_UNDER_RECLAIM, caps, cases, anon_backings(caps))
+        .more_knobs(|(pressure, _), _| (pressure.knobs)())
+        .build(|opts, (pressure, source), backing| run(opts, pressure, source, backing))
 }
 
 /// Pin, apply the pressure, and check the pin against the process both ways.
