@@ -451,6 +451,7 @@ fn run_cell(
         (_, None) => unreachable!("guest kernels are resolved"),
     };
     cell.topology = p.topology.to_string();
+    cell.arch = spec.arch().to_string();
     cell
 }
 
