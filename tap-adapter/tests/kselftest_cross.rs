@@ -3,7 +3,7 @@
 //! CROSS_COMPILE=aarch64-linux-gnu-` choose the cargo target, link with the
 //! cross gcc and link statically, so that the programs run in any initramfs.
 //!
-//! Two checks:
+//! The checks:
 //! - what `make -n` would run for each ARCH/CROSS_COMPILE (seconds: the
 //!   target, the linker, crt-static, where the programs are picked up, and
 //!   that a native build stays as `cargo build --release` makes it);
@@ -19,7 +19,7 @@
 //!   second run takes seconds). It needs `rustup target add
 //!   aarch64-unknown-linux-gnu` and Debian's `gcc-aarch64-linux-gnu` and
 //!   `libc6-dev-arm64-cross`, and is reported ignored, saying which is
-//!   missing, without them.
+//!   missing, without them. (Its ELF reader is checked on this program.)
 //!
 //! Both use the kernel's lib.mk, fetched once per checkout under
 //! target/kselftest-framework (as the consumers tests do).
@@ -28,7 +28,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use cowgup_harness::libtest::{self, check_unless};
+use cowgup_harness::libtest::{self, check, check_unless};
 
 const TRIPLE: &str = "aarch64-unknown-linux-gnu";
 const CROSS_COMPILE: &str = "aarch64-linux-gnu-";
@@ -245,6 +245,28 @@ fn elf_machine_and_interp(path: &Path) -> Result<(u16, bool), String> {
     Ok((machine, interp))
 }
 
+/// The ELF reader, on this test program: the host's machine, and a
+/// PT_INTERP unless it was linked statically.
+fn the_elf_reader_reads_this_program() -> Result<(), String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let (machine, interp) = elf_machine_and_interp(&me)?;
+    let host = if cfg!(target_arch = "x86_64") {
+        62 // EM_X86_64
+    } else if cfg!(target_arch = "aarch64") {
+        EM_AARCH64
+    } else {
+        return Ok(());
+    };
+    let dynamic = !cfg!(target_feature = "crt-static");
+    if (machine, interp) != (host, dynamic) {
+        return Err(format!(
+            "{}: read ELF machine {machine} and PT_INTERP {interp}, expected {host} and {dynamic}",
+            me.display()
+        ));
+    }
+    Ok(())
+}
+
 fn cross_build_from_a_checkout_is_static_aarch64() -> Result<(), String> {
     let fw = framework()?;
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -320,6 +342,10 @@ fn make_missing() -> Option<String> {
 
 fn main() {
     libtest::main(vec![
+        check(
+            "the ELF reader reads this program",
+            the_elf_reader_reads_this_program,
+        ),
         check_unless(
             "ARCH and CROSS_COMPILE choose the target, the linker and a static link",
             make_missing,
