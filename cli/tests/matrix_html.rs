@@ -7,6 +7,9 @@
 //! compiled in here as they are in the binary (the crate has no library); their own unit tests come along.
 
 #[allow(dead_code)]
+#[path = "../src/guest/arch.rs"]
+mod arch;
+#[allow(dead_code)]
 #[path = "../src/matrix/collect.rs"]
 mod collect;
 #[allow(dead_code)]

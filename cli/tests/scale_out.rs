@@ -105,7 +105,12 @@ fn the_workflow_runs_one_matrix_job_per_kernel_and_uploads_json_and_html() {
         let (ok, out) = sh(&format!("{} --dry-run", script.trim_end()), &[]);
         assert!(ok, "{script}\n{out}");
         assert!(out.contains(&format!("# cell 0: {kernel}\n")), "{out}");
-        assert!(out.contains("qemu-system-x86_64 -accel"), "{out}");
+        let qemu = if kernel.contains("arm64") {
+            "qemu-system-aarch64 -M virt -accel"
+        } else {
+            "qemu-system-x86_64 -accel"
+        };
+        assert!(out.contains(qemu), "{out}");
         // What the run step writes is what the upload step uploads.
         let paths = expand(upload["with"]["path"].as_str().unwrap(), &vars);
         let uploaded: Vec<&str> = paths

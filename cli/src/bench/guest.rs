@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
+use crate::guest::arch::Arch;
 use crate::guest::initramfs::{self, quote};
 use crate::guest::{disk, qemu, spec, tools};
 
@@ -524,8 +525,16 @@ pub fn run(b: &GuestBench) -> ExitCode {
 
 fn run_inner(b: &GuestBench) -> Result<String, String> {
     tools::require(&["qemu-system-x86_64", "mkfs.ext4", "make"], "")?;
-    let busybox = tools::static_busybox()?;
-    let cowgup = tools::guest_binary(b.guest_bin)?;
+    // Upstream's C programs are built natively: an x86_64 guest.
+    let arch = Arch::X86_64;
+    let busybox = tools::static_busybox(arch)?;
+    let cowgup = tools::guest_binary(
+        &b.guest_bin
+            .iter()
+            .map(|p| p.to_path_buf())
+            .collect::<Vec<_>>(),
+        arch,
+    )?;
     let cdir = build_c(b.src)?;
     let script = std::fs::read_to_string(b.src.join("tools/testing/selftests/mm/run_vmtests.sh"))
         .map_err(|e| format!("run_vmtests.sh: {e}"))?;
@@ -565,7 +574,7 @@ fn run_inner(b: &GuestBench) -> Result<String, String> {
     }
     let initrd = dir.join("initrd.cpio");
     initramfs::write_initrd(&initrd, &entries)?;
-    let g = qemu::Guest::new(b.kernel, initrd, dir);
+    let g = qemu::Guest::new(arch, b.kernel, initrd, dir);
     for (d, bytes, opts) in disk::state_images(&g.disks) {
         disk::mkfs_image(&d, bytes, &opts)?;
     }
@@ -576,7 +585,7 @@ fn run_inner(b: &GuestBench) -> Result<String, String> {
     );
     let t0 = Instant::now();
     let ended = qemu::run_limited(
-        Command::new("qemu-system-x86_64").args(qemu::argv(&g)),
+        Command::new(arch.qemu()).args(qemu::argv(&g)),
         &dir.join("qemu.log"),
         b.timeout,
     )?;

@@ -1,21 +1,38 @@
-//! `--kernel build:6.12[+debug_vm]`: a kernel built from Debian's
-//! `linux-source-6.12` (fetched with `apt-get download`, never installed):
-//! x86_64 `make defconfig`, the repo's fragment (`cli/kernel-config/`)
-//! merged with `scripts/kconfig/merge_config.sh`, `make olddefconfig`,
-//! `make -j bzImage`. Cached by (source version, fragments' hash) under
-//! `~/.cache/cowgup/kernels/build-<series>/`. Takes about 12 minutes on two
-//! cores from a cold tree; never run in CI. `--dry-run` prints the steps.
+//! `--kernel build:6.12[/arm64][+debug_vm][+64k]`: a kernel built from
+//! Debian's `linux-source-6.12` (fetched with `apt-get download`, never
+//! installed): `make defconfig` of the architecture (cross-compiled with
+//! `CROSS_COMPILE=aarch64-linux-gnu-` for arm64 on an x86 host), the repo's
+//! fragments (`cli/kernel-config/`: `cowgup`, the architecture's, then the
+//! variants) merged with `scripts/kconfig/merge_config.sh`, `make
+//! olddefconfig`, `make -j bzImage` (arm64: `Image`). Cached by (source
+//! version, fragments' hash) under `~/.cache/cowgup/kernels/build-<series>/`,
+//! one source tree for every architecture. Takes about 12 minutes on two
+//! cores from a cold tree (x86_64); never run in CI. `--dry-run` prints the
+//! steps.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The fragments, as kept in the repo (compiled in: the hash is of what is built).
-pub const FRAGMENTS: [(&str, &str); 2] = [
+use super::arch::Arch;
+
+/// The fragments, as kept in the repo (compiled in: the hash is of what is
+/// built): `cowgup` always, the architecture's (named as [`Arch::name`]),
+/// and the variants a spec adds.
+pub const FRAGMENTS: [(&str, &str); 5] = [
     ("cowgup", include_str!("../../kernel-config/cowgup.config")),
+    ("x86_64", include_str!("../../kernel-config/x86_64.config")),
+    ("arm64", include_str!("../../kernel-config/arm64.config")),
     (
         "debug_vm",
         include_str!("../../kernel-config/debug_vm.config"),
     ),
+    ("64k", include_str!("../../kernel-config/64k.config")),
+];
+
+/// Variants and the architectures they apply to.
+const VARIANTS: [(&str, &[Arch]); 2] = [
+    ("debug_vm", &[Arch::X86_64, Arch::Arm64]),
+    ("64k", &[Arch::Arm64]),
 ];
 
 /// Series Debian ships sources for.
@@ -24,26 +41,41 @@ pub const SERIES: [&str; 2] = ["6.1", "6.12"];
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BuildSpec {
     pub series: String,
-    /// Extra fragments beyond `cowgup` (`debug_vm`).
+    pub arch: Arch,
+    /// Extra fragments beyond `cowgup` and the architecture's (`debug_vm`, `64k`).
     pub variants: Vec<String>,
 }
 
 impl BuildSpec {
-    /// `6.12` or `6.12+debug_vm` (what follows `build:`).
+    /// `6.12`, `6.12+debug_vm`, `6.12/arm64`, `6.12/arm64+64k` (what follows
+    /// `build:`); without `/ARCH`, this host's architecture.
     pub fn parse(s: &str) -> Result<BuildSpec, String> {
         let mut parts = s.split('+');
-        let series = parts.next().unwrap_or_default();
+        let head = parts.next().unwrap_or_default();
+        let (series, arch) = match head.split_once('/') {
+            Some((series, a)) => (
+                series,
+                Arch::parse(a).ok_or_else(|| {
+                    format!("build:{s}: unknown architecture {a:?} (x86_64, arm64)")
+                })?,
+            ),
+            None => (head, Arch::host()),
+        };
         if !SERIES.contains(&series) {
             return Err(format!(
-                "build:{s}: Debian ships linux-source for 6.1 and 6.12 (build:6.12, build:6.12+debug_vm)"
+                "build:{s}: Debian ships linux-source for 6.1 and 6.12 (build:6.12, \
+                 build:6.12+debug_vm, build:6.12/arm64, build:6.12/arm64+64k)"
             ));
         }
         let mut variants = Vec::new();
         for v in parts {
-            if v == "cowgup" || !FRAGMENTS.iter().any(|(n, _)| *n == v) {
+            let Some((_, archs)) = VARIANTS.iter().find(|(n, _)| *n == v) else {
                 return Err(format!(
-                    "build:{s}: unknown config variant {v:?} (known: debug_vm)"
+                    "build:{s}: unknown config variant {v:?} (known: debug_vm, and 64k for arm64)"
                 ));
+            };
+            if !archs.contains(&arch) {
+                return Err(format!("build:{s}: the {v} variant is for arm64 only"));
             }
             if !variants.iter().any(|x| x == v) {
                 variants.push(v.to_string());
@@ -51,12 +83,19 @@ impl BuildSpec {
         }
         Ok(BuildSpec {
             series: series.into(),
+            arch,
             variants,
         })
     }
 
+    /// As typed, in a canonical form: the architecture only when it is not
+    /// x86_64 (so x86 labels stay what they were).
     pub fn label(&self) -> String {
         let mut s = format!("build:{}", self.series);
+        if self.arch != Arch::X86_64 {
+            s.push('/');
+            s.push_str(self.arch.name());
+        }
         for v in &self.variants {
             s.push('+');
             s.push_str(v);
@@ -64,11 +103,14 @@ impl BuildSpec {
         s
     }
 
-    /// The fragments merged, in order: `cowgup`, then the variants.
+    /// The fragments merged, in order: `cowgup`, the architecture's, then
+    /// the variants.
     pub fn fragments(&self) -> Vec<(&'static str, &'static str)> {
         FRAGMENTS
             .iter()
-            .filter(|(n, _)| *n == "cowgup" || self.variants.iter().any(|v| v == n))
+            .filter(|(n, _)| {
+                *n == "cowgup" || *n == self.arch.name() || self.variants.iter().any(|v| v == n)
+            })
             .copied()
             .collect()
     }
@@ -115,7 +157,7 @@ impl Layout {
     pub fn image(&self, b: &BuildSpec) -> PathBuf {
         self.root
             .join(format!("{}-{}", self.version, b.fragment_hash()))
-            .join("bzImage")
+            .join(b.arch.image_target())
     }
     pub fn fragment_file(&self, b: &BuildSpec, name: &str) -> PathBuf {
         self.obj(b).join(format!("cowgup-{name}.config"))
@@ -175,12 +217,16 @@ pub fn steps(b: &BuildSpec, l: &Layout, jobs: usize, have_tree: bool) -> Vec<Ste
             "-C".into(),
             tree.display().to_string(),
             format!("O={}", obj.display()),
+            format!("ARCH={}", b.arch.kernel_arch()),
         ];
+        if let Some(cross) = b.arch.cross_compile() {
+            a.push(format!("CROSS_COMPILE={cross}"));
+        }
         a.extend(args.iter().map(|s| s.to_string()));
         a
     };
     v.push(Step {
-        what: "x86_64 defconfig".into(),
+        what: format!("{} defconfig", b.arch),
         argv: make(&["defconfig"]),
     });
     let mut merge = vec![
@@ -212,9 +258,10 @@ pub fn steps(b: &BuildSpec, l: &Layout, jobs: usize, have_tree: bool) -> Vec<Ste
         what: "resolve the merged config".into(),
         argv: make(&["olddefconfig"]),
     });
+    let target = b.arch.image_target();
     v.push(Step {
-        what: format!("build bzImage (-j{jobs}; about 12 min on 2 cores)"),
-        argv: make(&[&format!("-j{jobs}"), "bzImage"]),
+        what: format!("build {target} (-j{jobs}; about 12 min on 2 cores for x86_64)"),
+        argv: make(&[&format!("-j{jobs}"), target]),
     });
     v
 }
@@ -293,9 +340,13 @@ pub fn build(b: &BuildSpec, root: &Path) -> Result<PathBuf, String> {
             .status()
             .map_err(|e| format!("cannot run {}: {e}", s.argv[0]))?;
         if !status.success() {
+            let cross = match b.arch.cross_compile() {
+                Some(_) => format!(" {}", b.arch.cross_package()),
+                None => String::new(),
+            };
             return Err(format!(
                 "{}: {} failed ({status}); a kernel build needs: apt-get install \
-                 build-essential flex bison bc libelf-dev libssl-dev xz-utils",
+                 build-essential flex bison bc libelf-dev libssl-dev xz-utils{cross}",
                 b.label(),
                 s.what
             ));
@@ -312,8 +363,8 @@ pub fn build(b: &BuildSpec, root: &Path) -> Result<PathBuf, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     std::fs::copy(l.obj(b).join(".config"), dir.join("config"))
         .map_err(|e| format!("cannot keep the .config: {e}"))?;
-    std::fs::copy(l.obj(b).join("arch/x86/boot/bzImage"), &image)
-        .map_err(|e| format!("cannot copy the bzImage: {e}"))?;
+    std::fs::copy(l.obj(b).join(b.arch.image_path()), &image)
+        .map_err(|e| format!("cannot copy the {}: {e}", b.arch.image_target()))?;
     eprintln!("cowgup: {}: built {}", b.label(), image.display());
     Ok(image)
 }
@@ -338,7 +389,30 @@ mod tests {
         assert_eq!(d.label(), "build:6.12+debug_vm");
         assert_eq!(
             d.fragments().iter().map(|f| f.0).collect::<Vec<_>>(),
-            ["cowgup", "debug_vm"]
+            ["cowgup", "x86_64", "debug_vm"]
+        );
+        let a = BuildSpec::parse("6.12/arm64+64k").unwrap();
+        assert_eq!(
+            (a.arch, a.label().as_str()),
+            (Arch::Arm64, "build:6.12/arm64+64k")
+        );
+        assert_eq!(
+            a.fragments().iter().map(|f| f.0).collect::<Vec<_>>(),
+            ["cowgup", "arm64", "64k"]
+        );
+        assert_eq!(
+            BuildSpec::parse("6.12/x86_64").unwrap().label(),
+            "build:6.12"
+        );
+        assert!(BuildSpec::parse("6.12+64k")
+            .unwrap_err()
+            .contains("arm64 only"));
+        assert!(BuildSpec::parse("6.12/riscv64")
+            .unwrap_err()
+            .contains("riscv64"));
+        assert_ne!(
+            a.fragment_hash(),
+            BuildSpec::parse("6.12/arm64").unwrap().fragment_hash()
         );
         assert_ne!(
             b.fragment_hash(),
@@ -362,16 +436,25 @@ mod tests {
         assert!(lines[1].contains("tar -xO ./usr/src/linux-source-6.12.tar.xz"));
         let tree = "/c/build-6.12/src-6.12.117-1~deb12u1/linux-source-6.12";
         let obj = format!("/c/build-6.12/obj-6.12.117-1~deb12u1-{}", b.fragment_hash());
-        assert_eq!(lines[2], format!("make -C {tree} O={obj} defconfig"));
+        assert_eq!(
+            lines[2],
+            format!("make -C {tree} O={obj} ARCH=x86 defconfig")
+        );
         assert_eq!(
             lines[3],
             format!(
                 "{tree}/scripts/kconfig/merge_config.sh -m -O {obj} {obj}/.config \
-                 {obj}/cowgup-cowgup.config {obj}/cowgup-debug_vm.config"
+                 {obj}/cowgup-cowgup.config {obj}/cowgup-x86_64.config {obj}/cowgup-debug_vm.config"
             )
         );
-        assert_eq!(lines[4], format!("make -C {tree} O={obj} olddefconfig"));
-        assert_eq!(lines[5], format!("make -C {tree} O={obj} -j2 bzImage"));
+        assert_eq!(
+            lines[4],
+            format!("make -C {tree} O={obj} ARCH=x86 olddefconfig")
+        );
+        assert_eq!(
+            lines[5],
+            format!("make -C {tree} O={obj} ARCH=x86 -j2 bzImage")
+        );
         assert_eq!(
             l.image(&b),
             Path::new(&format!(
@@ -383,13 +466,47 @@ mod tests {
     }
 
     #[test]
+    fn arm64_is_cross_compiled_to_an_image() {
+        let b = BuildSpec::parse("6.12/arm64+64k").unwrap();
+        let l = layout();
+        let lines: Vec<String> = steps(&b, &l, 2, true)
+            .iter()
+            .map(|s| s.argv.join(" "))
+            .collect();
+        let cross = if Arch::host() == Arch::Arm64 {
+            String::new()
+        } else {
+            " CROSS_COMPILE=aarch64-linux-gnu-".into()
+        };
+        assert!(
+            lines[0].ends_with(&format!("ARCH=arm64{cross} defconfig")),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].ends_with(
+                "cowgup-cowgup.config {obj}/cowgup-arm64.config {obj}/cowgup-64k.config"
+                    .replace("{obj}", &l.obj(&b).display().to_string())
+                    .as_str()
+            ),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[3].ends_with(&format!("ARCH=arm64{cross} -j2 Image")),
+            "{}",
+            lines[3]
+        );
+        assert_eq!(l.image(&b).file_name().unwrap(), "Image");
+    }
+
+    #[test]
     fn options_lost_by_olddefconfig_are_named() {
         let b = BuildSpec::parse("6.12").unwrap();
-        let config = FRAGMENTS[0]
-            .1
-            .replace("CONFIG_GUP_TEST=y", "# CONFIG_GUP_TEST is not set");
+        let all: String = b.fragments().iter().map(|(_, text)| *text).collect();
+        let config = all.replace("CONFIG_GUP_TEST=y", "# CONFIG_GUP_TEST is not set");
         assert_eq!(missing_options(&b, &config), ["CONFIG_GUP_TEST=y"]);
-        assert!(missing_options(&b, FRAGMENTS[0].1).is_empty());
+        assert!(missing_options(&b, &all).is_empty());
     }
 
     fn options(text: &str) -> Vec<&str> {

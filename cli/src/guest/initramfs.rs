@@ -1,11 +1,15 @@
 //! The guest's root: busybox, a static cowgup and an `/init` that runs the
-//! suite, streams each event and then writes its JSON report to the second
-//! serial port (ttyS1), where kernel messages never go. Written as an uncompressed newc cpio archive.
+//! suite, streams each event and then writes its JSON report to the result
+//! port (x86_64: the second serial port, ttyS1; arm64: a virtio console,
+//! hvc0), where kernel messages never go. Written as an uncompressed newc
+//! cpio archive.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-/// Marker lines: `/init` started (on the console), and the result frame (on ttyS1).
+use super::arch::Arch;
+
+/// Marker lines: `/init` started (on the console), and the result frame (on the result port).
 pub const START: &str = "=== GUEST-START";
 pub const EXIT: &str = "=== GUEST-EXIT";
 pub const RESULT: &str = "=== COWGUP-RESULT";
@@ -33,10 +37,10 @@ pub fn quote(s: &str) -> String {
 }
 
 /// The start of every guest's `/init`: busybox's applets, the basics
-/// mounted (then `mounts`, lines of the caller's own), the ext4 state disk
-/// on `/var/tmp` (NVMe, built into Debian's cloud kernels, or virtio-blk, by
-/// its serial), [`START`] on the console and the topology named on the
-/// kernel command line set up. What follows is the caller's.
+/// mounted (then `mounts`, lines of the caller's own), the cell's modules
+/// loaded (`matrix::modules`), the ext4 state disk on `/var/tmp` (NVMe, or
+/// virtio-blk, by its serial), [`START`] on the console and the topology
+/// named on the kernel command line set up. What follows is the caller's.
 pub fn preamble(mounts: &str) -> String {
     format!(
         r#"#!/bin/busybox sh
@@ -44,6 +48,8 @@ pub fn preamble(mounts: &str) -> String {
 export PATH=/bin
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev; mount -t tmpfs tmpfs /tmp
 {mounts}by_serial() {{ for b in /sys/block/*; do [ "$(cat $b/serial 2>/dev/null)" = "$1" ] && echo /dev/${{b##*/}} && return 0; done; return 1; }}
+for m in /lib/modules/cowgup/*.ko; do [ -e "$m" ] && {{ insmod "$m" || echo "cowgup: insmod $m failed"; }}; done
+[ -d /lib/modules/cowgup ] && for i in 1 2 3 4 5; do {{ [ -b /dev/nvme0n1 ] || [ -n "$(by_serial cowgup-state)" ]; }} && break; sleep 1; done
 for d in /dev/nvme0n1 $(by_serial cowgup-state); do [ -b $d ] && mount -t ext4 $d /var/tmp && break; done
 cd /tmp
 echo "{START} $(uname -r)"
@@ -58,17 +64,19 @@ const MATRIX_INIT: &str = include_str!("matrix_init.sh");
 
 /// The matrix's `/init`: the [`preamble`], then `cowgup run` with `args`, its
 /// human report on the console, each event (a result as it is formed) on
-/// ttyS1 as one JSON line; then the topology's setup lines and the JSON
-/// report framed, on ttyS1, compacted on the way (pretty-printed JSON never
-/// has a raw newline inside a string, so dropping each line's indentation
-/// and the newlines keeps it intact; the port moves ~180 KB/s under TCG).
-pub fn init_script(args: &[String]) -> String {
+/// the result port of `arch` as one JSON line; then the topology's setup
+/// lines and the JSON report framed, on the result port, compacted on the
+/// way (pretty-printed JSON never has a raw newline inside a string, so
+/// dropping each line's indentation and the newlines keeps it intact; the
+/// x86 port moves ~180 KB/s under TCG).
+pub fn init_script(arch: Arch, args: &[String]) -> String {
     let args: Vec<String> = args.iter().map(|a| quote(a)).collect();
     // The arguments last: nothing in them is read as a name to fill in.
     let script = [
         ("EXIT", EXIT),
         ("RESULT_END", RESULT_END),
         ("RESULT", RESULT),
+        ("PORT", arch.result_port()),
     ]
     .iter()
     .fold(MATRIX_INIT.to_string(), |s, (name, value)| {
@@ -79,8 +87,8 @@ pub fn init_script(args: &[String]) -> String {
 }
 
 /// The matrix's archive: [`root`] with its [`init_script`].
-pub fn entries(busybox: &Path, cowgup: &Path, args: &[String]) -> Vec<Entry> {
-    root(busybox, cowgup, init_script(args))
+pub fn entries(arch: Arch, busybox: &Path, cowgup: &Path, args: &[String]) -> Vec<Entry> {
+    root(busybox, cowgup, init_script(arch, args))
 }
 
 /// A guest's root, in order (directories before their files, `init` last):
@@ -193,6 +201,7 @@ mod tests {
     #[test]
     fn the_archive_holds_busybox_cowgup_and_init() {
         let e = entries(
+            Arch::X86_64,
             Path::new("/bin/busybox"),
             Path::new("/t/cowgup"),
             &["--skip".into(), "1048576 kB".into()],
@@ -226,6 +235,16 @@ mod tests {
         assert!(init.contains(
             "for d in /dev/nvme0n1 $(by_serial cowgup-state); do [ -b $d ] && mount -t ext4 $d /var/tmp"
         ));
+        let (insmod, mount) = (
+            init.find("insmod").unwrap(),
+            init.find("/var/tmp &&").unwrap(),
+        );
+        assert!(
+            insmod < mount,
+            "the state disk's modules load before it is mounted"
+        );
+        let arm = init_script(Arch::Arm64, &[]);
+        assert!(arm.contains("--events /dev/hvc0") && !arm.contains("ttyS1"));
         let (setup, run) = (
             init.find("COWGUP_TOPOLOGY").unwrap(),
             init.find("/bin/cowgup run").unwrap(),
@@ -238,7 +257,7 @@ mod tests {
     #[test]
     fn every_init_starts_with_the_preamble() {
         let p = preamble("");
-        assert!(init_script(&[]).starts_with(&p));
+        assert!(init_script(Arch::X86_64, &[]).starts_with(&p));
         assert!(p.ends_with(&super::super::topology::init_fragment()));
         let with = preamble("mount -t debugfs debugfs /sys/kernel/debug\n");
         assert!(with.contains(

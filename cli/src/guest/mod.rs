@@ -20,6 +20,7 @@
 //! - `qemu`: the command line, the KVM probe, a child process under a time
 //!   limit, and reading the console back.
 
+pub mod arch;
 pub mod build;
 pub mod disk;
 pub mod initramfs;

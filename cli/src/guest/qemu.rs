@@ -5,15 +5,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use super::arch::Arch;
 use super::initramfs;
 
 #[derive(Clone, Debug)]
 pub struct Guest {
+    /// The machine qemu emulates (x86_64 `pc`, arm64 `virt`).
+    pub arch: Arch,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
-    /// ttyS0: the console (kernel messages, `/init`'s output).
+    /// The first UART (ttyS0, ttyAMA0): the console (kernel messages,
+    /// `/init`'s output).
     pub console: PathBuf,
-    /// ttyS1: the suite's JSON report, and nothing else.
+    /// The result port (`Arch::result_port`): the suite's JSON report, and
+    /// nothing else.
     pub result: PathBuf,
     /// ext4 images for `/var/tmp`: one as NVMe, one as virtio-blk.
     pub disks: Vec<PathBuf>,
@@ -26,11 +31,12 @@ pub struct Guest {
 }
 
 impl Guest {
-    /// A TCG guest of `kernel` and `initrd` whose console, result port and
-    /// state disks are files in `dir`; no topology disks, no 1 GiB pages,
-    /// nothing appended to the command line.
-    pub fn new(kernel: &Path, initrd: PathBuf, dir: &Path) -> Guest {
+    /// A TCG guest of `kernel` (of `arch`) and `initrd` whose console,
+    /// result port and state disks are files in `dir`; no topology disks, no
+    /// 1 GiB pages, nothing appended to the command line.
+    pub fn new(arch: Arch, kernel: &Path, initrd: PathBuf, dir: &Path) -> Guest {
         Guest {
+            arch,
             kernel: kernel.into(),
             initrd,
             console: dir.join("console.log"),
@@ -50,7 +56,7 @@ pub fn cmdline(g: &Guest) -> String {
     if g.with_1g {
         parts.push("hugepagesz=1G hugepages=2".into());
     }
-    parts.push("console=ttyS0 panic=-1 quiet".into());
+    parts.push(format!("console={} panic=-1 quiet", g.arch.console()));
     parts.extend(g.extra_cmdline.iter().cloned());
     parts.join(" ")
 }
@@ -62,21 +68,44 @@ pub const GUEST_CPUS: usize = 2;
 pub fn argv(g: &Guest) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
-    if g.kvm {
-        push(&["-accel", "kvm", "-cpu", "host"]);
-    } else {
+    if g.arch == Arch::Arm64 {
+        // One machine for every arm64 kernel: PCI for the disks and the
+        // result port, a GIC the CPU's own with KVM.
+        push(&[
+            "-M",
+            if g.kvm {
+                "virt,gic-version=host"
+            } else {
+                "virt"
+            },
+        ]);
+    }
+    match (g.kvm, g.arch) {
+        (true, _) => push(&["-accel", "kvm", "-cpu", "host"]),
         // -cpu max: 1 GiB pages (pdpe1gb) and every feature TCG emulates.
-        push(&["-accel", "tcg", "-cpu", "max"]);
+        (false, Arch::X86_64) => push(&["-accel", "tcg", "-cpu", "max"]),
+        // pauth-impdef: pointer authentication with QEMU's cheap hash
+        // instead of the architected QARMA, which dominates TCG time.
+        (false, Arch::Arm64) => push(&["-accel", "tcg", "-cpu", "max,pauth-impdef=on"]),
     }
     let smp = GUEST_CPUS.to_string();
     push(&["-smp", &smp, "-m", if g.with_1g { "8G" } else { "6G" }]);
     push(&["-display", "none", "-monitor", "none", "-no-reboot"]);
     let path = |p: &Path| p.display().to_string();
+    a.extend(["-serial".into(), format!("file:{}", path(&g.console))]);
+    match g.arch {
+        Arch::X86_64 => a.extend(["-serial".into(), format!("file:{}", path(&g.result))]),
+        // virt has one UART: the result port is a virtio console (hvc0).
+        Arch::Arm64 => a.extend([
+            "-device".into(),
+            "virtio-serial-pci".into(),
+            "-chardev".into(),
+            format!("file,id=result,path={}", path(&g.result)),
+            "-device".into(),
+            "virtconsole,chardev=result".into(),
+        ]),
+    }
     a.extend([
-        "-serial".into(),
-        format!("file:{}", path(&g.console)),
-        "-serial".into(),
-        format!("file:{}", path(&g.result)),
         "-kernel".into(),
         path(&g.kernel),
         "-initrd".into(),
@@ -176,6 +205,7 @@ pub fn probe_kvm(kernel: &Path, busybox: &Path, dir: &Path, limit: Duration) -> 
     let mut f = std::fs::File::create(&initrd).map_err(|e| format!("{}: {e}", initrd.display()))?;
     initramfs::write_cpio(&mut f, &entries).map_err(|e| e.to_string())?;
     let g = Guest {
+        arch: Arch::host(),
         kernel: kernel.into(),
         initrd: initrd.clone(),
         console: dir.join("kvm-probe-console.log"),
@@ -187,7 +217,7 @@ pub fn probe_kvm(kernel: &Path, busybox: &Path, dir: &Path, limit: Duration) -> 
         extra_cmdline: vec![],
     };
     let ended = run_limited(
-        Command::new("qemu-system-x86_64").args(argv(&g)),
+        Command::new(g.arch.qemu()).args(argv(&g)),
         &dir.join("kvm-probe-qemu.log"),
         limit,
     )?;
@@ -299,6 +329,7 @@ mod tests {
 
     fn guest() -> Guest {
         Guest {
+            arch: Arch::X86_64,
             kernel: "/k/bzImage".into(),
             initrd: "/w/initrd.cpio".into(),
             console: "/w/console.log".into(),
@@ -324,6 +355,28 @@ mod tests {
              -device virtio-blk-pci,drive=state,serial=cowgup-state \
              -append console=ttyS0 panic=-1 quiet"
         );
+    }
+
+    #[test]
+    fn arm64_is_a_virt_machine_with_a_virtio_result_port() {
+        let mut g = guest();
+        g.arch = Arch::Arm64;
+        g.kernel = "/k/Image".into();
+        let a = argv(&g).join(" ");
+        assert!(
+            a.starts_with(
+                "-M virt -accel tcg -cpu max,pauth-impdef=on -smp 2 -m 6G -display none \
+                 -monitor none -no-reboot -serial file:/w/console.log -device virtio-serial-pci \
+                 -chardev file,id=result,path=/w/result.txt -device virtconsole,chardev=result \
+                 -kernel /k/Image"
+            ),
+            "{a}"
+        );
+        assert!(a.ends_with("-append console=ttyAMA0 panic=-1 quiet"), "{a}");
+        g.kvm = true;
+        assert!(argv(&g)
+            .join(" ")
+            .starts_with("-M virt,gic-version=host -accel kvm -cpu host"));
     }
 
     #[test]

@@ -1,11 +1,83 @@
-//! `--kernel SPEC`: `host`, a path to a kernel image, `debian:<series>`
-//! (the newest `linux-image-<series>*-cloud-amd64` apt offers, downloaded
-//! and unpacked into a cache, never installed), or `build:<series>[+debug_vm]`
-//! (built from Debian's `linux-source-<series>`: see `build`).
+//! `--kernel SPEC`: `host`, a path to a kernel image (x86 bzImage or arm64
+//! Image, told by its header), `debian:<series>[/arm64[-16k]]` (the newest
+//! `linux-image-<series>*-cloud-amd64`, `-cloud-arm64-unsigned` or
+//! `-arm64-16k-unsigned` apt offers, downloaded and unpacked into a cache,
+//! never installed), or `build:<series>[/arm64][+debug_vm][+64k]` (built
+//! from Debian's `linux-source-<series>`: see `build`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::str::FromStr;
+
+use super::arch::Arch;
+
+/// One of Debian's kernel packages a spec names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DebianKernel {
+    pub series: String,
+    pub arch: Arch,
+    /// arm64 with 16 KiB base pages (Debian's `arm64-16k` flavour, 6.12
+    /// only; it has no cloud variant, so more of it is modules).
+    pub pages_16k: bool,
+}
+
+impl DebianKernel {
+    /// `6.12`, `6.1/arm64`, `6.12/arm64-16k` (what follows `debian:`).
+    pub fn parse(s: &str) -> Result<DebianKernel, String> {
+        let known = "debian:6.1, debian:6.12, debian:6.1/arm64, debian:6.12/arm64, \
+                     debian:6.12/arm64-16k";
+        let (series, flavour) = s.split_once('/').unwrap_or((s, "x86_64"));
+        if !["6.1", "6.12"].contains(&series) {
+            return Err(format!(
+                "debian:{s}: Debian offers the series 6.1 and 6.12 ({known})"
+            ));
+        }
+        let (arch, pages_16k) = match flavour {
+            "arm64-16k" if series == "6.12" => (Arch::Arm64, true),
+            "arm64-16k" => {
+                return Err(format!(
+                    "debian:{s}: Debian's 16k-page kernel is 6.12 only ({known})"
+                ))
+            }
+            a => (
+                Arch::parse(a)
+                    .ok_or_else(|| format!("debian:{s}: unknown flavour {a:?} ({known})"))?,
+                false,
+            ),
+        };
+        Ok(DebianKernel {
+            series: series.into(),
+            arch,
+            pages_16k,
+        })
+    }
+
+    pub fn label(&self) -> String {
+        match (self.arch, self.pages_16k) {
+            (Arch::X86_64, _) => format!("debian:{}", self.series),
+            (a, false) => format!("debian:{}/{a}", self.series),
+            (a, true) => format!("debian:{}/{a}-16k", self.series),
+        }
+    }
+
+    /// apt's name pattern for its packages: the cloud flavour where there
+    /// is one (fewer modules to load), `-unsigned` on arm64 (the signed
+    /// packages are the same image, signed for Secure Boot).
+    pub fn pattern(&self) -> String {
+        let suffix = match (self.arch, self.pages_16k) {
+            (Arch::X86_64, _) => "cloud-amd64",
+            (Arch::Arm64, false) => "cloud-arm64-unsigned",
+            (Arch::Arm64, true) => "arm64-16k-unsigned",
+        };
+        match self.series.as_str() {
+            "6.1" => format!(r"^linux-image-6\.1\.0-[0-9]+-{suffix}$"),
+            series => format!(
+                r"^linux-image-{}\.[0-9]+\+deb[0-9]+-{suffix}$",
+                series.replace('.', r"\.")
+            ),
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KernelSpec {
@@ -13,8 +85,8 @@ pub enum KernelSpec {
     Host,
     /// A bzImage/vmlinuz booted under qemu.
     Image(PathBuf),
-    /// Debian's cloud kernel of this series (`6.1`, `6.12`).
-    Debian(String),
+    /// One of Debian's kernels (`6.1`, `6.12`, on x86_64 or arm64).
+    Debian(DebianKernel),
     /// Built from `linux-source-<series>` with the repo's config fragments.
     Build(super::build::BuildSpec),
 }
@@ -25,13 +97,8 @@ impl FromStr for KernelSpec {
         if s == "host" {
             return Ok(KernelSpec::Host);
         }
-        if let Some(series) = s.strip_prefix("debian:") {
-            return match series {
-                "6.1" | "6.12" => Ok(KernelSpec::Debian(series.to_string())),
-                _ => Err(format!(
-                    "{s}: Debian offers the series 6.1 and 6.12 (debian:6.1, debian:6.12)"
-                )),
-            };
+        if let Some(rest) = s.strip_prefix("debian:") {
+            return DebianKernel::parse(rest).map(KernelSpec::Debian);
         }
         if let Some(rest) = s.strip_prefix("build:") {
             return super::build::BuildSpec::parse(rest).map(KernelSpec::Build);
@@ -39,7 +106,7 @@ impl FromStr for KernelSpec {
         if let Some((scheme, _)) = s.split_once(':') {
             if !scheme.contains('/') {
                 return Err(format!(
-                    "{s}: unknown kernel source {scheme:?} (host, debian:6.1, debian:6.12, build:6.12[+debug_vm] or a path to a kernel image)"
+                    "{s}: unknown kernel source {scheme:?} (host, debian:6.1[/arm64], debian:6.12[/arm64|/arm64-16k], build:6.12[/arm64][+debug_vm][+64k] or a path to a kernel image)"
                 ));
             }
         }
@@ -51,6 +118,17 @@ impl FromStr for KernelSpec {
 }
 
 impl KernelSpec {
+    /// The guest's architecture: the spec's, or an image's own header (this
+    /// host's when the header is not one we know: qemu will judge it).
+    pub fn arch(&self) -> Arch {
+        match self {
+            KernelSpec::Host => Arch::host(),
+            KernelSpec::Image(p) => Arch::of_image_file(p).unwrap_or_else(Arch::host),
+            KernelSpec::Debian(d) => d.arch,
+            KernelSpec::Build(b) => b.arch,
+        }
+    }
+
     /// The column heading: what the user typed, a path shortened to its file name.
     pub fn label(&self) -> String {
         match self {
@@ -59,7 +137,7 @@ impl KernelSpec {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| p.display().to_string()),
-            KernelSpec::Debian(series) => format!("debian:{series}"),
+            KernelSpec::Debian(d) => d.label(),
             KernelSpec::Build(b) => b.label(),
         }
     }
@@ -90,17 +168,6 @@ pub fn check_image(flag: &str, p: &Path) -> Result<(), String> {
         .and_then(|mut f| f.read(&mut [0u8; 1]))
         .map_err(io)?;
     Ok(())
-}
-
-/// apt's name pattern for the cloud kernel packages of a series.
-pub fn debian_pattern(series: &str) -> String {
-    match series {
-        "6.1" => r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$".into(),
-        _ => format!(
-            r"^linux-image-{}\.[0-9]+\+deb[0-9]+-cloud-amd64$",
-            series.replace('.', r"\.")
-        ),
-    }
 }
 
 /// The newest package among `names` (one per line, as `apt-cache search`
@@ -154,14 +221,19 @@ fn run(cmd: &mut Command) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The kernel image for `debian:<series>`: the newest cloud package, from
-/// the cache or `apt-get download` + `dpkg-deb -x` (nothing is installed).
-pub fn fetch_debian(series: &str) -> Result<PathBuf, String> {
-    let listing =
-        run(Command::new("apt-cache").args(["search", "--names-only", &debian_pattern(series)]))?;
+/// The kernel image for `debian:...`: the newest matching package, from the
+/// cache or `apt-get download` + `dpkg-deb -x` (nothing is installed).
+pub fn fetch_debian(d: &DebianKernel) -> Result<PathBuf, String> {
+    let listing = run(Command::new("apt-cache").args(["search", "--names-only", &d.pattern()]))?;
     let package = newest_package(&listing).ok_or_else(|| {
+        let foreign = if d.arch == Arch::host() {
+            String::new()
+        } else {
+            format!("dpkg --add-architecture {} && ", d.arch.debian())
+        };
         format!(
-            "apt offers no linux-image-{series}*-cloud-amd64 (apt-get update? bookworm in sources.list?)"
+            "apt offers no package matching {} ({foreign}apt-get update? bookworm in sources.list?)",
+            d.pattern()
         )
     })?;
     let dir = cache_dir().join(&package);
@@ -172,7 +244,7 @@ pub fn fetch_debian(series: &str) -> Result<PathBuf, String> {
     std::fs::create_dir_all(&download)
         .map_err(|e| format!("cannot create {}: {e}", download.display()))?;
     run(Command::new("apt-get")
-        .args(["download", "-q", &package])
+        .args(["download", "-q", &format!("{package}:{}", d.arch.debian())])
         .current_dir(&download))?;
     let deb = std::fs::read_dir(&download)
         .map_err(|e| e.to_string())?
@@ -195,7 +267,28 @@ mod tests {
     #[test]
     fn specs_parse() {
         assert_eq!("host".parse(), Ok(KernelSpec::Host));
-        assert_eq!("debian:6.12".parse(), Ok(KernelSpec::Debian("6.12".into())));
+        let deb = |s: &str| match s.parse::<KernelSpec>() {
+            Ok(KernelSpec::Debian(d)) => Ok(d),
+            other => Err(format!("{other:?}")),
+        };
+        let d = deb("debian:6.12").unwrap();
+        assert_eq!(
+            (d.arch, d.pages_16k, d.label().as_str()),
+            (Arch::X86_64, false, "debian:6.12")
+        );
+        let d = deb("debian:6.12/arm64-16k").unwrap();
+        assert_eq!((d.arch, d.pages_16k), (Arch::Arm64, true));
+        assert_eq!(d.label(), "debian:6.12/arm64-16k");
+        assert_eq!(
+            deb("debian:6.1/aarch64").unwrap().label(),
+            "debian:6.1/arm64"
+        );
+        assert!(deb("debian:6.1/arm64-16k")
+            .unwrap_err()
+            .contains("6.12 only"));
+        assert!(deb("debian:6.12/riscv64")
+            .unwrap_err()
+            .contains("unknown flavour"));
         assert_eq!(
             "/k/bzImage".parse(),
             Ok(KernelSpec::Image("/k/bzImage".into()))
@@ -259,11 +352,17 @@ mod tests {
     }
 
     #[test]
-    fn debian_patterns_match_only_cloud_images() {
+    fn debian_patterns_name_one_flavour() {
+        let p = |s: &str| DebianKernel::parse(s).unwrap().pattern();
         assert_eq!(
-            debian_pattern("6.12"),
+            p("6.12"),
             r"^linux-image-6\.12\.[0-9]+\+deb[0-9]+-cloud-amd64$"
         );
-        assert!(debian_pattern("6.1").ends_with("-cloud-amd64$"));
+        assert!(p("6.1").ends_with("-cloud-amd64$"));
+        assert_eq!(
+            p("6.1/arm64"),
+            r"^linux-image-6\.1\.0-[0-9]+-cloud-arm64-unsigned$"
+        );
+        assert!(p("6.12/arm64-16k").ends_with(r"\+deb[0-9]+-arm64-16k-unsigned$"));
     }
 }

@@ -181,7 +181,6 @@ for w in $(cat /proc/cmdline); do case $w in {PARAM}=*) topo=${{w#{PARAM}=}};; e
 setenv() {{ export "$1=$2"; echo "$1=$2" >> /etc/cowgup/topology.env; }}
 report() {{ echo "{TOPOLOGY} $*"; echo "{TOPOLOGY} $*" >> /tmp/topology.txt; }}
 setenv COWGUP_TOPOLOGY $topo
-for m in /lib/modules/cowgup/*.ko; do [ -e "$m" ] && {{ insmod "$m" || echo "cowgup: insmod $m failed"; }}; done
 wait_for() {{ i=0; while [ ! -e "$1" ] && [ $i -lt 10 ]; do sleep 1; i=$((i+1)); done; }}
 case "+$topo+" in *+zram+*)
   if [ ! -e /sys/block/zram0/disksize ]; then report "zram FAILED: no /sys/block/zram0 (CONFIG_ZRAM neither built in nor loadable)"

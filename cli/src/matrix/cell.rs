@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use super::collect::{self, Cell};
 use super::watch::{self, GuestWatch};
 use super::{modules, suite_args, Shared};
+use crate::guest::arch::Arch;
 use crate::guest::disk::{self, Image};
 use crate::guest::{initramfs, qemu, topology};
 use topology::Topology;
@@ -18,10 +19,12 @@ use topology::Topology;
 /// The qemu guest of a cell (paths under `dir`).
 pub(super) fn guest_of(
     shared: &Shared,
+    arch: Arch,
     kernel: &Path,
     topology: &Topology,
     dir: &Path,
 ) -> qemu::Guest {
+    let initrd = shared.initrds.get(&arch).cloned().unwrap_or_default();
     let mut extra_cmdline = topology.cmdline();
     extra_cmdline.extend(shared.args.append.iter().cloned());
     qemu::Guest {
@@ -30,18 +33,26 @@ pub(super) fn guest_of(
             .into_iter()
             .map(|d| (d.path, d.serial))
             .collect(),
-        kvm: shared.kvm,
+        // KVM runs only this host's architecture.
+        kvm: shared.kvm && arch == Arch::host(),
         with_1g: shared.args.with_1g,
         extra_cmdline,
-        ..qemu::Guest::new(kernel, shared.initrd.clone(), dir)
+        ..qemu::Guest::new(arch, kernel, initrd, dir)
     }
 }
 
 /// One boot: the cell's result, or why there is none.
-fn boot(shared: &Shared, label: &str, kernel: &Path, topology: &Topology, dir: &Path) -> Cell {
+fn boot(
+    shared: &Shared,
+    label: &str,
+    arch: Arch,
+    kernel: &Path,
+    topology: &Topology,
+    dir: &Path,
+) -> Cell {
     let start = Instant::now();
-    let mut g = guest_of(shared, kernel, topology, dir);
-    if let Err(e) = add_modules(shared, kernel, topology, dir, &mut g) {
+    let mut g = guest_of(shared, arch, kernel, topology, dir);
+    if let Err(e) = add_modules(kernel, topology, dir, &mut g) {
         return Cell::broken(label, start.elapsed(), e, vec![]);
     }
     let images = match make_images(&g, topology, dir) {
@@ -56,7 +67,7 @@ fn boot(shared: &Shared, label: &str, kernel: &Path, topology: &Topology, dir: &
     let mut watch = GuestWatch::new(&g.console, &g.result);
     let booted = Instant::now();
     let ended = qemu::run_watched(
-        Command::new("qemu-system-x86_64").args(qemu::argv(&g)),
+        Command::new(arch.qemu()).args(qemu::argv(&g)),
         &dir.join("qemu.log"),
         limit,
         |t| watch.poll(t),
@@ -104,7 +115,6 @@ fn boot(shared: &Shared, label: &str, kernel: &Path, topology: &Topology, dir: &
 /// Modules the topology needs from this kernel, appended to a copy of the
 /// shared initramfs as a second archive (`g` then boots that copy).
 fn add_modules(
-    shared: &Shared,
     kernel: &Path,
     topology: &Topology,
     dir: &Path,
@@ -115,7 +125,7 @@ fn add_modules(
         return Ok(());
     }
     let initrd = dir.join("initrd.cpio");
-    std::fs::copy(&shared.initrd, &initrd)
+    std::fs::copy(&g.initrd, &initrd)
         .and_then(|_| std::fs::OpenOptions::new().append(true).open(&initrd))
         .and_then(|f| {
             let mut w = std::io::BufWriter::new(f);
@@ -208,6 +218,7 @@ fn no_report(ended: &qemu::Ended, limit: Duration, faulted: bool, console: &str)
 pub(super) fn guest_cell(
     shared: &Shared,
     label: &str,
+    arch: Arch,
     kernel: &Path,
     topology: &Topology,
     index: usize,
@@ -217,7 +228,7 @@ pub(super) fn guest_cell(
     if let Err(e) = std::fs::create_dir_all(&dir) {
         return Cell::broken(label, start.elapsed(), e.to_string(), vec![]);
     }
-    let first = boot(shared, label, kernel, topology, &dir);
+    let first = boot(shared, label, arch, kernel, topology, &dir);
     // The kernel printed something but never reached /init (qemu refusing
     // the image prints nothing on the console: no second try for that).
     let console = qemu::read_lossy(&dir.join("console.log"));
@@ -226,7 +237,7 @@ pub(super) fn guest_cell(
     let timed_out = first.wall >= Duration::from_secs(shared.args.timeout_cell);
     if died_early && !timed_out && first.wall < Duration::from_secs(60) {
         eprintln!("cowgup: {label}: the kernel died before /init; booting once more");
-        let mut second = boot(shared, label, kernel, topology, &dir);
+        let mut second = boot(shared, label, arch, kernel, topology, &dir);
         second.wall += first.wall;
         if let Some(why) = &mut second.broken {
             why.push_str(" (twice)");

@@ -33,6 +33,10 @@ pub struct Cell {
     pub kernel: String,
     /// `uname -r` as the suite saw it.
     pub release: Option<String>,
+    /// The guest's architecture (`x86_64`, `arm64`; the host's for `host`).
+    pub arch: String,
+    /// The base page size the suite saw.
+    pub page_size: Option<u64>,
     pub wall: Duration,
     /// The suite's report; empty when it produced none.
     pub trials: Vec<Trial>,
@@ -160,6 +164,8 @@ impl Cell {
         Cell {
             kernel: kernel.into(),
             release: r.release,
+            arch: String::new(),
+            page_size: r.page_size,
             wall,
             trials: r.trials,
             raw_trials: r.raw_trials,
@@ -179,6 +185,8 @@ impl Cell {
         Cell {
             kernel: kernel.into(),
             release: None,
+            arch: String::new(),
+            page_size: None,
             wall,
             trials: Vec::new(),
             raw_trials: Vec::new(),
@@ -205,6 +213,7 @@ impl Cell {
     ) -> Cell {
         let mut c = Cell::broken(kernel, wall, why, tail);
         c.release = s.release.clone();
+        c.page_size = s.page_size;
         c.trials = s.trials.clone();
         c.raw_trials = s.raw_trials.clone();
         c.kernel_log = s.kernel_log.clone();
@@ -236,6 +245,19 @@ impl Cell {
         }
     }
 
+    /// The machine in a few words: `arm64, 16 KiB pages` (`?` where unknown).
+    pub fn machine(&self) -> String {
+        let arch = if self.arch.is_empty() {
+            "?"
+        } else {
+            &self.arch
+        };
+        match self.page_size {
+            Some(p) => format!("{arch}, {} KiB pages", p / 1024),
+            None => format!("{arch}, ? pages"),
+        }
+    }
+
     /// Features of the topology `/init` could not set up.
     pub fn setup_failures(&self) -> impl Iterator<Item = &Setup> {
         self.setup.iter().filter(|s| !s.ok)
@@ -259,6 +281,7 @@ impl Cell {
 /// The suite's JSON report, as much of it as the matrix reads.
 pub struct SuiteReport {
     pub release: Option<String>,
+    pub page_size: Option<u64>,
     pub trials: Vec<Trial>,
     pub raw_trials: Vec<serde_json::Value>,
     /// `kernel_log_outside_trials`: what the kernel logged between trials.
@@ -279,6 +302,7 @@ pub fn parse_report(text: &str) -> Result<SuiteReport, String> {
         .collect::<Result<Vec<Trial>, String>>()?;
     Ok(SuiteReport {
         release: doc["kernel"].as_str().map(str::to_string),
+        page_size: doc["probe"]["page_size"].as_u64(),
         trials,
         raw_trials: raw,
         kernel_log: doc["kernel_log_outside_trials"]

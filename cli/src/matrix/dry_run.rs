@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::cell::guest_of;
 use super::{cell_label, suite_args, Kvm, MatrixArgs, Plan, Shared};
+use crate::guest::arch::Arch;
 use crate::guest::{build, qemu, spec};
 use spec::KernelSpec;
 
@@ -40,7 +41,10 @@ pub(super) fn dry_run(args: &MatrixArgs, cells: &[Plan]) -> String {
     }
     let work = Path::new("$WORK");
     let shared = Shared {
-        initrd: work.join("initrd.cpio"),
+        initrds: Arch::ALL
+            .into_iter()
+            .map(|a| (a, work.join(format!("initrd-{a}.cpio"))))
+            .collect(),
         work: work.into(),
         args: args.clone(),
         kvm: args.kvm == Kvm::On,
@@ -78,10 +82,12 @@ fn kernel(out: &mut String, spec: &KernelSpec) {
                 out.push_str(&format!("# {}\n{}\n", st.what, shell_words(&st.argv)));
             }
         }
-        KernelSpec::Debian(series) => out.push_str(&format!(
-            "# debian:{series}\napt-cache search --names-only '{}'\n\
-             apt-get download -q $PACKAGE && dpkg-deb -x $PACKAGE_*.deb {}/$PACKAGE\n",
-            spec::debian_pattern(series),
+        KernelSpec::Debian(d) => out.push_str(&format!(
+            "# {}\napt-cache search --names-only '{}'\n\
+             apt-get download -q $PACKAGE:{} && dpkg-deb -x $PACKAGE_*.deb {}/$PACKAGE\n",
+            d.label(),
+            d.pattern(),
+            d.arch.debian(),
             spec::cache_dir().display()
         )),
         _ => {}
@@ -109,7 +115,7 @@ fn cell(out: &mut String, shared: &Shared, i: usize, c: &Plan) {
         _ => PathBuf::from(format!("$KERNEL_{}", c.kernel)),
     };
     let dir = shared.work.join(format!("cell-{i}"));
-    let g = guest_of(shared, &kernel, &c.topology, &dir);
+    let g = guest_of(shared, spec.arch(), &kernel, &c.topology, &dir);
     out.push_str(&format!("# cell {i}: {label}\n"));
     for d in &g.disks {
         out.push_str(&format!(
@@ -125,7 +131,7 @@ fn cell(out: &mut String, shared: &Shared, i: usize, c: &Plan) {
             p = d.path.display()
         ));
     }
-    let mut argv = vec!["qemu-system-x86_64".to_string()];
+    let mut argv = vec![g.arch.qemu().to_string()];
     argv.extend(qemu::argv(&g));
     out.push_str(&shell_words(&argv));
     out.push('\n');

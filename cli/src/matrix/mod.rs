@@ -27,6 +27,7 @@ pub mod modules;
 pub mod report;
 pub mod watch;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,6 +36,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::guest::arch::Arch;
 use crate::guest::tools::{guest_binary, static_busybox};
 use crate::guest::{build, initramfs, qemu, spec, tools, topology};
 use collect::Cell;
@@ -76,9 +78,9 @@ pub struct MatrixArgs {
     /// Appended to every guest's kernel command line.
     #[arg(long, value_name = "ARGS")]
     pub append: Option<String>,
-    /// The static cowgup to put in guests [default: this program if static, else built with cargo].
+    /// The static cowgup to put in guests, one per architecture (each told by its ELF header) [default: this program if static and of the guest's architecture, else built with cargo, cross-compiled for arm64].
     #[arg(long, value_name = "FILE")]
-    pub guest_bin: Option<PathBuf>,
+    pub guest_bin: Vec<PathBuf>,
     /// KVM or TCG: `auto` uses KVM only when a probe boot of the first guest kernel under KVM reaches /init; `--kvm` alone is `on`.
     #[arg(long, value_enum, value_name = "MODE", default_value_t = Kvm::Auto, num_args = 0..=1, default_missing_value = "on")]
     pub kvm: Kvm,
@@ -116,7 +118,8 @@ pub enum Format {
 
 /// What every guest cell shares.
 struct Shared {
-    initrd: PathBuf,
+    /// The initramfs of each architecture the guest kernels have.
+    initrds: BTreeMap<Arch, PathBuf>,
     work: PathBuf,
     args: MatrixArgs,
     /// KVM (decided once, by `--kvm` and the probe).
@@ -213,21 +216,35 @@ fn check_selection(a: &MatrixArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Every architecture's tools, static busybox and cowgup, and initramfs.
 fn prepare(args: &MatrixArgs, work: &Path) -> Result<Shared, String> {
-    tools::require(
-        &["qemu-system-x86_64", "mkfs.ext4"],
-        " (apt-get install qemu-system-x86 e2fsprogs busybox-static)",
-    )?;
-    let busybox = static_busybox()?;
+    let archs: BTreeSet<Arch> = args
+        .kernel
+        .iter()
+        .filter(|k| **k != KernelSpec::Host)
+        .map(KernelSpec::arch)
+        .collect();
+    tools::require(&["mkfs.ext4"], " (apt-get install e2fsprogs)")?;
+    for a in &archs {
+        tools::require(
+            &[a.qemu()],
+            &format!(" (apt-get install {} busybox-static)", a.qemu_package()),
+        )?;
+    }
     if args.kvm == Kvm::On {
         qemu::kvm_usable()?;
     }
-    let cowgup = guest_binary(args.guest_bin.as_deref())?;
-    let initrd = work.join("initrd.cpio");
-    let entries = initramfs::entries(&busybox, &cowgup, &suite_args(args, true));
-    initramfs::write_initrd(&initrd, &entries)?;
+    let mut initrds = BTreeMap::new();
+    for a in archs {
+        let busybox = static_busybox(a)?;
+        let cowgup = guest_binary(&args.guest_bin, a)?;
+        let initrd = work.join(format!("initrd-{a}.cpio"));
+        let entries = initramfs::entries(a, &busybox, &cowgup, &suite_args(args, true));
+        initramfs::write_initrd(&initrd, &entries)?;
+        initrds.insert(a, initrd);
+    }
     Ok(Shared {
-        initrd,
+        initrds,
         work: work.into(),
         args: args.clone(),
         kvm: args.kvm == Kvm::On,
@@ -247,7 +264,8 @@ fn decide_kvm(mode: Kvm, kernel: Option<&Path>, work: &Path) -> bool {
                 return false;
             };
             let limit = Duration::from_secs(20);
-            let probe = static_busybox().and_then(|bb| qemu::probe_kvm(kernel, &bb, work, limit));
+            let probe = static_busybox(Arch::host())
+                .and_then(|bb| qemu::probe_kvm(kernel, &bb, work, limit));
             match probe {
                 Ok(()) => {
                     eprintln!(
@@ -274,7 +292,7 @@ fn default_jobs() -> usize {
 /// The kernel image of a guest spec: fetched (Debian), built (`build:`), or given.
 fn resolve(spec: &KernelSpec) -> Result<PathBuf, String> {
     match spec {
-        KernelSpec::Debian(series) => spec::fetch_debian(series),
+        KernelSpec::Debian(d) => spec::fetch_debian(d),
         KernelSpec::Build(b) => {
             build::build(b, &spec::cache_dir().join(format!("build-{}", b.series)))
         }
@@ -315,7 +333,7 @@ pub fn matrix(args: &MatrixArgs) -> ExitCode {
         }
     } else {
         Shared {
-            initrd: PathBuf::new(),
+            initrds: BTreeMap::new(),
             work: work.path().into(),
             args: args.clone(),
             kvm: false,
@@ -339,7 +357,13 @@ pub fn matrix(args: &MatrixArgs) -> ExitCode {
         .map(|k| (*k != KernelSpec::Host).then(|| resolve(k)))
         .collect();
     if needs_guest {
-        let first = kernels.iter().flatten().find_map(|k| k.as_ref().ok());
+        // KVM runs this host's architecture only: the probe boots the first such kernel.
+        let first = args
+            .kernel
+            .iter()
+            .zip(&kernels)
+            .filter(|(k, _)| k.arch() == Arch::host())
+            .find_map(|(_, k)| k.as_ref()?.as_ref().ok());
         shared.kvm = decide_kvm(args.kvm, first.map(PathBuf::as_path), work.path());
     }
     let cells = run_cells(&shared, &cells_planned, &kernels);
@@ -422,11 +446,12 @@ fn run_cell(
     let klabel = spec.label();
     let mut cell = match (spec, &kernels[p.kernel]) {
         (KernelSpec::Host, _) => cell::host_cell(shared, i),
-        (_, Some(Ok(k))) => cell::guest_cell(shared, &klabel, k, &p.topology, i),
+        (_, Some(Ok(k))) => cell::guest_cell(shared, &klabel, spec.arch(), k, &p.topology, i),
         (_, Some(Err(e))) => Cell::broken(&klabel, Duration::ZERO, e.clone(), vec![]),
         (_, None) => unreachable!("guest kernels are resolved"),
     };
     cell.topology = p.topology.to_string();
+    cell.arch = spec.arch().to_string();
     cell
 }
 
@@ -494,7 +519,7 @@ mod tests {
         ]);
         assert_eq!(
             t.m.kernel,
-            [KernelSpec::Host, KernelSpec::Debian("6.1".into())]
+            [KernelSpec::Host, "debian:6.1".parse().unwrap()]
         );
         assert_eq!(
             suite_args(&t.m, true),

@@ -1,11 +1,14 @@
-//! Kernel modules a topology needs on kernels that build them as modules
-//! (Debian's cloud kernels: zram, virtio_blk, libnvdimm, nd_pmem, nd_e820).
+//! Kernel modules a cell needs on kernels that build them as modules: the
+//! state disk's (NVMe or virtio-blk, ext4: built into Debian's cloud
+//! kernels, modules of its arm64-16k one) and the topology's (Debian's
+//! cloud kernels: zram, virtio_blk, libnvdimm, nd_pmem, nd_e820).
 //! When the kernel image sits in an unpacked package (`.../boot/vmlinuz-<v>`
 //! beside `.../lib/modules/<v>/`), the modules and what they depend on
 //! (`depends=` in their `.modinfo`) are decompressed on the host and
 //! appended to the cell's initramfs as a second cpio archive (the kernel
 //! unpacks concatenated archives); `/init` loads them in order with
-//! `insmod` before it sets the topology up. Nothing is loaded for `base`.
+//! `insmod` before it mounts the state disk. Nothing is loaded for `base`
+//! on a kernel that has the state disk's drivers built in.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -16,7 +19,11 @@ use crate::guest::topology::{Feature, Topology};
 /// Where `/init` finds them (loaded in file-name order).
 pub const DIR: &str = "lib/modules/cowgup";
 
-/// The modules each feature needs (dependencies come on their own).
+/// The state disk's modules, for every cell: either disk, and ext4 with
+/// the checksum it asks the crypto API for at mount time (no `depends=`).
+const STATE_DISK: [&str; 5] = ["nvme", "virtio_pci", "virtio_blk", "crc32c_generic", "ext4"];
+
+/// The modules a cell needs (dependencies come on their own).
 pub fn wanted(t: &Topology) -> Vec<&'static str> {
     let mut v: Vec<&'static str> = Vec::new();
     let mut add = |names: &[&'static str]| {
@@ -26,10 +33,12 @@ pub fn wanted(t: &Topology) -> Vec<&'static str> {
             }
         }
     };
+    add(&STATE_DISK);
     // zram's default compressor comes through the crypto API (lzo-rle on
-    // 6.1, a module there); virtio-blk needs its PCI transport.
+    // 6.1, lz4 on Debian's arm64 kernels; modules there); virtio-blk needs
+    // its PCI transport.
     if t.has(Feature::Zram) {
-        add(&["zram", "lzo_rle"]);
+        add(&["zram", "lzo_rle", "lz4"]);
     }
     if t.has(Feature::Ext4) {
         add(&["virtio_pci", "virtio_blk"]);
@@ -232,19 +241,11 @@ mod tests {
     fn features_want_their_modules() {
         let t: Topology = "zram+fsdax".parse().unwrap();
         assert_eq!(
-            wanted(&t),
-            [
-                "zram",
-                "lzo_rle",
-                "virtio_pci",
-                "virtio_blk",
-                "libnvdimm",
-                "nd_pmem",
-                "nd_e820"
-            ]
+            wanted(&t)[STATE_DISK.len()..],
+            ["zram", "lzo_rle", "lz4", "libnvdimm", "nd_pmem", "nd_e820"]
         );
-        assert!(wanted(&Topology::base()).is_empty());
-        assert!(wanted(&"movable".parse().unwrap()).is_empty());
+        assert_eq!(wanted(&Topology::base()), STATE_DISK);
+        assert_eq!(wanted(&"movable".parse().unwrap()), STATE_DISK);
     }
 
     #[test]
@@ -323,6 +324,9 @@ mod tests {
                 "lib/modules/cowgup/00-zram.ko"
             ]
         );
-        assert!(for_cell(&k, &Topology::base()).unwrap().is_empty());
+        assert!(
+            for_cell(&k, &Topology::base()).unwrap().is_empty(),
+            "the state disk's drivers are built in (or absent)"
+        );
     }
 }

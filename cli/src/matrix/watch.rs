@@ -94,8 +94,10 @@ pub struct EventStream {
     /// Events missing between the ones read (gaps in `seq`).
     pub lost: u64,
     last_seq: u64,
-    /// `run_started`: the kernel release and how many trials were planned.
+    /// `run_started`: the kernel release, its base page size and how many
+    /// trials were planned.
     pub release: Option<String>,
+    pub page_size: Option<u64>,
     pub planned: Option<u64>,
     /// Every `trial_finished`, in order: the fields the matrix reads, and the
     /// trial object as the JSON report has it.
@@ -155,6 +157,7 @@ impl EventStream {
         match v["event"].as_str() {
             Some("run_started") => {
                 self.release = v["kernel"].as_str().map(str::to_string);
+                self.page_size = v["page_size"].as_u64();
                 self.planned = v["planned"].as_u64();
             }
             Some("trial_started") => match trial_ref(v, &v["name"]) {

@@ -77,6 +77,7 @@ impl<W: Write> Reporter for Events<W> {
                     "tool": "cowgup",
                     "version": env!("CARGO_PKG_VERSION"),
                     "kernel": s.caps.kernel_release,
+                    "page_size": s.caps.page_size,
                     "planned": s.planned,
                     "host_changes": s.host_changes,
                 }),

@@ -111,9 +111,10 @@ fn heat_map(out: &mut String, cells: &[Cell]) {
     for (i, c) in cells.iter().enumerate() {
         let _ = writeln!(
             out,
-            "<th><a href=\"#cell-{i}\">{}</a><br><small>{}</small></th>",
+            "<th><a href=\"#cell-{i}\">{}</a><br><small>{}<br>{}</small></th>",
             esc(&c.label()),
-            esc(c.release.as_deref().unwrap_or("?"))
+            esc(c.release.as_deref().unwrap_or("?")),
+            esc(&c.machine())
         );
     }
     let _ = writeln!(out, "</tr></thead>\n<tbody>");
@@ -146,9 +147,10 @@ fn heat_map(out: &mut String, cells: &[Cell]) {
 fn section(out: &mut String, i: usize, c: &Cell) {
     let _ = writeln!(
         out,
-        "<section id=\"cell-{i}\">\n<h2>{} <small>{} &middot; {:.0} s</small></h2>",
+        "<section id=\"cell-{i}\">\n<h2>{} <small>{} &middot; {} &middot; {:.0} s</small></h2>",
         esc(&c.label()),
         esc(c.release.as_deref().unwrap_or("release unknown")),
+        esc(&c.machine()),
         c.wall.as_secs_f64()
     );
     fault(out, c);

@@ -91,6 +91,8 @@ pub fn json(cells: &[Cell]) -> serde_json::Value {
             })).collect::<Vec<_>>(),
             "kernel_log_outside_trials": c.kernel_log,
             "release": c.release,
+            "arch": c.arch,
+            "page_size": c.page_size,
             "wall_s": c.wall.as_secs_f64(),
             "totals": c.totals(),
             "unexpected": c.trials.iter().filter(|t| t.unexpected()).map(|t| json!({
@@ -147,6 +149,8 @@ pub(crate) mod tests {
         Cell {
             kernel: kernel.into(),
             release: Some(release.into()),
+            arch: "x86_64".into(),
+            page_size: Some(4096),
             wall: Duration::from_secs(wall_s),
             trials,
             raw_trials: vec![],

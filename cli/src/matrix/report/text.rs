@@ -106,6 +106,9 @@ fn table(out: &mut String, cells: &[Cell]) {
             .map(|c| c.release.clone().unwrap_or_else(|| "?".into())),
     );
     row(out, &line);
+    let mut line = vec!["machine".to_string()];
+    line.extend(cells.iter().map(Cell::machine));
+    row(out, &line);
     for f in &families(cells) {
         let mut line = vec![f.to_string()];
         line.extend(cells.iter().map(|c| counts(c, Some(f))));
@@ -244,10 +247,11 @@ mod tests {
         let lines: Vec<&str> = r.lines().collect();
         assert_eq!(lines[2], "| family | bzImage-6.12 | debian:6.1 |");
         assert_eq!(lines[4], "| release | 6.12.117 | ? |");
-        assert_eq!(lines[5], "| cow_anon | 1 / 0 / 1 / 0 | no result |");
-        assert_eq!(lines[6], "| gup_test | 0 / 1 / 0 / 2 | no result |");
-        assert_eq!(lines[7], "| **all** | **1 / 1 / 1 / 2** | **no result** |");
-        assert_eq!(lines[8], "| wall | 300 s | 20 s |");
+        assert_eq!(lines[5], "| machine | x86_64, 4 KiB pages | ?, ? pages |");
+        assert_eq!(lines[6], "| cow_anon | 1 / 0 / 1 / 0 | no result |");
+        assert_eq!(lines[7], "| gup_test | 0 / 1 / 0 / 2 | no result |");
+        assert_eq!(lines[8], "| **all** | **1 / 1 / 1 / 2** | **no result** |");
+        assert_eq!(lines[9], "| wall | 300 s | 20 s |");
     }
 
     #[test]
@@ -290,11 +294,11 @@ mod tests {
             "| family | bzImage-6.12 | debian:6.1 | bzImage-fault |"
         );
         assert_eq!(
-            lines[6],
+            lines[7],
             "| gup_test | 0 / 1 / 0 / 2 | no result | 1 / 1 / 0 / 0 |"
         );
         assert_eq!(
-            lines[7],
+            lines[8],
             "| **all** | **1 / 1 / 1 / 2** | **no result** | **KERNEL FAULT: 1 / 1 / 0 / 0** |"
         );
         assert!(
