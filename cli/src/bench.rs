@@ -19,7 +19,9 @@ use cowgup_tests::Scenario;
 
 use crate::{fatal, select, SelectArgs, SessionArgs};
 
+pub mod dropins;
 pub mod guest;
+pub mod names;
 
 #[derive(Args, Clone, Debug)]
 pub struct BenchArgs {
@@ -44,6 +46,10 @@ pub struct BenchArgs {
     /// The static cowgup to put in the guest [default: as `matrix` finds it].
     #[arg(long, value_name = "FILE", requires = "guest")]
     guest_bin: Option<PathBuf>,
+    /// In the guest, only the names part: C `cow` and `gup_longterm`, then our
+    /// drop-ins, and their `# [RUN]` names compared (no gup_test runs, no catalogue).
+    #[arg(long, requires = "guest")]
+    names_only: bool,
     /// Time limit of the guest (boot, both sides), in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 5400, value_parser = clap::value_parser!(u64).range(1..=86400))]
     timeout_guest: u64,
@@ -89,6 +95,11 @@ pub fn bench(args: &BenchArgs) -> ExitCode {
             guest_bin: args.guest_bin.as_deref(),
             skip: &args.select.skip,
             timeout: Duration::from_secs(args.timeout_guest),
+            mode: if args.names_only {
+                guest::Mode::NamesOnly
+            } else {
+                guest::Mode::Full
+            },
         });
     }
     let (caps, chosen) = match select(&args.select) {
