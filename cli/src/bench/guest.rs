@@ -676,7 +676,7 @@ fn build_c(src: &Path, arch: Arch) -> Result<PathBuf, String> {
             arch.cross_package(),
             arch.debian()
         ),
-        None => " (needs liburing-dev for a static link)".into(),
+        None => format!(" (needs liburing-dev:{} for a static link)", arch.debian()),
     };
     run_logged(
         &make_command(src, &out, arch),
