@@ -35,12 +35,15 @@ pub struct BenchArgs {
     /// Also time this upstream `cow` binary (run with no arguments, same host state).
     #[arg(long, value_name = "PATH")]
     against: Option<PathBuf>,
-    /// Boot this kernel once under qemu (TCG, 2 vCPUs) and time upstream's C programs
-    /// (built from --c-from) and then the whole catalogue (--jobs 2, then 1) in it.
+    /// Boot this kernel (x86_64 or arm64, told by its image) once under qemu (TCG,
+    /// 2 vCPUs) and time upstream's C programs (built from --c-from) and then the
+    /// whole catalogue (--jobs 2, then 1) in it; the drop-ins `cow` and
+    /// `gup_longterm` run there too and their test names are compared with C's.
     #[arg(long, value_name = "KERNEL", requires = "c_from")]
     guest: Option<PathBuf>,
     /// The kernel source tree the C programs (cow, gup_longterm, gup_test) are built from
-    /// (statically, into the cache; `make headers` done, liburing-dev installed).
+    /// for the guest's architecture (statically, into the cache, after `make headers`
+    /// there; liburing-dev of that architecture installed, a cross gcc for arm64).
     #[arg(long, value_name = "LINUX_SRC", requires = "guest")]
     c_from: Option<PathBuf>,
     /// The static cowgup to put in the guest [default: as `matrix` finds it].

@@ -1,16 +1,29 @@
 //! `cowgup bench --guest KERNEL --c-from LINUX_SRC`: upstream's C programs
 //! and the whole cowgup catalogue, timed in one guest boot (the matrix's
-//! guest boot, `crate::guest`: initramfs, qemu, the result port ttyS1).
+//! guest boot, `crate::guest`: initramfs, qemu, the architecture's result
+//! port: ttyS1 on x86_64, hvc0 on arm64). The guest's architecture is the
+//! kernel image's (`Arch::of_image_file`); busybox, the static cowgup and
+//! the drop-ins are of that architecture, and so are the C programs.
 //!
 //! The C side is built from the given tree (`make -C tools/testing/selftests/mm
-//! USERLDFLAGS=-static OUTPUT=<cache>`), never vendored, and runs what
-//! run_vmtests.sh runs for these programs, with its hugetlb pool: `cow`,
-//! `gup_longterm`, and every `./gup_test` invocation of the script, its
-//! `run_gup_matrix` (`-a`) included, read from that tree's run_vmtests.sh.
-//! Then the pool is emptied and `cowgup bench` runs the catalogue (no 1 GiB
-//! trials: the guest has no 1 GiB pages), first with `--jobs` at the guest's
-//! CPU count, then `--jobs 1`. Times are the guest's (`/proc/uptime` for C,
-//! `Instant` for cowgup), sent back as lines on ttyS1.
+//! USERLDFLAGS=-static OUTPUT=<cache>/<arch>`, with `ARCH=arm64
+//! CROSS_COMPILE=aarch64-linux-gnu-` from an x86_64 host, after `make
+//! headers` for that architecture; liburing-dev of the guest's Debian
+//! architecture for cow's io_uring cases), never vendored, and runs what
+//! run_vmtests.sh runs for these programs, with its hugetlb pool computed in
+//! the guest as the script does (`hpgsize_KB` from /proc/meminfo: 2 MiB on
+//! x86 and 4K arm64, 32 MiB on 16K pages, 512 MiB on 64K): `cow`,
+//! `gup_longterm`, then our drop-ins `cow` and `gup_longterm` (crate
+//! cowgup-tap), whose `# [RUN]` names are compared with C's byte for byte
+//! (`names`: the report says `<program> names: N equal to C's` or each
+//! difference, and the bench fails when they differ), then every
+//! `./gup_test` invocation of the script, its `run_gup_matrix` (`-a`)
+//! included, read from that tree's run_vmtests.sh. Then the pool is emptied
+//! and `cowgup bench` runs the catalogue (no 1 GiB trials: the guest has no
+//! 1 GiB pages), first with `--jobs` at the guest's CPU count, then `--jobs
+//! 1`. `--names-only` stops after the names. Times are the guest's
+//! (`/proc/uptime` for C and the drop-ins, `Instant` for cowgup), sent back
+//! as lines on the result port.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,7 +39,7 @@ use super::{dropins, names};
 /// The C programs built from the tree, in the order the guest runs them.
 pub const PROGRAMS: [&str; 3] = ["cow", "gup_longterm", "gup_test"];
 
-/// Frame of the bench's lines on ttyS1.
+/// Frame of the bench's lines on the result port.
 pub const FRAME: &str = "=== COWGUP-BENCH";
 pub const FRAME_END: &str = "=== COWGUP-BENCH-END";
 
@@ -246,7 +259,9 @@ pub struct GuestFigures {
 
 /// Parse the framed lines (see [`init_script`] and `bench --lines`).
 pub fn parse(channel: &str) -> Result<GuestFigures, String> {
-    let start = channel.find(FRAME).ok_or("no bench frame on ttyS1")?;
+    let start = channel
+        .find(FRAME)
+        .ok_or("no bench frame on the result port")?;
     let body = &channel[start..];
     let end = body.find(FRAME_END).ok_or("the bench frame is cut off")?;
     let mut lines = body[..end].lines();
