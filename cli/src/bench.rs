@@ -19,7 +19,9 @@ use cowgup_tests::Scenario;
 
 use crate::{fatal, select, SelectArgs, SessionArgs};
 
+pub mod dropins;
 pub mod guest;
+pub mod names;
 
 #[derive(Args, Clone, Debug)]
 pub struct BenchArgs {
@@ -33,17 +35,24 @@ pub struct BenchArgs {
     /// Also time this upstream `cow` binary (run with no arguments, same host state).
     #[arg(long, value_name = "PATH")]
     against: Option<PathBuf>,
-    /// Boot this kernel once under qemu (TCG, 2 vCPUs) and time upstream's C programs
-    /// (built from --c-from) and then the whole catalogue (--jobs 2, then 1) in it.
+    /// Boot this kernel (x86_64 or arm64, told by its image) once under qemu (TCG,
+    /// 2 vCPUs) and time upstream's C programs (built from --c-from) and then the
+    /// whole catalogue (--jobs 2, then 1) in it; the drop-ins `cow` and
+    /// `gup_longterm` run there too and their test names are compared with C's.
     #[arg(long, value_name = "KERNEL", requires = "c_from")]
     guest: Option<PathBuf>,
     /// The kernel source tree the C programs (cow, gup_longterm, gup_test) are built from
-    /// (statically, into the cache; `make headers` done, liburing-dev installed).
+    /// for the guest's architecture (statically, into the cache, after `make headers`
+    /// there; liburing-dev of that architecture installed, a cross gcc for arm64).
     #[arg(long, value_name = "LINUX_SRC", requires = "guest")]
     c_from: Option<PathBuf>,
     /// The static cowgup to put in the guest [default: as `matrix` finds it].
     #[arg(long, value_name = "FILE", requires = "guest")]
     guest_bin: Option<PathBuf>,
+    /// In the guest, only the names part: C `cow` and `gup_longterm`, then our
+    /// drop-ins, and their `# [RUN]` names compared (no gup_test runs, no catalogue).
+    #[arg(long, requires = "guest")]
+    names_only: bool,
     /// Time limit of the guest (boot, both sides), in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 5400, value_parser = clap::value_parser!(u64).range(1..=86400))]
     timeout_guest: u64,
@@ -89,6 +98,11 @@ pub fn bench(args: &BenchArgs) -> ExitCode {
             guest_bin: args.guest_bin.as_deref(),
             skip: &args.select.skip,
             timeout: Duration::from_secs(args.timeout_guest),
+            mode: if args.names_only {
+                guest::Mode::NamesOnly
+            } else {
+                guest::Mode::Full
+            },
         });
     }
     let (caps, chosen) = match select(&args.select) {
