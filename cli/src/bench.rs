@@ -19,7 +19,9 @@ use cowgup_tests::Scenario;
 
 use crate::{fatal, select, SelectArgs, SessionArgs};
 
+pub mod c_programs;
 pub mod dropins;
+pub mod figures;
 pub mod guest;
 pub mod names;
 
