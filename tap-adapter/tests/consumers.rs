@@ -6,6 +6,8 @@
 //! restore global mm settings as root, and the tests that run them are
 //! named `host::...`.
 
+mod common;
+use common::framework;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -225,20 +227,6 @@ fn exit_codes_follow_ksft_finished() -> Result<(), String> {
         return Err(format!("bad option: {}", bad.stdout));
     }
     Ok(())
-}
-
-/// The kernel's kselftest framework, fetched once per checkout.
-fn framework() -> Result<PathBuf, String> {
-    let dest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/kselftest-framework");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("kselftest/fetch-framework");
-    let st = Command::new(&script)
-        .arg(&dest)
-        .status()
-        .map_err(|e| e.to_string())?;
-    if !st.success() {
-        return Err("could not fetch the kernel's kselftest framework (linux-source-6.12)".into());
-    }
-    fs::canonicalize(&dest).map_err(|e| e.to_string())
 }
 
 /// A collection directory inside the framework, as tools/testing/selftests/<dir>.

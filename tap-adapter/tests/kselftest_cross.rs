@@ -24,6 +24,8 @@
 //! Both use the kernel's lib.mk, fetched once per checkout under
 //! target/kselftest-framework (as the consumers tests do).
 
+mod common;
+use common::framework;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -47,20 +49,6 @@ fn checkout() -> PathBuf {
 
 fn collection() -> PathBuf {
     checkout().join("tap-adapter/kselftest")
-}
-
-/// The kernel's kselftest framework, fetched once per checkout (the
-/// Makefile would fetch it into every temporary target directory).
-fn framework() -> Result<PathBuf, String> {
-    let dest = checkout().join("target/kselftest-framework");
-    let st = Command::new(collection().join("fetch-framework"))
-        .arg(&dest)
-        .status()
-        .map_err(|e| e.to_string())?;
-    if !st.success() {
-        return Err("could not fetch the kernel's kselftest framework (linux-source-6.12)".into());
-    }
-    fs::canonicalize(&dest).map_err(|e| e.to_string())
 }
 
 /// `make -C tap-adapter/kselftest` with these arguments, its output (both

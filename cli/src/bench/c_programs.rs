@@ -7,7 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::guest::arch::Arch;
-use crate::guest::{initramfs, qemu, spec};
+use crate::guest::tools::static_for;
+use crate::guest::{qemu, spec};
 
 /// The C programs built from the tree, in the order the guest runs them.
 pub const PROGRAMS: [&str; 3] = ["cow", "gup_longterm", "gup_test"];
@@ -65,13 +66,6 @@ pub fn make_command(src: &Path, out: &Path, arch: Arch) -> Vec<String> {
     v
 }
 
-/// Whether `p` is a static executable for `arch`.
-fn static_for(p: &Path, arch: Arch) -> bool {
-    std::fs::read(p).is_ok_and(|b| {
-        initramfs::is_static_elf(&b) && b.get(18..20) == Some(&arch.elf_machine().to_le_bytes()[..])
-    })
-}
-
 /// Run `argv` with its output in `log`; a failure says `what` and the log's tail.
 fn run_logged(argv: &[String], log: &Path, what: &str) -> Result<(), String> {
     eprintln!("cowgup: {what}: {}", argv.join(" "));
@@ -106,7 +100,10 @@ pub fn build_c(src: &Path, arch: Arch) -> Result<PathBuf, String> {
         ));
     }
     let out = c_cache(src, arch);
-    if PROGRAMS.iter().all(|p| static_for(&out.join(p), arch)) {
+    if PROGRAMS
+        .iter()
+        .all(|p| static_for(&out.join(p), arch).is_ok())
+    {
         return Ok(out);
     }
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
@@ -146,12 +143,7 @@ pub fn build_c(src: &Path, arch: Arch) -> Result<PathBuf, String> {
         ));
     }
     for p in PROGRAMS {
-        if !static_for(&out.join(p), arch) {
-            return Err(format!(
-                "{}: built, but not a static {arch} executable",
-                out.join(p).display()
-            ));
-        }
+        static_for(&out.join(p), arch).map_err(|e| format!("built, but {e}"))?;
     }
     Ok(out)
 }

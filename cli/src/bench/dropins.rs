@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::guest::arch::Arch;
-use crate::guest::initramfs;
+use crate::guest::tools::static_for;
 
 /// The drop-ins whose names are compared with the C programs of the same name.
 pub const DROPINS: [&str; 2] = ["cow", "gup_longterm"];
@@ -73,15 +73,7 @@ pub fn build(arch: Arch) -> Result<PathBuf, String> {
     }
     let dir = target_dir.join(triple).join("release");
     for b in DROPINS {
-        let bytes = std::fs::read(dir.join(b)).map_err(|e| format!("{b}: {e}"))?;
-        if !initramfs::is_static_elf(&bytes)
-            || bytes.get(18..20) != Some(&arch.elf_machine().to_le_bytes()[..])
-        {
-            return Err(format!(
-                "{}: not a static {arch} executable",
-                dir.join(b).display()
-            ));
-        }
+        static_for(&dir.join(b), arch)?;
     }
     Ok(dir)
 }

@@ -31,7 +31,7 @@ fn elf_machine(bytes: &[u8]) -> Option<u16> {
 }
 
 /// Whether `p` is a static executable for `arch` (else what it is).
-fn static_for(p: &Path, arch: Arch) -> Result<(), String> {
+pub fn static_for(p: &Path, arch: Arch) -> Result<(), String> {
     let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
     if !initramfs::is_static_elf(&bytes) {
         return Err(format!("{}: not a static executable", p.display()));
