@@ -1,4 +1,7 @@
 set -o pipefail
+# A result port whose driver was just loaded appears asynchronously.
+i=0; while [ ! -e @PORT@ ] && [ $i -lt 10 ]; do sleep 1; i=$((i+1)); done
+[ -e @PORT@ ] || echo "cowgup: no @PORT@ (the result port): its driver is neither built in nor loadable"
 stty -F @PORT@ raw -echo
 /bin/cowgup run --format json --output /tmp/result.json --events @PORT@ @ARGS@ 2>&1 | cat
 rc=$?

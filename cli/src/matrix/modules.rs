@@ -19,9 +19,18 @@ use crate::guest::topology::{Feature, Topology};
 /// Where `/init` finds them (loaded in file-name order).
 pub const DIR: &str = "lib/modules/cowgup";
 
-/// The state disk's modules, for every cell: either disk, and ext4 with
-/// the checksum it asks the crypto API for at mount time (no `depends=`).
-const STATE_DISK: [&str; 5] = ["nvme", "virtio_pci", "virtio_blk", "crc32c_generic", "ext4"];
+/// What every cell needs: the state disk (either disk, and ext4 with the
+/// checksum it asks the crypto API for at mount time: no `depends=`) and
+/// arm64's result port, a virtio console (a module on Debian's 6.1
+/// cloud-arm64, with its PCI transport).
+const STATE_DISK: [&str; 6] = [
+    "nvme",
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_console",
+    "crc32c_generic",
+    "ext4",
+];
 
 /// The modules a cell needs (dependencies come on their own).
 pub fn wanted(t: &Topology) -> Vec<&'static str> {
