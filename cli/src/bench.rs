@@ -37,12 +37,12 @@ pub struct BenchArgs {
     /// Also time this upstream `cow` binary (run with no arguments, same host state).
     #[arg(long, value_name = "PATH")]
     against: Option<PathBuf>,
-    /// Boot this kernel (x86_64 or arm64, told by its image) once under qemu (TCG,
+    /// Boot this kernel (an image, x86_64 or arm64, told by its header; or any `matrix --kernel` spec: `debian:6.12/arm64`, `build:6.12`, `tree:PATH`) once under qemu (TCG,
     /// 2 vCPUs) and time upstream's C programs (built from --c-from) and then the
     /// whole catalogue (--jobs 2, then 1) in it; the drop-ins `cow` and
     /// `gup_longterm` run there too and their test names are compared with C's.
     #[arg(long, value_name = "KERNEL", requires = "c_from")]
-    guest: Option<PathBuf>,
+    guest: Option<crate::guest::spec::KernelSpec>,
     /// The kernel source tree the C programs (cow, gup_longterm, gup_test) are built from
     /// for the guest's architecture (statically, into the cache, after `make headers`
     /// there; liburing-dev of that architecture installed, a cross gcc for arm64).
@@ -93,9 +93,18 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 pub fn bench(args: &BenchArgs) -> ExitCode {
-    if let (Some(kernel), Some(src)) = (&args.guest, &args.c_from) {
+    if let (Some(spec), Some(src)) = (&args.guest, &args.c_from) {
+        if let crate::guest::spec::KernelSpec::Image(p) = spec {
+            if let Err(e) = crate::guest::spec::check_image("--guest", p) {
+                return fatal(&e);
+            }
+        }
+        let kernel = match spec.image() {
+            Ok(k) => k,
+            Err(e) => return fatal(&e),
+        };
         return guest::run(&guest::GuestBench {
-            kernel,
+            kernel: &kernel,
             src,
             guest_bin: args.guest_bin.as_deref(),
             skip: &args.select.skip,

@@ -4,9 +4,11 @@
 //! `cowgup-tests`; `bench` and `matrix` are modules of their own.
 
 mod bench;
+mod bisect;
 mod guest;
 mod help;
 mod matrix;
+mod stop;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +43,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run the suite on several kernels (the host, kernel images, Debian's kernels) under qemu; one table.
     Matrix(matrix::MatrixArgs),
+    /// Find the commit of a kernel tree that made trials fail: both ends checked, then git bisect, one incremental build and two boots per step.
+    Bisect(bisect::BisectArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -196,6 +200,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(&args),
         Command::Bench(args) => bench::bench(&args),
         Command::Matrix(args) => matrix::matrix(&args),
+        Command::Bisect(args) => bisect::bisect(&args),
     }
 }
 

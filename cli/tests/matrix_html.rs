@@ -25,6 +25,9 @@ mod qemu;
 #[path = "../src/matrix/report/mod.rs"]
 mod report;
 #[allow(dead_code)]
+#[path = "../src/stop.rs"]
+mod stop;
+#[allow(dead_code)]
 #[path = "../src/guest/topology.rs"]
 mod topology;
 #[allow(dead_code)]

@@ -106,13 +106,7 @@ impl BuildSpec {
     /// The fragments merged, in order: `cowgup`, the architecture's, then
     /// the variants.
     pub fn fragments(&self) -> Vec<(&'static str, &'static str)> {
-        FRAGMENTS
-            .iter()
-            .filter(|(n, _)| {
-                *n == "cowgup" || *n == self.arch.name() || self.variants.iter().any(|v| v == n)
-            })
-            .copied()
-            .collect()
+        fragments_for(self.arch, &self.variants)
     }
 
     /// FNV-1a (64 bit) of the fragments' names and text: part of the cache key.
@@ -130,6 +124,31 @@ impl BuildSpec {
     pub fn package(&self) -> String {
         format!("linux-source-{}", self.series)
     }
+}
+
+/// The fragments for `arch` and `variants`, in merge order: `cowgup`, the
+/// architecture's, then the variants.
+pub fn fragments_for(arch: Arch, variants: &[String]) -> Vec<(&'static str, &'static str)> {
+    FRAGMENTS
+        .iter()
+        .filter(|(n, _)| *n == "cowgup" || *n == arch.name() || variants.iter().any(|v| v == n))
+        .copied()
+        .collect()
+}
+
+/// The options `fragments` ask for that `config` lacks, each with the
+/// fragment that asks for it.
+pub fn missing_from(
+    fragments: &[(&'static str, &'static str)],
+    config: &str,
+) -> Vec<(String, &'static str)> {
+    fragments
+        .iter()
+        .flat_map(|(name, text)| text.lines().map(move |l| (l.trim(), *name)))
+        .filter(|(l, _)| l.starts_with("CONFIG_"))
+        .filter(|(want, _)| !config.lines().any(|l| l.trim() == *want))
+        .map(|(l, name)| (l.to_string(), name))
+        .collect()
 }
 
 /// Where a build lives: `<cache>/build-<series>/`.
@@ -269,13 +288,9 @@ pub fn steps(b: &BuildSpec, l: &Layout, jobs: usize, have_tree: bool) -> Vec<Ste
 /// Options the fragments ask for that the resolved `.config` lacks (a
 /// dependency not met, a name that no longer exists).
 pub fn missing_options(b: &BuildSpec, config: &str) -> Vec<String> {
-    b.fragments()
-        .iter()
-        .flat_map(|(_, text)| text.lines())
-        .map(str::trim)
-        .filter(|l| l.starts_with("CONFIG_"))
-        .filter(|want| !config.lines().any(|l| l.trim() == *want))
-        .map(str::to_string)
+    missing_from(&b.fragments(), config)
+        .into_iter()
+        .map(|(o, _)| o)
         .collect()
 }
 

@@ -7,6 +7,7 @@
 //! - `spec`: what `--kernel` names, and fetching Debian's kernels;
 //! - `build`: building a kernel from linux-source (`build:6.12`): here, not
 //!   in `matrix`, because a `spec` names it;
+//! - `tree`: building the developer's own kernel tree (`tree:PATH`);
 //! - `initramfs`: the guest's root, the cpio writer and `/init` (its shared
 //!   preamble, and the matrix's script; `bench` writes its own after the
 //!   preamble);
@@ -28,3 +29,4 @@ pub mod qemu;
 pub mod spec;
 pub mod tools;
 pub mod topology;
+pub mod tree;

@@ -248,7 +248,8 @@ pub fn run_limited(cmd: &mut Command, log: &Path, limit: Duration) -> Result<End
 }
 
 /// `run_limited`, and every `POLL` `watch` is called with the time since
-/// the start: a reason it returns stops the child at once.
+/// the start: a reason it returns stops the child at once, as does a
+/// signal a command asked `stop` to note.
 pub fn run_watched(
     cmd: &mut Command,
     log: &Path,
@@ -268,7 +269,8 @@ pub fn run_watched(
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
             return Ok(Ended::Exited(status));
         }
-        if let Some(why) = watch(start.elapsed()) {
+        let stop = crate::stop::requested().map(|sig| format!("interrupted by {sig}"));
+        if let Some(why) = stop.or_else(|| watch(start.elapsed())) {
             let _ = child.kill();
             let _ = child.wait();
             return Ok(Ended::Stopped(why));

@@ -3,7 +3,8 @@
 //! `linux-image-<series>*-cloud-amd64`, `-cloud-arm64-unsigned` or
 //! `-arm64-16k-unsigned` apt offers, downloaded and unpacked into a cache,
 //! never installed), or `build:<series>[/arm64][+debug_vm][+64k]` (built
-//! from Debian's `linux-source-<series>`: see `build`).
+//! from Debian's `linux-source-<series>`: see `build`), or `tree:PATH[:ARCH]`
+//! (the developer's own kernel tree: see `tree`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -89,6 +90,8 @@ pub enum KernelSpec {
     Debian(DebianKernel),
     /// Built from `linux-source-<series>` with the repo's config fragments.
     Build(super::build::BuildSpec),
+    /// A kernel tree of the user's, built where kbuild would build it.
+    Tree(super::tree::TreeSpec),
 }
 
 impl FromStr for KernelSpec {
@@ -103,10 +106,13 @@ impl FromStr for KernelSpec {
         if let Some(rest) = s.strip_prefix("build:") {
             return super::build::BuildSpec::parse(rest).map(KernelSpec::Build);
         }
+        if let Some(rest) = s.strip_prefix("tree:") {
+            return super::tree::TreeSpec::parse(rest).map(KernelSpec::Tree);
+        }
         if let Some((scheme, _)) = s.split_once(':') {
             if !scheme.contains('/') {
                 return Err(format!(
-                    "{s}: unknown kernel source {scheme:?} (host, debian:6.1[/arm64], debian:6.12[/arm64|/arm64-16k], build:6.12[/arm64][+debug_vm][+64k] or a path to a kernel image)"
+                    "{s}: unknown kernel source {scheme:?} (host, debian:6.1[/arm64], debian:6.12[/arm64|/arm64-16k], build:6.12[/arm64][+debug_vm][+64k], tree:PATH[:arm64] or a path to a kernel image)"
                 ));
             }
         }
@@ -126,6 +132,7 @@ impl KernelSpec {
             KernelSpec::Image(p) => Arch::of_image_file(p).unwrap_or_else(Arch::host),
             KernelSpec::Debian(d) => d.arch,
             KernelSpec::Build(b) => b.arch,
+            KernelSpec::Tree(t) => t.arch,
         }
     }
 
@@ -139,6 +146,21 @@ impl KernelSpec {
                 .unwrap_or_else(|| p.display().to_string()),
             KernelSpec::Debian(d) => d.label(),
             KernelSpec::Build(b) => b.label(),
+            KernelSpec::Tree(t) => t.label(),
+        }
+    }
+
+    /// The kernel image to boot: fetched (Debian), built (`build:`,
+    /// `tree:`), or given.
+    pub fn image(&self) -> Result<PathBuf, String> {
+        match self {
+            KernelSpec::Debian(d) => fetch_debian(d),
+            KernelSpec::Build(b) => {
+                super::build::build(b, &cache_dir().join(format!("build-{}", b.series)))
+            }
+            KernelSpec::Tree(t) => super::tree::build(t).map(|b| b.image),
+            KernelSpec::Image(p) => Ok(p.clone()),
+            KernelSpec::Host => Err("the host runs no guest".into()),
         }
     }
 }
@@ -303,6 +325,11 @@ mod tests {
         let b = "build:6.12+debug_vm".parse::<KernelSpec>().unwrap();
         assert_eq!(b.label(), "build:6.12+debug_vm");
         assert!("build:4.19".parse::<KernelSpec>().is_err());
+        assert_eq!(
+            "tree:../linux:arm64".parse::<KernelSpec>().unwrap().arch(),
+            Arch::Arm64
+        );
+        assert!("tree:".parse::<KernelSpec>().is_err());
         assert!("".parse::<KernelSpec>().is_err());
     }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use super::cell::guest_of;
 use super::{cell_label, suite_args, Kvm, MatrixArgs, Plan, Shared};
 use crate::guest::arch::Arch;
-use crate::guest::{build, qemu, spec};
+use crate::guest::{build, qemu, spec, tree};
 use spec::KernelSpec;
 
 fn shell_words(argv: &[String]) -> String {
@@ -90,6 +90,36 @@ fn kernel(out: &mut String, spec: &KernelSpec) {
             d.arch.debian(),
             spec::cache_dir().display()
         )),
+        KernelSpec::Tree(t) => {
+            let (l, config) = match tree::check_tree(t) {
+                Ok(root) => {
+                    let kbuild_output = std::env::var_os("KBUILD_OUTPUT").map(PathBuf::from);
+                    let l = tree::layout(t, &root, kbuild_output, &spec::cache_dir());
+                    let config = tree::needs_config(&l, t.arch);
+                    (l, config)
+                }
+                Err(e) => {
+                    out.push_str(&format!("# {}: {e}\n", t.label()));
+                    return;
+                }
+            };
+            out.push_str(&format!(
+                "# {}: objects in {} ({}); make's output to {}\n",
+                t.label(),
+                l.out().display(),
+                match (l.ours, config) {
+                    (true, true) => "defconfig + cowgup's fragments, made now",
+                    (true, false) => "our config, made before: incremental",
+                    (false, _) => "the tree's own .config, checked, then incremental",
+                },
+                l.log().display()
+            ));
+            let ccache = std::env::var_os("PATH")
+                .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("ccache").is_file()));
+            for st in tree::steps(t.arch, &l, build::jobs(), ccache, config) {
+                out.push_str(&format!("# {}\n{}\n", st.what, shell_words(&st.argv)));
+            }
+        }
         _ => {}
     }
 }

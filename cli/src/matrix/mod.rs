@@ -38,14 +38,14 @@ use clap::Args;
 
 use crate::guest::arch::Arch;
 use crate::guest::tools::{guest_binary, static_busybox};
-use crate::guest::{build, initramfs, qemu, spec, tools, topology};
+use crate::guest::{initramfs, qemu, spec, tools, topology};
 use collect::Cell;
 use spec::KernelSpec;
 use topology::Topology;
 
 #[derive(Args, Clone, Debug)]
 pub struct MatrixArgs {
-    /// A kernel to run the suite on (repeatable): `host`, a path to a bzImage/vmlinuz, `debian:6.1`, `debian:6.12`, or `build:6.12` / `build:6.12+debug_vm` (built from linux-source-6.12 with cli/kernel-config/; cached; ~12 min).
+    /// A kernel to run the suite on (repeatable): `host`, a path to a bzImage/vmlinuz, `debian:6.1`, `debian:6.12`, or `debian:6.1/arm64`, `debian:6.12/arm64`, `debian:6.12/arm64-16k`, `build:6.12[/arm64][+debug_vm][+64k]` (built from linux-source-6.12 with cli/kernel-config/; cached; ~12 min on x86_64), or `tree:PATH[:arm64]` (your kernel tree, built incrementally; `cowgup bisect` drives it).
     #[arg(long, value_name = "SPEC", required = true)]
     pub kernel: Vec<KernelSpec>,
     /// What each guest cell sets up (repeatable; a cell is kernel x topology): base, zram, ext4, fsdax, movable, or several joined with + [default: base].
@@ -289,18 +289,6 @@ fn default_jobs() -> usize {
         .unwrap_or(1)
 }
 
-/// The kernel image of a guest spec: fetched (Debian), built (`build:`), or given.
-fn resolve(spec: &KernelSpec) -> Result<PathBuf, String> {
-    match spec {
-        KernelSpec::Debian(d) => spec::fetch_debian(d),
-        KernelSpec::Build(b) => {
-            build::build(b, &spec::cache_dir().join(format!("build-{}", b.series)))
-        }
-        KernelSpec::Image(p) => Ok(p.clone()),
-        KernelSpec::Host => Err("the host cell runs no guest".into()),
-    }
-}
-
 fn cell_label(spec: &KernelSpec, t: &Topology) -> String {
     if t.is_base() {
         spec.label()
@@ -318,26 +306,12 @@ pub fn matrix(args: &MatrixArgs) -> ExitCode {
     if let Err(e) = check_args(args) {
         return crate::fatal(&e);
     }
-    let work = match tempfile::Builder::new().prefix("cowgup-matrix-").tempdir() {
-        Ok(w) => w,
-        Err(e) => return crate::fatal(&format!("cannot make a work directory: {e}")),
-    };
     if args.kernel.contains(&KernelSpec::Host) && args.topology.iter().any(|t| !t.is_base()) {
         eprintln!("cowgup: topologies apply to guests; the host cell runs as the host is");
     }
-    let needs_guest = args.kernel.iter().any(|k| *k != KernelSpec::Host);
-    let mut shared = if needs_guest {
-        match prepare(args, work.path()) {
-            Ok(s) => s,
-            Err(e) => return crate::fatal(&e),
-        }
-    } else {
-        Shared {
-            initrds: BTreeMap::new(),
-            work: work.path().into(),
-            args: args.clone(),
-            kvm: false,
-        }
+    let mut session = match Session::new(args) {
+        Ok(s) => s,
+        Err(e) => return crate::fatal(&e),
     };
     // Open the outputs before the first cell: a bad path costs nothing.
     let create = |p: &Option<PathBuf>| match p {
@@ -354,25 +328,67 @@ pub fn matrix(args: &MatrixArgs) -> ExitCode {
     let kernels: Vec<Option<Result<PathBuf, String>>> = args
         .kernel
         .iter()
-        .map(|k| (*k != KernelSpec::Host).then(|| resolve(k)))
+        .map(|k| (*k != KernelSpec::Host).then(|| k.image()))
         .collect();
-    if needs_guest {
-        // KVM runs this host's architecture only: the probe boots the first such kernel.
-        let first = args
-            .kernel
-            .iter()
-            .zip(&kernels)
-            .filter(|(k, _)| k.arch() == Arch::host())
-            .find_map(|(_, k)| k.as_ref()?.as_ref().ok());
-        shared.kvm = decide_kvm(args.kvm, first.map(PathBuf::as_path), work.path());
-    }
-    let cells = run_cells(&shared, &cells_planned, &kernels);
+    let cells = session.run(&kernels);
     write_reports(args, &cells, sink, html_sink)
+}
+
+/// What runs of cells with the same arguments share: the work directory,
+/// the initramfs of each architecture and, once decided, KVM or not.
+/// `matrix` runs one; `bisect` one per selection, a run per commit.
+pub struct Session {
+    work: tempfile::TempDir,
+    shared: Shared,
+    kvm_decided: bool,
+}
+
+impl Session {
+    /// The work directory and every architecture's initramfs.
+    pub fn new(args: &MatrixArgs) -> Result<Session, String> {
+        let work = tempfile::Builder::new()
+            .prefix("cowgup-matrix-")
+            .tempdir()
+            .map_err(|e| format!("cannot make a work directory: {e}"))?;
+        let shared = if args.kernel.iter().any(|k| *k != KernelSpec::Host) {
+            prepare(args, work.path())?
+        } else {
+            Shared {
+                initrds: BTreeMap::new(),
+                work: work.path().into(),
+                args: args.clone(),
+                kvm: false,
+            }
+        };
+        Ok(Session {
+            work,
+            shared,
+            kvm_decided: args.kvm != Kvm::Auto,
+        })
+    }
+
+    /// Every planned cell on `kernels` (one per `--kernel`, `None` for the
+    /// host; resolved, or why not), in plan order.
+    pub fn run(&mut self, kernels: &[Option<Result<PathBuf, String>>]) -> Vec<Cell> {
+        let args = &self.shared.args;
+        if !self.kvm_decided && args.kernel.iter().any(|k| *k != KernelSpec::Host) {
+            // KVM runs this host's architecture only: the probe boots the first such kernel.
+            let first = args
+                .kernel
+                .iter()
+                .zip(kernels)
+                .filter(|(k, _)| k.arch() == Arch::host())
+                .find_map(|(_, k)| k.as_ref()?.as_ref().ok());
+            self.shared.kvm = decide_kvm(args.kvm, first.map(PathBuf::as_path), self.work.path());
+            self.kvm_decided = true;
+        }
+        run_cells(&self.shared, &plan(&self.shared.args), kernels)
+    }
 }
 
 /// Bad kernel paths and a selection that picks nothing: refused before
 /// anything is built, probed or booted.
-fn check_args(args: &MatrixArgs) -> Result<(), String> {
+pub fn check_args(args: &MatrixArgs) -> Result<(), String> {
     for k in &args.kernel {
         if let KernelSpec::Image(p) = k {
             spec::check_image("--kernel", p)?;
