@@ -65,7 +65,8 @@ fn git(dir: &Path, args: &[&str]) -> String {
         .unwrap();
     assert!(
         out.status.success(),
-        "git {args:?}: {}",
+        "git {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -306,4 +307,164 @@ fn a_second_tree_build_after_one_change_is_incremental() {
         (1..=5).contains(&compiled),
         "an incremental build compiles mm/mlock.c and little else: {second}"
     );
+}
+
+/// A tree that looks like a kernel's to `tree:` (a top Makefile, mm/memory.c,
+/// arch/x86) and whose make takes `bzImage_recipe` (per commit), in a git
+/// repository on branch `work` with `commits` commits. The build cache
+/// goes to a directory of the test's own (`XDG_CACHE_HOME`).
+fn fake_tree(commits: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("linux");
+    for d in ["mm", "arch/x86", "scripts/kconfig"] {
+        std::fs::create_dir_all(t.join(d)).unwrap();
+    }
+    std::fs::write(t.join("mm/memory.c"), "").unwrap();
+    std::fs::write(
+        t.join("scripts/kconfig/merge_config.sh"),
+        "#!/bin/sh\nexit 0\n",
+    )
+    .unwrap();
+    sh(&t, "chmod +x scripts/kconfig/merge_config.sh");
+    git(&t, &["init", "--quiet", "--initial-branch=work"]);
+    for (i, recipe) in commits.iter().enumerate() {
+        std::fs::write(
+            t.join("Makefile"),
+            format!(
+                "# commit {i}\ndefconfig:\n\ttouch $(O)/.config\nolddefconfig:\n\ttrue\nbzImage:\n\t{recipe}\n"
+            ),
+        )
+        .unwrap();
+        git(&t, &["add", "-A"]);
+        git(&t, &["commit", "--quiet", "-m", &format!("commit {i}")]);
+    }
+    dir
+}
+
+fn bisect_cmd(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cowgup"));
+    c.env("XDG_CACHE_HOME", dir.join("cache"))
+        .args(["bisect", "--tree"])
+        .arg(dir.join("linux"));
+    c
+}
+
+#[test]
+fn bisect_refuses_what_it_cannot_bisect_in_one_line() {
+    let dir = fake_tree(&["true", "true", "true"]);
+    let t = dir.path().join("linux");
+    let run = |args: &[&str]| {
+        let out = bisect_cmd(dir.path()).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(err.starts_with("cowgup: bisect: "), "{err}");
+        err
+    };
+    let e = run(&["--good", "nonsense", "--bad", "HEAD"]);
+    assert!(e.contains("no commit \"nonsense\""), "{e}");
+    let e = run(&["--good", "HEAD", "--bad", "HEAD~2"]);
+    assert!(e.contains("is not an ancestor of --bad"), "{e}");
+    let e = run(&["--good", "HEAD~2", "--bad", "HEAD", "--arch", "mips"]);
+    assert!(e.contains("--arch mips: unknown"), "{e}");
+    std::fs::write(t.join("mm/memory.c"), "changed").unwrap();
+    let e = run(&["--good", "HEAD~2", "--bad", "HEAD"]);
+    assert!(e.contains("uncommitted changes"), "{e}");
+    sh(&t, "git checkout -- mm/memory.c && rm Makefile");
+    let e = run(&["--good", "HEAD~2", "--bad", "HEAD"]);
+    assert!(e.contains("not a kernel tree (no Makefile)"), "{e}");
+    assert!(t.join(".git").is_dir() && !t.join(".git/BISECT_START").exists());
+}
+
+/// qemu and a static busybox: what a bisection prepares before its first build.
+fn guest_tools() -> Option<PathBuf> {
+    let bb = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())?;
+    let has_qemu = Command::new("sh")
+        .args([
+            "-c",
+            "command -v qemu-system-x86_64 && command -v mkfs.ext4",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    has_qemu.then_some(bb)
+}
+
+#[test]
+fn a_bisect_that_cannot_build_an_end_stops_and_puts_the_tree_back() {
+    let Some(bb) = guest_tools() else {
+        eprintln!("SKIP: needs qemu-system-x86_64, mkfs.ext4 and busybox-static");
+        return;
+    };
+    let dir = fake_tree(&[
+        "true",
+        "true",
+        "echo 'mm/memory.c:1: error: broken' >&2; exit 1",
+    ]);
+    let t = dir.path().join("linux");
+    git(&t, &["checkout", "--quiet", "-b", "topic", "HEAD~1"]);
+    // busybox stands in for the guest's cowgup: no guest boots here.
+    let out = bisect_cmd(dir.path())
+        .args(["--good", "work~2", "--bad", "work", "--guest-bin"])
+        .arg(&bb)
+        .args(["--kvm", "off", "Basic COW after fork() ... with base page"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("the bad end"), "{err}");
+    assert!(err.contains("the build failed"), "{err}");
+    assert!(
+        err.contains("error: broken"),
+        "make's own words are quoted: {err}"
+    );
+    assert!(err.contains("is back on topic"), "{err}");
+    assert_eq!(git(&t, &["symbolic-ref", "--short", "HEAD"]), "topic");
+}
+
+#[test]
+fn an_interrupted_bisect_puts_the_tree_back_at_once() {
+    let Some(bb) = guest_tools() else {
+        eprintln!("SKIP: needs qemu-system-x86_64, mkfs.ext4 and busybox-static");
+        return;
+    };
+    for sig in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+    ] {
+        let dir = fake_tree(&["true", "true", "sleep 60"]);
+        let t = dir.path().join("linux");
+        let mut child = bisect_cmd(dir.path())
+            .args(["--good", "work~2", "--bad", "work", "--guest-bin"])
+            .arg(&bb)
+            .args(["--kvm", "off", "Basic COW after fork() ... with base page"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let mut seen = String::new();
+        let mut buf = [0u8; 4096];
+        // Until make runs the bad end's build (it sleeps).
+        while !seen.contains("build bzImage") {
+            let n = std::io::Read::read(&mut err, &mut buf).unwrap();
+            assert!(n > 0, "ended early: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        let t0 = Instant::now();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+        let status = child.wait().unwrap();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+        seen.push_str(&rest);
+        assert!(
+            t0.elapsed().as_secs() < 10,
+            "{sig}: took {:?}",
+            t0.elapsed()
+        );
+        assert_eq!(status.code(), Some(130), "{sig}: {seen}");
+        assert!(seen.contains(&format!("stopped by {sig}")), "{seen}");
+        assert!(seen.contains("is back on work"), "{seen}");
+        assert_eq!(git(&t, &["symbolic-ref", "--short", "HEAD"]), "work");
+    }
 }

@@ -273,6 +273,23 @@ pub fn compiled(log: &str) -> usize {
         .count()
 }
 
+/// A build's progress line: files compiled so far, the last one, the time.
+fn progress(log: &str, t: Duration) -> String {
+    let last = log
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with("CC "))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or("");
+    let s = t.as_secs();
+    format!(
+        "  {} compiled, {}:{:02} ... {last}",
+        compiled(log),
+        s / 60,
+        s % 60
+    )
+}
+
 /// What one build did.
 #[derive(Clone, Debug)]
 pub struct Built {
@@ -323,12 +340,26 @@ pub fn build(t: &TreeSpec) -> Result<Built, String> {
             l.out().display()
         );
         let step_log = log.with_extension(format!("step{i}"));
+        let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let mut shown = Duration::ZERO;
         let ended = super::qemu::run_watched(
             Command::new(&s.argv[0]).args(&s.argv[1..]),
             &step_log,
             Duration::from_secs(6 * 3600),
-            |_| None,
+            |t| {
+                if terminal && t >= shown + Duration::from_secs(5) {
+                    shown = t;
+                    eprint!(
+                        "\r\x1b[K{}",
+                        progress(&super::qemu::read_lossy(&step_log), t)
+                    );
+                }
+                None
+            },
         );
+        if terminal && shown > Duration::ZERO {
+            eprint!("\r\x1b[K");
+        }
         let out = super::qemu::read_lossy(&step_log);
         let _ = std::fs::remove_file(&step_log);
         text.push_str(&out);
