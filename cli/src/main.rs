@@ -44,6 +44,7 @@ enum Command {
     /// Run the suite on several kernels (the host, kernel images, Debian's kernels) under qemu; one table.
     Matrix(matrix::MatrixArgs),
     /// Find the commit of a kernel tree that made trials fail: both ends checked, then git bisect, one incremental build and two boots per step.
+    #[command(after_help = bisect::EXAMPLE)]
     Bisect(bisect::BisectArgs),
 }
 

@@ -29,6 +29,14 @@ use crate::matrix::{self, Format, Kvm, MatrixArgs, Session};
 use git::{Next, Repo, Restore};
 use verdict::{Mark, Verdict};
 
+pub const EXAMPLE: &str = "\
+Example (a tree whose HEAD fails what v6.12 passed):
+  cowgup bisect --tree ~/linux --good v6.12 --bad HEAD \"vmsplice() + unmap in child ... with base page\"
+The tree is built as `cowgup matrix --kernel tree:PATH` builds it (README: \"Your own tree\"),
+each commit booted twice under qemu with only the failing trials. The answer goes to stdout;
+progress to stderr. Exit: 0 found, 1 only skipped commits left, 2 nothing to bisect or bad
+arguments, 130 stopped by a signal (the tree is put back on its branch in every case).";
+
 #[derive(Args, Clone, Debug)]
 pub struct BisectArgs {
     /// The kernel tree (a git work tree without uncommitted changes); built as `--kernel tree:PATH` builds it.
@@ -87,6 +95,7 @@ fn cells_args(
     spec: &KernelSpec,
     only: Option<&[String]>,
     runs: usize,
+    kvm: Kvm,
 ) -> MatrixArgs {
     let (filters, exact, skip, family) = match only {
         Some(names) => (names.to_vec(), true, vec![], vec![]),
@@ -107,7 +116,7 @@ fn cells_args(
         simulate_leak: false,
         append: a.append.clone(),
         guest_bin: a.guest_bin.clone(),
-        kvm: a.kvm,
+        kvm,
         dry_run: false,
         format: Format::Human,
         output: None,
@@ -196,7 +205,7 @@ pub fn bisect(a: &BisectArgs) -> ExitCode {
             a.good, a.bad
         ));
     }
-    let selection = cells_args(a, &KernelSpec::Tree(spec.clone()), None, 2);
+    let selection = cells_args(a, &KernelSpec::Tree(spec.clone()), None, 2, a.kvm);
     if let Err(e) = matrix::check_args(&selection) {
         return fail(&e);
     }
@@ -244,7 +253,7 @@ fn run(
     restore: &mut Restore,
 ) -> ExitCode {
     let kspec = KernelSpec::Tree(spec.clone());
-    let mut session = match Session::new(&cells_args(a, &kspec, None, 2)) {
+    let mut session = match Session::new(&cells_args(a, &kspec, None, 2, a.kvm)) {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
@@ -310,7 +319,9 @@ fn run(
     if let Err(e) = repo.checkout(good) {
         return fail(&e);
     }
-    let mut targets_session = match Session::new(&cells_args(a, &kspec, Some(&failing), 2)) {
+    // KVM or not was decided by the first boot.
+    let kvm = if session.kvm() { Kvm::On } else { Kvm::Off };
+    let mut targets_session = match Session::new(&cells_args(a, &kspec, Some(&failing), 2, kvm)) {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
@@ -345,7 +356,7 @@ fn run(
     let mut session = if targets == failing {
         targets_session
     } else {
-        match Session::new(&cells_args(a, &kspec, Some(&targets), 2)) {
+        match Session::new(&cells_args(a, &kspec, Some(&targets), 2, kvm)) {
             Ok(s) => s,
             Err(e) => return fail(&e),
         }

@@ -367,6 +367,11 @@ impl Session {
         })
     }
 
+    /// KVM or not, as decided (TCG until the first run decides).
+    pub fn kvm(&self) -> bool {
+        self.shared.kvm
+    }
+
     /// Every planned cell on `kernels` (one per `--kernel`, `None` for the
     /// host; resolved, or why not), in plan order.
     pub fn run(&mut self, kernels: &[Option<Result<PathBuf, String>>]) -> Vec<Cell> {
