@@ -298,13 +298,16 @@ fn a_second_tree_build_after_one_change_is_incremental() {
     let second = run();
     sh(&tree, "git checkout -- mm/mlock.c");
     assert!(second.contains("-dirty"), "{second}");
-    // mm/mlock.c, and what the link compiles every time.
+    // mm/mlock.c, and what depends on the release string, which a dirty
+    // tree changes (`-dirty`, CONFIG_LOCALVERSION_AUTO): init/version*,
+    // kernel/sys.c, the module loader, the firmware loader, the boot stub's
+    // version and misc (9 in all, seen on 6.12.118).
     let compiled: usize = second
         .rsplit_once('(')
         .and_then(|(_, r)| r.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
     assert!(
-        (1..=5).contains(&compiled),
+        (1..=12).contains(&compiled),
         "an incremental build compiles mm/mlock.c and little else: {second}"
     );
 }

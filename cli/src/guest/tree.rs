@@ -57,12 +57,12 @@ impl TreeSpec {
     }
 }
 
-/// `git describe --always --dirty` of the tree, when it is a git checkout.
+/// `git describe --tags --always --dirty` of the tree, when it is a git checkout.
 pub fn describe(tree: &Path) -> Option<String> {
     let out = Command::new("git")
         .arg("-C")
         .arg(tree)
-        .args(["describe", "--always", "--dirty"])
+        .args(["describe", "--tags", "--always", "--dirty"])
         .output()
         .ok()?;
     let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
