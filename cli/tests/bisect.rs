@@ -471,3 +471,30 @@ fn an_interrupted_bisect_puts_the_tree_back_at_once() {
         assert_eq!(git(&t, &["symbolic-ref", "--short", "HEAD"]), "work");
     }
 }
+
+#[test]
+fn a_tree_spec_that_names_no_kernel_tree_is_one_line_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, why) in [
+        (dir.path().join("nonexistent"), "No such file or directory"),
+        (dir.path().to_path_buf(), "not a kernel tree (no Makefile)"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_cowgup"))
+            .env("XDG_CACHE_HOME", dir.path().join("cache"))
+            .args(["matrix", "--kernel"])
+            .arg(format!("tree:{}", path.display()))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with("cowgup: tree:") && err.contains(why),
+            "{err}"
+        );
+        assert!(
+            !dir.path().join("cache").exists(),
+            "nothing built or fetched"
+        );
+    }
+}

@@ -99,7 +99,7 @@ fn kernel(out: &mut String, spec: &KernelSpec) {
                     (l, config)
                 }
                 Err(e) => {
-                    out.push_str(&format!("# {}: {e}\n", t.label()));
+                    out.push_str(&format!("# {e}\n"));
                     return;
                 }
             };

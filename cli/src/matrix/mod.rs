@@ -391,12 +391,16 @@ impl Session {
     }
 }
 
-/// Bad kernel paths and a selection that picks nothing: refused before
+/// Bad kernel paths and trees, and a selection that picks nothing: refused before
 /// anything is built, probed or booted.
 pub fn check_args(args: &MatrixArgs) -> Result<(), String> {
     for k in &args.kernel {
-        if let KernelSpec::Image(p) = k {
-            spec::check_image("--kernel", p)?;
+        match k {
+            KernelSpec::Image(p) => spec::check_image("--kernel", p)?,
+            KernelSpec::Tree(t) => {
+                crate::guest::tree::check_tree(t)?;
+            }
+            _ => {}
         }
     }
     check_selection(args)
