@@ -4,11 +4,12 @@
 //! build, a guest) is stopped at its next look, and the command unwinds.
 //! Commands that do not ask keep the default: the signal ends them.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
 static NOTED: AtomicI32 = AtomicI32::new(0);
+static CATCHING: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn note(sig: libc::c_int) {
     NOTED.store(sig, Ordering::SeqCst);
@@ -21,7 +22,15 @@ pub fn catch() -> Result<(), String> {
         // SAFETY: the handler only stores to an atomic.
         unsafe { sigaction(sig, &act) }.map_err(|e| format!("cannot catch {sig}: {e}"))?;
     }
+    CATCHING.store(true, Ordering::SeqCst);
     Ok(())
+}
+
+/// The signals are caught: children then run in process groups of their
+/// own (the terminal's Ctrl-C reaches only us), and are stopped group and
+/// all (a make's sub-makes and compilers, not only the make).
+pub fn catching() -> bool {
+    CATCHING.load(Ordering::SeqCst)
 }
 
 /// The signal noted, if one came.

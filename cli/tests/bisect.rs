@@ -498,3 +498,52 @@ fn a_tree_spec_that_names_no_kernel_tree_is_one_line_before_anything_runs() {
         );
     }
 }
+
+#[test]
+fn a_matrix_stopped_while_it_builds_stops_its_make_too() {
+    let Some(bb) = guest_tools() else {
+        eprintln!("SKIP: needs qemu-system-x86_64, mkfs.ext4 and busybox-static");
+        return;
+    };
+    // A make that outlives cowgup would go on building into the cache.
+    let dir = fake_tree(&["sleep 77"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cowgup"))
+        .env("XDG_CACHE_HOME", dir.path().join("cache"))
+        .args(["matrix", "--kernel"])
+        .arg(format!("tree:{}", dir.path().join("linux").display()))
+        .arg("--guest-bin")
+        .arg(&bb)
+        .args(["--kvm", "off", "Basic COW after fork() ... with base page"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("build bzImage") {
+        let n = std::io::Read::read(&mut err, &mut buf).unwrap();
+        assert!(n > 0, "ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    assert_eq!(status.code(), Some(130), "{seen}{rest}");
+    assert!(rest.contains("stopped by SIGTERM"), "{rest}");
+    let left = Command::new("pgrep")
+        .args(["-f", "sleep 77"])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "make's child still runs: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+}

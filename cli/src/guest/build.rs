@@ -12,6 +12,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use super::arch::Arch;
 
@@ -318,6 +319,90 @@ pub fn jobs() -> usize {
         .unwrap_or(1)
 }
 
+/// kbuild's quiet lines for compiled C files: how incremental a build was.
+pub fn compiled(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.trim_start().starts_with("CC ") && l.trim_end().ends_with(".o"))
+        .count()
+}
+
+/// A build's progress line: files compiled so far, the last one, the time.
+fn progress(log: &str, t: Duration) -> String {
+    let last = log
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with("CC "))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or("");
+    let s = t.as_secs();
+    format!(
+        "  {} compiled, {}:{:02} ... {last}",
+        compiled(log),
+        s / 60,
+        s % 60
+    )
+}
+
+/// Runs `steps` one after the other, each announced on stderr (`label:
+/// [i/n] what in out`), their output into `log` (a progress line on a
+/// terminal meanwhile). A step that fails, or a signal `stop` was asked to
+/// note, ends it: the error quotes the log's last lines. Returns the log.
+pub fn run_steps(label: &str, steps: &[Step], out: &Path, log: &Path) -> Result<String, String> {
+    let mut text = String::new();
+    for (i, s) in steps.iter().enumerate() {
+        eprintln!(
+            "cowgup: {label}: [{}/{}] {} in {}",
+            i + 1,
+            steps.len(),
+            s.what,
+            out.display()
+        );
+        let step_log = log.with_extension(format!("step{i}"));
+        let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let mut shown = Duration::ZERO;
+        let ended = super::qemu::run_watched(
+            Command::new(&s.argv[0]).args(&s.argv[1..]),
+            &step_log,
+            Duration::from_secs(6 * 3600),
+            |t| {
+                if terminal && t >= shown + Duration::from_secs(5) {
+                    shown = t;
+                    eprint!(
+                        "\r\x1b[K{}",
+                        progress(&super::qemu::read_lossy(&step_log), t)
+                    );
+                }
+                None
+            },
+        );
+        if terminal && shown > Duration::ZERO {
+            eprint!("\r\x1b[K");
+        }
+        let output = super::qemu::read_lossy(&step_log);
+        let _ = std::fs::remove_file(&step_log);
+        text.push_str(&output);
+        let _ = std::fs::write(log, &text);
+        let failed = match ended {
+            Ok(super::qemu::Ended::Exited(st)) if st.success() => None,
+            Ok(super::qemu::Ended::Exited(st)) => Some(st.to_string()),
+            Ok(super::qemu::Ended::Stopped(why)) => Some(why),
+            Ok(super::qemu::Ended::TimedOut) => Some("timed out".into()),
+            Err(e) => Some(e),
+        };
+        if let Some(why) = failed {
+            let tail: Vec<&str> = output.lines().rev().take(15).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            return Err(format!(
+                "{label}: {} failed ({why}); the last lines of {}:\n{}",
+                s.what,
+                log.display(),
+                tail.join("\n")
+            ));
+        }
+    }
+    Ok(text)
+}
+
 /// The built image: from the cache, or built now (progress on stderr).
 pub fn build(b: &BuildSpec, root: &Path) -> Result<PathBuf, String> {
     let l = Layout {
@@ -342,31 +427,27 @@ pub fn build(b: &BuildSpec, root: &Path) -> Result<PathBuf, String> {
         std::fs::write(&f, text).map_err(|e| format!("{}: {e}", f.display()))?;
     }
     let all = steps(b, &l, jobs(), have_tree);
-    for (i, s) in all.iter().enumerate() {
-        eprintln!(
-            "cowgup: {}: [{}/{}] {}",
-            b.label(),
-            i + 1,
-            all.len(),
-            s.what
-        );
-        let status = Command::new(&s.argv[0])
-            .args(&s.argv[1..])
-            .status()
-            .map_err(|e| format!("cannot run {}: {e}", s.argv[0]))?;
-        if !status.success() {
-            let cross = match b.arch.cross_compile() {
-                Some(_) => format!(" {}", b.arch.cross_package()),
-                None => String::new(),
-            };
-            return Err(format!(
-                "{}: {} failed ({status}); a kernel build needs: apt-get install \
-                 build-essential flex bison bc libelf-dev libssl-dev xz-utils{cross}",
-                b.label(),
-                s.what
-            ));
-        }
+    let start = std::time::Instant::now();
+    if let Err(e) = run_steps(
+        &b.label(),
+        &all,
+        &l.obj(b),
+        &l.obj(b).join("cowgup-build.log"),
+    ) {
+        let cross = match b.arch.cross_compile() {
+            Some(_) => format!(" {}", b.arch.cross_package()),
+            None => String::new(),
+        };
+        return Err(format!(
+            "{e}\n(a kernel build needs: apt-get install build-essential flex bison bc libelf-dev \
+             libssl-dev xz-utils{cross})"
+        ));
     }
+    eprintln!(
+        "cowgup: {}: built in {:.0} s",
+        b.label(),
+        start.elapsed().as_secs_f64()
+    );
     let config = std::fs::read_to_string(l.obj(b).join(".config")).unwrap_or_default();
     for m in missing_options(b, &config) {
         eprintln!(
@@ -513,6 +594,14 @@ mod tests {
             lines[3]
         );
         assert_eq!(l.image(&b).file_name().unwrap(), "Image");
+    }
+
+    #[test]
+    fn compiled_files_are_counted_from_kbuilds_lines() {
+        let log = "  CC      mm/memory.o\n  AR      mm/built-in.a\n  CC      kernel/fork.o\n  \
+                   LD      vmlinux.o\n  CC [M]  x.o\n  CALL    scripts/checksyscalls.sh\n";
+        assert_eq!(compiled(log), 3, "modules are compiled too");
+        assert_eq!(compiled(""), 0);
     }
 
     #[test]

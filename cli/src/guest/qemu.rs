@@ -258,6 +258,10 @@ pub fn run_watched(
 ) -> Result<Ended, String> {
     let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
+    let own_group = crate::stop::catching();
+    if own_group {
+        std::os::unix::process::CommandExt::process_group(cmd, 0);
+    }
     let mut child: Child = cmd
         .stdin(Stdio::null())
         .stdout(out)
@@ -265,19 +269,25 @@ pub fn run_watched(
         .spawn()
         .map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))?;
     let start = Instant::now();
+    let end = |child: &mut Child| {
+        if own_group {
+            let group = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    };
     loop {
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
             return Ok(Ended::Exited(status));
         }
         let stop = crate::stop::requested().map(|sig| format!("interrupted by {sig}"));
         if let Some(why) = stop.or_else(|| watch(start.elapsed())) {
-            let _ = child.kill();
-            let _ = child.wait();
+            end(&mut child);
             return Ok(Ended::Stopped(why));
         }
         if start.elapsed() >= limit {
-            let _ = child.kill();
-            let _ = child.wait();
+            end(&mut child);
             return Ok(Ended::TimedOut);
         }
         std::thread::sleep(POLL);

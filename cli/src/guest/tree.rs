@@ -266,30 +266,6 @@ pub fn config_warnings(arch: Arch, config: &str) -> Vec<String> {
         .collect()
 }
 
-/// kbuild's quiet lines for compiled C files: how incremental a build was.
-pub fn compiled(log: &str) -> usize {
-    log.lines()
-        .filter(|l| l.trim_start().starts_with("CC ") && l.trim_end().ends_with(".o"))
-        .count()
-}
-
-/// A build's progress line: files compiled so far, the last one, the time.
-fn progress(log: &str, t: Duration) -> String {
-    let last = log
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with("CC "))
-        .and_then(|l| l.split_whitespace().last())
-        .unwrap_or("");
-    let s = t.as_secs();
-    format!(
-        "  {} compiled, {}:{:02} ... {last}",
-        compiled(log),
-        s / 60,
-        s % 60
-    )
-}
-
 /// What one build did.
 #[derive(Clone, Debug)]
 pub struct Built {
@@ -329,59 +305,7 @@ pub fn build(t: &TreeSpec) -> Result<Built, String> {
     let ccache = which("ccache");
     let all = steps(t.arch, &l, build::jobs(), ccache, config);
     let start = Instant::now();
-    let log = l.log();
-    let mut text = String::new();
-    for (i, s) in all.iter().enumerate() {
-        eprintln!(
-            "cowgup: {label}: [{}/{}] {} in {}",
-            i + 1,
-            all.len(),
-            s.what,
-            l.out().display()
-        );
-        let step_log = log.with_extension(format!("step{i}"));
-        let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        let mut shown = Duration::ZERO;
-        let ended = super::qemu::run_watched(
-            Command::new(&s.argv[0]).args(&s.argv[1..]),
-            &step_log,
-            Duration::from_secs(6 * 3600),
-            |t| {
-                if terminal && t >= shown + Duration::from_secs(5) {
-                    shown = t;
-                    eprint!(
-                        "\r\x1b[K{}",
-                        progress(&super::qemu::read_lossy(&step_log), t)
-                    );
-                }
-                None
-            },
-        );
-        if terminal && shown > Duration::ZERO {
-            eprint!("\r\x1b[K");
-        }
-        let out = super::qemu::read_lossy(&step_log);
-        let _ = std::fs::remove_file(&step_log);
-        text.push_str(&out);
-        let _ = std::fs::write(&log, &text);
-        let failed = match ended {
-            Ok(super::qemu::Ended::Exited(st)) if st.success() => None,
-            Ok(super::qemu::Ended::Exited(st)) => Some(st.to_string()),
-            Ok(super::qemu::Ended::Stopped(why)) => Some(why),
-            Ok(super::qemu::Ended::TimedOut) => Some("timed out".into()),
-            Err(e) => Some(e),
-        };
-        if let Some(why) = failed {
-            let tail: Vec<&str> = out.lines().rev().take(15).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            return Err(format!(
-                "{label}: {} failed ({why}); the last lines of {}:\n{}",
-                s.what,
-                log.display(),
-                tail.join("\n")
-            ));
-        }
-    }
+    let text = build::run_steps(&label, &all, l.out(), &l.log())?;
     if config {
         let _ = std::fs::write(l.stamp(), fragment_hash(t.arch));
         let text = std::fs::read_to_string(l.config()).unwrap_or_default();
@@ -393,7 +317,7 @@ pub fn build(t: &TreeSpec) -> Result<Built, String> {
         image: l.image(t.arch),
         label,
         wall: start.elapsed(),
-        compiled: compiled(&text),
+        compiled: build::compiled(&text),
     };
     eprintln!(
         "cowgup: {}: built {} in {:.0} s ({})",
@@ -524,13 +448,5 @@ mod tests {
         assert!(w
             .iter()
             .any(|l| l.contains("CONFIG_SERIAL_8250=y") && l.contains("x86_64.config")));
-    }
-
-    #[test]
-    fn compiled_files_are_counted_from_kbuilds_lines() {
-        let log = "  CC      mm/memory.o\n  AR      mm/built-in.a\n  CC      kernel/fork.o\n  \
-                   LD      vmlinux.o\n  CC [M]  x.o\n  CALL    scripts/checksyscalls.sh\n";
-        assert_eq!(compiled(log), 3, "modules are compiled too");
-        assert_eq!(compiled(""), 0);
     }
 }

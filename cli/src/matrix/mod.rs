@@ -309,6 +309,12 @@ pub fn matrix(args: &MatrixArgs) -> ExitCode {
     if args.kernel.contains(&KernelSpec::Host) && args.topology.iter().any(|t| !t.is_base()) {
         eprintln!("cowgup: topologies apply to guests; the host cell runs as the host is");
     }
+    // SIGINT/SIGTERM/SIGHUP stop the kernel build or guest running (a make
+    // or qemu left behind would go on without us); the report holds what
+    // finished.
+    if let Err(e) = crate::stop::catch() {
+        return crate::fatal(&e);
+    }
     let mut session = match Session::new(args) {
         Ok(s) => s,
         Err(e) => return crate::fatal(&e),
@@ -331,7 +337,14 @@ pub fn matrix(args: &MatrixArgs) -> ExitCode {
         .map(|k| (*k != KernelSpec::Host).then(|| k.image()))
         .collect();
     let cells = session.run(&kernels);
-    write_reports(args, &cells, sink, html_sink)
+    let code = write_reports(args, &cells, sink, html_sink);
+    match crate::stop::requested() {
+        Some(sig) => {
+            eprintln!("cowgup: matrix: stopped by {sig}; the report holds what finished before it");
+            ExitCode::from(130)
+        }
+        None => code,
+    }
 }
 
 /// What runs of cells with the same arguments share: the work directory,
