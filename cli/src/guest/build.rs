@@ -1,6 +1,7 @@
 //! `--kernel build:6.12[/arm64][+debug_vm][+64k]`: a kernel built from
 //! Debian's `linux-source-6.12` (fetched with `apt-get download`, never
-//! installed): `make defconfig` of the architecture (cross-compiled with
+//! installed): `make defconfig` of the architecture (arm64: `defconfig
+//! virt.config`, no SoC platforms; cross-compiled with
 //! `CROSS_COMPILE=aarch64-linux-gnu-` for arm64 on an x86 host), the repo's
 //! fragments (`cli/kernel-config/`: `cowgup`, the architecture's, then the
 //! variants) merged with `scripts/kconfig/merge_config.sh`, `make
@@ -245,9 +246,14 @@ pub fn steps(b: &BuildSpec, l: &Layout, jobs: usize, have_tree: bool) -> Vec<Ste
         a.extend(args.iter().map(|s| s.to_string()));
         a
     };
+    // virt.config is in the kernel since 6.9: not in Debian's 6.1 source.
+    let base: Vec<&str> = match b.arch.guest_config() {
+        Some(guest) if b.series != "6.1" => vec!["defconfig", guest],
+        _ => vec!["defconfig"],
+    };
     v.push(Step {
-        what: format!("{} defconfig", b.arch),
-        argv: make(&["defconfig"]),
+        what: format!("{} {}", b.arch, base.join(" ")),
+        argv: make(&base),
     });
     let mut merge = vec![
         tree.join("scripts/kconfig/merge_config.sh")
@@ -575,7 +581,7 @@ mod tests {
             " CROSS_COMPILE=aarch64-linux-gnu-".into()
         };
         assert!(
-            lines[0].ends_with(&format!("ARCH=arm64{cross} defconfig")),
+            lines[0].ends_with(&format!("ARCH=arm64{cross} defconfig virt.config")),
             "{}",
             lines[0]
         );

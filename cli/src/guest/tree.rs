@@ -213,9 +213,16 @@ pub fn steps(arch: Arch, l: &Layout, jobs: usize, ccache: bool, config: bool) ->
     };
     let mut v = Vec::new();
     if config {
+        let mut base = vec!["defconfig"];
+        if let Some(guest) = arch.guest_config() {
+            let dir = l.tree.join("arch").join(arch.kernel_arch()).join("configs");
+            if dir.join(guest).is_file() {
+                base.push(guest);
+            }
+        }
         v.push(Step {
-            what: format!("{arch} defconfig"),
-            argv: make(&["defconfig"]),
+            what: format!("{arch} {}", base.join(" ")),
+            argv: make(&base),
         });
         let mut merge = vec![
             l.tree
