@@ -286,7 +286,13 @@ pub fn steps(b: &BuildSpec, l: &Layout, jobs: usize, have_tree: bool) -> Vec<Ste
     });
     let target = b.arch.image_target();
     v.push(Step {
-        what: format!("build {target} (-j{jobs}; about 12 min on 2 cores for x86_64)"),
+        what: format!(
+            "build {target} (-j{jobs}; about {} min on 2 cores)",
+            match b.arch {
+                Arch::X86_64 => "12-15",
+                Arch::Arm64 => "30",
+            }
+        ),
         argv: make(&[&format!("-j{jobs}"), target]),
     });
     v
