@@ -9,8 +9,8 @@ use cowgup_harness::probe::Capabilities;
 use crate::scenario::{Family, Scenario};
 use crate::{
     beyond_upstream, cow_anon, cow_anon_thp, cow_non_anon, file_large_folios, force_write,
-    fork_flags, fsdax_pins, gup_longterm, gup_test, large_folio_pins, movable_pins, pins_under_reclaim,
-    remote_access,
+    fork_flags, fsdax_pins, gup_longterm, gup_test, large_folio_pins, movable_pins,
+    pins_under_reclaim, remote_access,
 };
 
 /// One family of the catalogue.

@@ -90,7 +90,11 @@ pub const PINS: [Option<PinSource>; 4] = [
 /// Every case, in catalogue order.
 pub fn cases() -> Vec<FlagCase> {
     let mut v = Vec::new();
-    for flag in [ForkFlag::DontFork, ForkFlag::DoForkAgain, ForkFlag::WipeOnFork] {
+    for flag in [
+        ForkFlag::DontFork,
+        ForkFlag::DoForkAgain,
+        ForkFlag::WipeOnFork,
+    ] {
         v.extend(PINS.map(|pin| FlagCase::Fork { flag, pin }));
     }
     for op in Op::ALL {
@@ -107,7 +111,9 @@ pub fn cases() -> Vec<FlagCase> {
 }
 
 fn pinned_by(pin: Option<PinSource>) -> String {
-    pin.map_or(String::new(), |p| format!(" of pages pinned by {}", p.name()))
+    pin.map_or(String::new(), |p| {
+        format!(" of pages pinned by {}", p.name())
+    })
 }
 
 impl Case for FlagCase {
@@ -319,7 +325,11 @@ fn dont_fork(m: &Memory, pin: Option<PinSource>) -> Step<Observed> {
     }
     unmoved("the parent's pages across fork()", &before, &after_fork)?;
     if held.is_some() {
-        unmoved("the pinned pages across the parent's write", &after_fork, &after)?;
+        unmoved(
+            "the pinned pages across the parent's write",
+            &after_fork,
+            &after,
+        )?;
     }
     Ok(stale(through).unwrap_or(Observed::Clean))
 }
@@ -352,10 +362,7 @@ fn do_fork_again(m: &Memory, shared: bool, pin: Option<PinSource>) -> Step<Obser
 
 /// Fork a child that checks `region` once the parent has written: the
 /// original (private memory) or the parent's write (shared memory).
-pub fn watch_child(
-    m: &Memory,
-    shared: bool,
-) -> Step<(Result<Watched, Observed>, Content)> {
+pub fn watch_child(m: &Memory, shared: bool) -> Step<(Result<Watched, Observed>, Content)> {
     let (region, pattern) = (m.region, m.pattern);
     let expects = if shared {
         ORIGINAL.written_by(Writer::Parent)
@@ -440,7 +447,9 @@ fn wipe_on_fork(m: &Memory, private_anon: bool, pin: Option<PinSource>) -> Step<
         (Err(nix::errno::Errno::EINVAL), false) => {
             return match pattern.check(region, ORIGINAL) {
                 Ok(()) => Ok(Observed::Clean),
-                Err(mm) => fail(format!("the refused MADV_WIPEONFORK changed the memory: {mm}")),
+                Err(mm) => fail(format!(
+                    "the refused MADV_WIPEONFORK changed the memory: {mm}"
+                )),
             };
         }
         (Err(e), true) => {
@@ -510,7 +519,9 @@ fn wipe_on_fork(m: &Memory, private_anon: bool, pin: Option<PinSource>) -> Step<
         )));
     }
     if let Err(mm) = wiped.own {
-        return fail(format!("the child's own write on its zeroed pages is wrong: {mm}"));
+        return fail(format!(
+            "the child's own write on its zeroed pages is wrong: {mm}"
+        ));
     }
     if let Err(mm) = kept {
         return Ok(Observed::Leak(format!(
@@ -519,7 +530,50 @@ fn wipe_on_fork(m: &Memory, private_anon: bool, pin: Option<PinSource>) -> Step<
     }
     unmoved("the parent's pages across fork()", &before, &after_fork)?;
     if held.is_some() {
-        unmoved("the pinned pages across the parent's write", &after_fork, &after)?;
+        unmoved(
+            "the pinned pages across the parent's write",
+            &after_fork,
+            &after,
+        )?;
     }
     Ok(stale(through).unwrap_or(Observed::Clean))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_case_runs_where_it_applies() {
+        let caps = crate::tests::reference_host();
+        let all = scenarios(&caps);
+        // 58 backings: 54 anonymous (cow.c's), MAP_SHARED anon, memfd, 2 hugetlb memfds.
+        // Fork flags: 3 x 4 pins on all but MADV_WIPEONFORK's refusals (once each, 6);
+        // mremap(): 5 holders x (2 ops on all + 2 splitting ops on the 35 of two
+        // units or more); UFFDIO_MOVE: 3 on the 34 unswapped private anon backings.
+        assert_eq!(
+            all.len(),
+            4 * 58 * 2 + (52 * 4 + 6) + 5 * (2 * 58 + 2 * 35) + 3 * 34
+        );
+        assert_eq!(all[0].name, "MADV_DONTFORK, then fork() ... with base page");
+        assert!(all.iter().any(
+            |s| s.name == "UFFDIO_MOVE of pages COW-shared with a child ... with THP (2048 kB)"
+        ));
+        assert!(!all
+            .iter()
+            .any(|s| s.name.starts_with("UFFDIO_MOVE") && s.name.contains("hugetlb")));
+        let names: std::collections::BTreeSet<&str> = all.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names.len(), all.len(), "names are unique");
+    }
+
+    #[test]
+    fn refusals_run_once_and_take_no_pin() {
+        let caps = crate::tests::reference_host();
+        let refused: Vec<Scenario> = scenarios(&caps)
+            .into_iter()
+            .filter(|s| s.name.starts_with("MADV_WIPEONFORK") && s.name.contains("MAP_SHARED"))
+            .collect();
+        assert_eq!(refused.len(), 4);
+        assert!(refused.iter().all(|s| !s.pins));
+    }
 }

@@ -221,7 +221,11 @@ fn move_and_write(m: &Memory, shared: bool, op: Op, holder: Holder) -> Step<Move
             write_and_check_own(region, pattern, ORIGINAL, Writer::Parent, "the parent")?;
             let after = View::capture(region, pattern.unit)?;
             if holder.pin().is_some() {
-                unmoved("the pinned pages across the parent's write", &before, &after)?;
+                unmoved(
+                    "the pinned pages across the parent's write",
+                    &before,
+                    &after,
+                )?;
             }
             return Ok(Moved {
                 after,
@@ -361,7 +365,8 @@ pub fn uffd_move(m: &Memory, holder: Option<Holder>) -> Step<Observed> {
         let at_dst = View::capture(dst, pattern.unit)?;
         unmoved("the source's pages vs the destination's", &before, &at_dst)?;
         damage::copy(Side::Writer, dst, pattern);
-        if let Err(mm) = pattern.check_moved(dst, region.addr, ORIGINAL.written_by(Writer::Parent)) {
+        if let Err(mm) = pattern.check_moved(dst, region.addr, ORIGINAL.written_by(Writer::Parent))
+        {
             cowgup_harness::evidence("mismatch", &mm);
             return fail(format!(
                 "the destination does not hold what the source held: {mm}"
@@ -435,11 +440,19 @@ fn refused_and_written(
         ));
     }
     let stayed = View::capture(region, pattern.unit)?;
-    unmoved("the pages before vs after the refused UFFDIO_MOVE", &before, &stayed)?;
+    unmoved(
+        "the pages before vs after the refused UFFDIO_MOVE",
+        &before,
+        &stayed,
+    )?;
     write_and_check_own(region, pattern, ORIGINAL, Writer::Parent, "the parent")?;
     let after = View::capture(region, pattern.unit)?;
     if held.is_some() {
-        unmoved("the pinned pages across the parent's write", &stayed, &after)?;
+        unmoved(
+            "the pinned pages across the parent's write",
+            &stayed,
+            &after,
+        )?;
     }
     Ok((after, through_pin(&mut held, m)?))
 }

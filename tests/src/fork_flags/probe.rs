@@ -60,7 +60,11 @@ extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut 
     // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler;
     // write(2) and _exit(2) are async-signal-safe.
     unsafe {
-        let words = [signal as u64, (*info).si_code as u64, (*info).si_addr() as u64];
+        let words = [
+            signal as u64,
+            (*info).si_code as u64,
+            (*info).si_addr() as u64,
+        ];
         libc::write(REPORT_FD.load(Ordering::Relaxed), words.as_ptr().cast(), 24);
         libc::_exit(FAULTED);
     }
@@ -101,10 +105,8 @@ pub fn touch(addr: usize) -> Step<Touch> {
             Err(e) => return fail(format!("read() from the probe's pipe failed: {e}")),
         }
     }
-    let code = match child.exit_code() {
-        Ok(c) => c,
-        Err(_) => -1,
-    };
+    // Killed by a signal: the handler did not run (a crash elsewhere).
+    let code = child.exit_code().unwrap_or(-1);
     let word = |i: usize| u64::from_ne_bytes(buf[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
     Ok(match (code, got) {
         (FAULTED, 24) => Touch::Faulted {
