@@ -196,7 +196,7 @@ fn verify() -> Result<(), String> {
             .any(|p| s.reason.contains(&format!("page {p} ")));
         let ok = match OutcomeKind::parse(&s.outcome) {
             Some(OutcomeKind::Fail) => names_page,
-            Some(OutcomeKind::Xfail) => accepted,
+            Some(OutcomeKind::Xfail) => accepted || racy_by_nature(&s.name),
             _ => false,
         };
         if !ok {
@@ -286,4 +286,13 @@ fn fork_flags_writes(family: &str, name: &str) -> bool {
 /// COW-shared range moved or refused): its copy is what reader damage hits.
 fn fork_flags_child_checks(family: &str, name: &str) -> bool {
     family == "fork_flags" && (name.contains("MADV_DOFORK") || name.contains("COW-shared"))
+}
+
+/// A trial whose accepted failure is a race (an XFAIL row that may pass):
+/// large_folio_pins' fork() while a thread writes, where the child's copy
+/// is torn or not depending on timing. Damage to what the pin shows is
+/// judged a torn copy, the row's symptom: never a pass, but XFAIL whether
+/// the baseline happened to be torn or not.
+fn racy_by_nature(name: &str) -> bool {
+    name.starts_with("fork() with a fixed buffer while a thread writes")
 }

@@ -42,7 +42,7 @@ use crate::common::{
     child_body, collect, fork_with, write_and_check_own, ChildView, Watched, ORIGINAL,
 };
 use crate::cross::{Case, Cross};
-use crate::expectations::{self, judge, Observed};
+use crate::expectations::{self, judge, Mechanism, Observed};
 use crate::scenario::{Family, Scenario};
 
 pub use memory::{FlagBacking, Memory, Pool};
@@ -190,7 +190,11 @@ pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
             FlagCase::Mremap { op, holder } => moves::mremap(&m, backing.shared(), op, holder)?,
             FlagCase::UffdMove { holder } => moves::uffd_move(&m, holder)?,
         };
-        Ok(judge(&backing.subject(kernel), observed))
+        let mut subject = backing.subject(kernel);
+        if let FlagCase::UffdMove { .. } = case {
+            subject.mechanism = Mechanism::UffdMove;
+        }
+        Ok(judge(&subject, observed))
     })
 }
 
