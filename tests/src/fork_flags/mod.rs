@@ -153,7 +153,8 @@ impl Case for FlagCase {
 /// Whether a case runs on a backing: a refusal is run once (without pins),
 /// a shrink or a half move needs a range of two units or more, UFFDIO_MOVE
 /// runs where it may move (private anonymous memory that is not hugetlb;
-/// swapped-out pages are left out: it moves swap entries, not pages).
+/// swapped-out pages are left out: it moves swap entries, not pages) and,
+/// once, where it may not (hugetlb, shared memory: EINVAL).
 fn applies(case: FlagCase, b: FlagBacking) -> bool {
     match case {
         FlagCase::Fork {
@@ -162,7 +163,10 @@ fn applies(case: FlagCase, b: FlagBacking) -> bool {
         } => b.private_anon() || pin.is_none(),
         FlagCase::Fork { .. } => true,
         FlagCase::Mremap { op, .. } => !op.splits() || b.units() >= 2,
-        FlagCase::UffdMove { .. } => b.private_anon() && !b.swapped(),
+        // Where it may not move (hugetlb, shared memory) it is refused once.
+        FlagCase::UffdMove { holder } => {
+            (b.private_anon() && !b.swapped()) || (!b.private_anon() && holder.is_none())
+        }
     }
 }
 
@@ -188,7 +192,10 @@ pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
                 ForkFlag::WipeOnFork => wipe_on_fork(&m, backing.private_anon(), pin)?,
             },
             FlagCase::Mremap { op, holder } => moves::mremap(&m, backing.shared(), op, holder)?,
-            FlagCase::UffdMove { holder } => moves::uffd_move(&m, holder)?,
+            FlagCase::UffdMove { holder } if backing.private_anon() => {
+                moves::uffd_move(&m, holder)?
+            }
+            FlagCase::UffdMove { .. } => moves::uffd_move_refused(&m)?,
         };
         let mut subject = backing.subject(kernel);
         if let FlagCase::UffdMove { .. } = case {
@@ -554,18 +561,22 @@ mod tests {
         // 58 backings: 54 anonymous (cow.c's), MAP_SHARED anon, memfd, 2 hugetlb memfds.
         // Fork flags: 3 x 4 pins on all but MADV_WIPEONFORK's refusals (once each, 6);
         // mremap(): 5 holders x (2 ops on all + 2 splitting ops on the 35 of two
-        // units or more); UFFDIO_MOVE: 3 on the 34 unswapped private anon backings.
+        // units or more); UFFDIO_MOVE: 3 on the 34 unswapped private anon backings,
+        // refused once on each of the 6 hugetlb and shared ones.
         assert_eq!(
             all.len(),
-            4 * 58 * 2 + (52 * 4 + 6) + 5 * (2 * 58 + 2 * 35) + 3 * 34
+            4 * 58 * 2 + (52 * 4 + 6) + 5 * (2 * 58 + 2 * 35) + 3 * 34 + 6
         );
         assert_eq!(all[0].name, "MADV_DONTFORK, then fork() ... with base page");
         assert!(all.iter().any(
             |s| s.name == "UFFDIO_MOVE of pages COW-shared with a child ... with THP (2048 kB)"
         ));
-        assert!(!all
+        let uffd_hugetlb: Vec<&Scenario> = all
             .iter()
-            .any(|s| s.name.starts_with("UFFDIO_MOVE") && s.name.contains("hugetlb")));
+            .filter(|s| s.name.starts_with("UFFDIO_MOVE") && s.name.contains("hugetlb"))
+            .collect();
+        assert_eq!(uffd_hugetlb.len(), 4);
+        assert!(uffd_hugetlb.iter().all(|s| !s.pins));
         let names: std::collections::BTreeSet<&str> = all.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names.len(), all.len(), "names are unique");
     }

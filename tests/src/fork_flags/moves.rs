@@ -468,3 +468,45 @@ fn refused_and_written(
     }
     Ok(Ok((after, through_pin(&mut held, m)?)))
 }
+
+/// UFFDIO_MOVE out of memory it may not move from: hugetlb (`VM_HUGETLB`)
+/// and shared memory (not `vma_is_anonymous()`, and a page protection other
+/// than the private destination's) are refused with EINVAL
+/// (mm/userfaultfd.c validate_move_areas()), and stay as they were.
+pub fn uffd_move_refused(m: &Memory) -> Step<Observed> {
+    let (region, pattern) = (m.region, m.pattern);
+    let dst = mem::map_aligned(m.align.max(region.len), RW)?.sub(0, region.len);
+    let mover = Mover::new(dst)?;
+    let before = View::capture(region, pattern.unit)?;
+    let moved = mover.move_within(region, MOVE_LIMIT);
+    cowgup_harness::evidence(
+        "uffdio_move",
+        serde_json::json!({ "result": format!("{moved:?}") }),
+    );
+    match moved {
+        None => return Ok(no_return("hugetlb or shared")),
+        Some(Err((Errno::EINVAL, _))) => {}
+        Some(Ok(n)) => {
+            return fail(format!(
+            "UFFDIO_MOVE moved {n} bytes out of hugetlb or shared memory: validate_move_areas() \
+                 refuses it with EINVAL"
+        ))
+        }
+        Some(Err((e, mv))) => {
+            return fail(format!(
+                "UFFDIO_MOVE out of hugetlb or shared memory failed with {e} (move = {mv}), \
+                 expected EINVAL"
+            ))
+        }
+    }
+    let stayed = View::capture(region, pattern.unit)?;
+    unmoved(
+        "the pages before vs after the refused UFFDIO_MOVE",
+        &before,
+        &stayed,
+    )?;
+    match pattern.check(region, ORIGINAL) {
+        Ok(()) => Ok(Observed::Clean),
+        Err(mm) => fail(format!("the refused UFFDIO_MOVE changed the memory: {mm}")),
+    }
+}
