@@ -275,11 +275,12 @@ fn verify() -> Result<(), String> {
 }
 
 /// A fork_flags trial whose parent writes and checks its own copy: all but
-/// MADV_WIPEONFORK refused on memory with a file (nothing is written there).
+/// MADV_WIPEONFORK and UFFDIO_MOVE refused on memory with a file (hugetlb,
+/// shared memory: nothing is written there).
 fn fork_flags_writes(family: &str, name: &str) -> bool {
-    let refused_wipe = name.starts_with("MADV_WIPEONFORK")
+    let refusal = (name.starts_with("MADV_WIPEONFORK") || name.starts_with("UFFDIO_MOVE"))
         && (name.contains("with hugetlb") || name.contains("MAP_SHARED"));
-    family == "fork_flags" && !refused_wipe
+    family == "fork_flags" && !refusal
 }
 
 /// A fork_flags trial whose child checks data it inherited (MADV_DOFORK, a
