@@ -284,9 +284,10 @@ fn fork_flags_writes(family: &str, name: &str) -> bool {
 }
 
 /// A fork_flags trial whose child checks data it inherited (MADV_DOFORK, a
-/// COW-shared range moved or refused): its copy is what reader damage hits.
+/// range (COW-)shared with a child, moved or refused): its copy is what
+/// reader damage hits.
 fn fork_flags_child_checks(family: &str, name: &str) -> bool {
-    family == "fork_flags" && (name.contains("MADV_DOFORK") || name.contains("COW-shared"))
+    family == "fork_flags" && (name.contains("MADV_DOFORK") || name.contains("shared with a child"))
 }
 
 /// A trial whose accepted failure is a race (an XFAIL row that may pass):

@@ -41,7 +41,7 @@ use nix::sys::mman::MmapAdvise;
 use crate::common::{
     child_body, collect, fork_with, write_and_check_own, ChildView, Watched, ORIGINAL,
 };
-use crate::cross::{Case, Cross};
+use crate::cross::{Backing, Case, Cross};
 use crate::expectations::{self, judge, Mechanism, Observed};
 use crate::scenario::{Family, Scenario};
 
@@ -183,26 +183,37 @@ pub fn scenarios(caps: &Capabilities) -> Vec<Scenario> {
                 .map(move |&b| (c, b))
         })
         .collect();
-    Cross::pairs(Family::FORK_FLAGS, caps, pairs).build(move |opts, case, backing| {
-        let m = backing.setup(opts)?;
-        let observed = match case {
-            FlagCase::Fork { flag, pin } => match flag {
-                ForkFlag::DontFork => dont_fork(&m, pin)?,
-                ForkFlag::DoForkAgain => do_fork_again(&m, backing.shared(), pin)?,
-                ForkFlag::WipeOnFork => wipe_on_fork(&m, backing.private_anon(), pin)?,
-            },
-            FlagCase::Mremap { op, holder } => moves::mremap(&m, backing.shared(), op, holder)?,
-            FlagCase::UffdMove { holder } if backing.private_anon() => {
-                moves::uffd_move(&m, holder)?
+    Cross::pairs(Family::FORK_FLAGS, caps, pairs)
+        .named(|case, backing| {
+            // Shared memory is shared with a child, not COW-shared.
+            let desc = case.desc();
+            let desc = if backing.shared() {
+                desc.replace("COW-shared", "shared")
+            } else {
+                desc
+            };
+            format!("{desc} ... with {}", backing.suffix())
+        })
+        .build(move |opts, case, backing| {
+            let m = backing.setup(opts)?;
+            let observed = match case {
+                FlagCase::Fork { flag, pin } => match flag {
+                    ForkFlag::DontFork => dont_fork(&m, pin)?,
+                    ForkFlag::DoForkAgain => do_fork_again(&m, backing.shared(), pin)?,
+                    ForkFlag::WipeOnFork => wipe_on_fork(&m, backing.private_anon(), pin)?,
+                },
+                FlagCase::Mremap { op, holder } => moves::mremap(&m, backing.shared(), op, holder)?,
+                FlagCase::UffdMove { holder } if backing.private_anon() => {
+                    moves::uffd_move(&m, holder)?
+                }
+                FlagCase::UffdMove { .. } => moves::uffd_move_refused(&m)?,
+            };
+            let mut subject = backing.subject(kernel);
+            if let FlagCase::UffdMove { .. } = case {
+                subject.mechanism = Mechanism::UffdMove;
             }
-            FlagCase::UffdMove { .. } => moves::uffd_move_refused(&m)?,
-        };
-        let mut subject = backing.subject(kernel);
-        if let FlagCase::UffdMove { .. } = case {
-            subject.mechanism = Mechanism::UffdMove;
-        }
-        Ok(judge(&subject, observed))
-    })
+            Ok(judge(&subject, observed))
+        })
 }
 
 /// Take the pin; a refusal fails (long-term pins of anonymous, shmem and
