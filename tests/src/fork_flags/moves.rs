@@ -346,10 +346,26 @@ pub fn uffd_move(m: &Memory, holder: Option<Holder>) -> Step<Observed> {
         // partially shared THP is not until then).
         pattern.write(region, Writer::Parent);
         let before = View::capture(region, pattern.unit)?;
-        let moved = mover.move_within(region, MOVE_LIMIT);
+        // A large folio is split before its pages move, and split_folio()
+        // fails while anything else holds a reference for a moment (the LRU
+        // batch a fresh folio sits in), which move_pages_pte() reports as
+        // EBUSY at once since it stopped retrying -EAGAIN: seen once in
+        // about 400 moves of a PTE-mapped 1 MiB THP on 6.18.44. Exclusive
+        // pages get a few more tries; pinned and shared ones are refused
+        // for good on the first.
+        let mut busy = 0;
+        let moved = loop {
+            match mover.move_within(region, MOVE_LIMIT) {
+                Some(Err((Errno::EBUSY, 0 | -16))) if busy < 20 => {
+                    busy += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                r => break r,
+            }
+        };
         cowgup_harness::evidence(
             "uffdio_move",
-            serde_json::json!({ "result": format!("{moved:?}") }),
+            serde_json::json!({ "result": format!("{moved:?}"), "ebusy_retries": busy }),
         );
         match moved {
             None => return Ok(no_return("exclusive")),
