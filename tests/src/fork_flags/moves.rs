@@ -347,12 +347,12 @@ pub fn uffd_move(m: &Memory, holder: Option<Holder>) -> Step<Observed> {
         pattern.write(region, Writer::Parent);
         let before = View::capture(region, pattern.unit)?;
         // A large folio is split before its pages move, and split_folio()
-        // fails while anything else holds a reference for a moment (the LRU
-        // batch a fresh folio sits in), which move_pages_pte() reports as
-        // EBUSY at once since it stopped retrying -EAGAIN: seen once in
-        // about 400 moves of a PTE-mapped 1 MiB THP on 6.18.44. Exclusive
-        // pages get a few more tries; pinned and shared ones are refused
-        // for good on the first.
+        // fails while anything else holds a reference for a moment (an
+        // LRU batch a fresh folio may sit in, for one), which
+        // move_pages_pte() reports as EBUSY at once since it stopped
+        // retrying -EAGAIN: seen once in about 440 moves (a PTE-mapped
+        // 1 MiB THP, 6.18.44). Exclusive pages get a few more tries;
+        // pinned and shared ones are refused for good on the first.
         let mut busy = 0;
         let moved = loop {
             match mover.move_within(region, MOVE_LIMIT) {
