@@ -92,7 +92,7 @@ pub struct Watched {
 /// `prepare` gave (sending `None` instead when fork() lost the data). The
 /// parent waits for ready: `Err(lost_at_fork())` when the child found its
 /// page lost, a failure when the child failed before it was ready.
-pub fn fork_with<P, T: serde::Serialize>(
+pub fn fork_with<P, T: serde::Serialize + serde::de::DeserializeOwned>(
     range: Region,
     pattern: Pattern,
     prepare: impl FnOnce() -> Step<P>,
@@ -119,7 +119,8 @@ pub fn fork_with<P, T: serde::Serialize>(
             Ok(Err(lost_at_fork()))
         }
         _ => {
-            let _ = child.exit_code();
+            // The child's own failure (sent on `report`) says what it saw.
+            collect::<Option<T>>(&report, child)?;
             fail("child failed before it was ready (see its diagnostics)")
         }
     }

@@ -18,7 +18,7 @@
 //! | key | value | absent |
 //! |---|---|---|
 //! | `id` | unique name | required |
-//! | `mechanisms` | `["fork", "vmsplice", "io-uring-pin", "ro-pin", "rw-pin", "collapse", "threaded-fork"]` | any |
+//! | `mechanisms` | `["fork", "vmsplice", "io-uring-pin", "ro-pin", "rw-pin", "collapse", "threaded-fork", "uffd-move"]` | any |
 //! | `memory` | `anon`, `anon-hugetlb`, `non-anon`, `shmem-file`, `hugetlbfs-file`, `other-file`, `unknown-file` | required |
 //! | `size` | huge page size: `"2M"`, `"1G"`, `"64K"` or bytes | any (base pages included) |
 //! | `mapping` | `private`, `shared` | either |
@@ -80,6 +80,8 @@ pub enum Mechanism {
     /// fork() of pinned (so immediately copied) pages while another thread
     /// of the parent keeps writing them (large_folio_pins/torn.rs).
     ThreadedFork,
+    /// UFFDIO_MOVE of anonymous pages (fork_flags), whatever holds them.
+    UffdMove,
 }
 
 impl Mechanism {
@@ -308,6 +310,7 @@ impl Named for Mechanism {
         ("rw-pin", Mechanism::RwPin),
         ("collapse", Mechanism::Collapse),
         ("threaded-fork", Mechanism::ThreadedFork),
+        ("uffd-move", Mechanism::UffdMove),
     ];
 }
 
@@ -780,6 +783,8 @@ mod tests {
     const TEAR_ANON: &str = "fork-tearing-pinned-anon";
     const TEAR_HUGETLB: &str = "fork-tearing-pinned-hugetlb";
     const FSDAX: &str = "fsdax-longterm-private-vma-refusal";
+    const UFFD_MOVE_LIVELOCK: &str = "uffdio-move-pinned-large-folio-livelock";
+    const UFFD_MOVE_EEXIST: &str = "uffdio-move-partially-shared-thp-eexist";
 
     fn builtin_row(id: &str) -> &'static Expectation {
         table().rows().iter().find(|r| r.id == id).unwrap()
@@ -1098,8 +1103,16 @@ mod tests {
                 TEAR_ANON,
                 TEAR_HUGETLB,
                 LIVELOCK,
-                FSDAX
+                FSDAX,
+                UFFD_MOVE_LIVELOCK,
+                UFFD_MOVE_EEXIST
             ]
+        );
+        let u = builtin_row(UFFD_MOVE_LIVELOCK);
+        assert_eq!(u.mechanisms, [Mechanism::UffdMove]);
+        assert_eq!(
+            (u.memory, u.symptom, u.may_pass),
+            (MemoryClass::Anon, Symptom::Livelock, true)
         );
         let v = builtin_row(VMSPLICE);
         assert_eq!(v.mechanisms, [Mechanism::Vmsplice]);

@@ -8,6 +8,8 @@
 use cowgup_fixtures::file::{FileBacking, FileMemory, FsClass};
 use cowgup_fixtures::needs::{Need, ScratchFs};
 use cowgup_fixtures::pin::{FixedBuffer, GupTest};
+use cowgup_fixtures::pin_source::Held;
+use cowgup_fixtures::stamp::{Mismatch, Writer};
 use cowgup_fixtures::{fail, skip, Step, TrialOptions};
 use cowgup_harness::probe::Capabilities;
 use cowgup_harness::{diag, Outcome};
@@ -154,7 +156,10 @@ impl LongtermCase {
 
 /// What the pin attempt returned.
 enum Granted {
-    Yes,
+    /// Granted; what the pinned pages showed through the pin, against the
+    /// file's data (upstream only asks whether the pin is granted: a pin
+    /// granted on the wrong pages would pass there).
+    Yes(Result<(), Mismatch>),
     /// Refused with an errno that means "not allowed here".
     Refused(nix::errno::Errno),
 }
@@ -205,8 +210,14 @@ pub fn run(
         backing.huge_size(),
         kernel,
     );
+    if let Granted::Yes(Err(m)) = &granted {
+        cowgup_harness::evidence("mismatch", m);
+        return Ok(Outcome::Fail(format!(
+            "the granted pin does not show the file's data: {m}"
+        )));
+    }
     Ok(match (granted, should_work) {
-        (Granted::Yes, true) => judge(&subject, Observed::Clean),
+        (Granted::Yes(_), true) => judge(&subject, Observed::Clean),
         (Granted::Refused(e), false) if mem.dax && e != nix::errno::Errno::EOPNOTSUPP => {
             Outcome::Fail(format!(
                 "a long-term pin of a MAP_SHARED fsdax file was refused with {e}, where \
@@ -217,11 +228,11 @@ pub fn run(
             diag(format!("refused: {e}"));
             Outcome::Pass
         }
-        (Granted::Yes, false) if mem.dax => Outcome::Fail(format!(
+        (Granted::Yes(_), false) if mem.dax => Outcome::Fail(format!(
             "Should have failed: a long-term pin of a MAP_SHARED {} file on fsdax (DAX) was granted",
             mem.fs.name()
         )),
-        (Granted::Yes, false) => Outcome::Fail(format!(
+        (Granted::Yes(_), false) => Outcome::Fail(format!(
             "Should have failed: a writable long-term pin of a MAP_SHARED {} file was granted",
             mem.fs.name()
         )),
@@ -232,10 +243,12 @@ pub fn run(
 fn pin_with_gup_test(mem: &FileMemory, write: bool, fast: bool) -> Step<Granted> {
     let gup = GupTest::open()?;
     match gup.start(mem.region, write, fast) {
-        Ok(()) => {
-            gup.stop();
-            Ok(Granted::Yes)
-        }
+        // Read through the pin (PIN_LONGTERM_TEST_READ), then unpinned on drop.
+        Ok(()) => Ok(Granted::Yes(Held::Gup(gup, mem.region).check(
+            mem.region,
+            mem.pattern,
+            Writer::Setup,
+        )?)),
         Err(e @ (nix::errno::Errno::EFAULT | nix::errno::Errno::EOPNOTSUPP)) => {
             Ok(Granted::Refused(e))
         }
@@ -248,10 +261,11 @@ fn pin_with_gup_test(mem: &FileMemory, write: bool, fast: bool) -> Step<Granted>
 /// errno instead, which liburing never sets).
 fn pin_with_io_uring(mem: &FileMemory) -> Step<Granted> {
     match FixedBuffer::try_register(mem.region)? {
-        Ok(buf) => {
-            drop(buf);
-            Ok(Granted::Yes)
-        }
+        Ok(buf) => Ok(Granted::Yes(Held::Ring(Box::new(buf)).check(
+            mem.region,
+            mem.pattern,
+            Writer::Setup,
+        )?)),
         Err(e) => {
             let errno = nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0));
             diag(format!("io_uring_register_buffers() returned {errno}"));

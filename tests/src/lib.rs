@@ -16,6 +16,7 @@
 //! | `file_large_folios` | `file_large_folios::Case::ALL` (9) | `file_large_folios::FolioBacking::all` |
 //! | `force_write`   | `force_write::Forcer::ALL` (2), then `Racing` | `force_write::Target::all`, then the private file |
 //! | `large_folio_pins` | `OneFolio` (2), `Torn`, each `Span` | `Folio`s, `TornBacking`s, the span itself |
+//! | `fork_flags`    | `fork_flags::cases()` (35), where each applies | `fork_flags::FlagBacking::all` |
 //!
 //! A trial's name is derived, never typed: `<case> ... with <backing>`. The
 //! crossing is a value (`cross::Cross`): a family declares its cases and
@@ -31,6 +32,7 @@ pub mod cross;
 pub mod expectations;
 pub mod file_large_folios;
 pub mod force_write;
+pub mod fork_flags;
 pub mod fsdax_pins;
 pub mod gup_longterm;
 pub mod gup_test;

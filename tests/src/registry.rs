@@ -9,8 +9,8 @@ use cowgup_harness::probe::Capabilities;
 use crate::scenario::{Family, Scenario};
 use crate::{
     beyond_upstream, cow_anon, cow_anon_thp, cow_non_anon, file_large_folios, force_write,
-    fsdax_pins, gup_longterm, gup_test, large_folio_pins, movable_pins, pins_under_reclaim,
-    remote_access,
+    fork_flags, fsdax_pins, gup_longterm, gup_test, large_folio_pins, movable_pins,
+    pins_under_reclaim, remote_access,
 };
 
 /// One family of the catalogue.
@@ -141,6 +141,19 @@ registry! {
                  COW race against MADV_DONTNEED",
         concurrent: false,
         build: force_write::scenarios,
+        finish: None,
+    },
+    FORK_FLAGS => FamilyRow {
+        id: "fork_flags",
+        title: "fork flags and moves: MADV_DONTFORK, MADV_WIPEONFORK, mremap(), UFFDIO_MOVE",
+        covers: "what fork() must not copy (MADV_DONTFORK: the child faults, the pin and the \
+                 hugetlb pool stay; MADV_DOFORK restores COW; MADV_WIPEONFORK: the child reads \
+                 zeroes, EINVAL on memory with a file) and pinned or COW-shared pages that move \
+                 (mremap() move, grow, shrink, half; UFFDIO_MOVE refused with EBUSY), on every \
+                 anonymous and shared backing",
+        // Hugetlb pool counters are read system-wide around fork().
+        concurrent: false,
+        build: fork_flags::scenarios,
         finish: None,
     },
     PINS_UNDER_RECLAIM => FamilyRow {

@@ -10,6 +10,7 @@
 //! (`AnonBacking::all`, sizes as probed), each base page stamped per page.
 
 use cowgup_fixtures::anon::AnonMemory;
+use cowgup_fixtures::damage::{self, Side};
 use cowgup_fixtures::evidence::{self, Sharing, View};
 use cowgup_fixtures::mem::Region;
 use cowgup_fixtures::remote;
@@ -118,7 +119,9 @@ pub fn remote_read_check(
     let offsets = sample_offsets(region, pattern);
     let addrs: Vec<usize> = offsets.iter().map(|&off| region.addr + off).collect();
     let words = remote::read_words(pid, &addrs)?;
-    let found: Vec<(usize, u64)> = offsets.into_iter().zip(words).collect();
+    let mut found: Vec<(usize, u64)> = offsets.into_iter().zip(words).collect();
+    // What the remote read shows is a reference to the child's pages.
+    damage::reference_samples(&mut found, region.addr, region.len, pattern, expected);
     Ok(pattern.check_samples(&found, region.addr, region.len, expected))
 }
 
@@ -143,6 +146,7 @@ fn run(direction: Direction, m: &AnonMemory) -> Step<Observed> {
             Ok(())
         },
         |()| {
+            damage::copy(Side::Reader, region, pattern);
             Ok(ChildView {
                 data: pattern.check(region, child_final),
                 view: View::capture(region, pattern.unit)?,
