@@ -280,21 +280,8 @@ fn candidate_selections() -> Vec<Vec<&'static str>> {
             "file on an ext4 scratch directory",
         ],
     ];
-    for f in [
-        "cow_anon",
-        "cow_anon_thp",
-        "cow_non_anon",
-        "gup_longterm",
-        "gup_test",
-        "beyond_upstream",
-        "remote_access",
-        "large_folio_pins",
-        "force_write",
-        "pins_under_reclaim",
-        "file_large_folios",
-        "movable_pins",
-        "fsdax_pins",
-    ] {
+    // Every family of the registry: a new one is soaked without an edit here.
+    for f in cowgup_tests::Family::all().map(cowgup_tests::Family::id) {
         v.push(vec!["--family", f]);
     }
     v
