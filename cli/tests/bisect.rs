@@ -378,6 +378,18 @@ fn bisect_refuses_what_it_cannot_bisect_in_one_line() {
     assert!(t.join(".git").is_dir() && !t.join(".git/BISECT_START").exists());
 }
 
+/// What a child wrote on `err` until `marker` appeared (it must).
+fn read_until(err: &mut impl std::io::Read, marker: &str) -> String {
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains(marker) {
+        let n = err.read(&mut buf).unwrap();
+        assert!(n > 0, "ended before {marker:?}: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    seen
+}
+
 /// qemu and a static busybox: what a bisection prepares before its first build.
 fn guest_tools() -> Option<PathBuf> {
     let bb = ["/bin/busybox", "/usr/bin/busybox"]
@@ -446,14 +458,8 @@ fn an_interrupted_bisect_puts_the_tree_back_at_once() {
             .spawn()
             .unwrap();
         let mut err = child.stderr.take().unwrap();
-        let mut seen = String::new();
-        let mut buf = [0u8; 4096];
         // Until make runs the bad end's build (it sleeps).
-        while !seen.contains("build bzImage") {
-            let n = std::io::Read::read(&mut err, &mut buf).unwrap();
-            assert!(n > 0, "ended early: {seen}");
-            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
+        let mut seen = read_until(&mut err, "build bzImage");
         let t0 = Instant::now();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
         let status = child.wait().unwrap();
@@ -519,13 +525,7 @@ fn a_matrix_stopped_while_it_builds_stops_its_make_too() {
         .spawn()
         .unwrap();
     let mut err = child.stderr.take().unwrap();
-    let mut seen = String::new();
-    let mut buf = [0u8; 4096];
-    while !seen.contains("build bzImage") {
-        let n = std::io::Read::read(&mut err, &mut buf).unwrap();
-        assert!(n > 0, "ended early: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    let seen = read_until(&mut err, "build bzImage");
     std::thread::sleep(std::time::Duration::from_millis(300));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),

@@ -113,14 +113,7 @@ impl BuildSpec {
 
     /// FNV-1a (64 bit) of the fragments' names and text: part of the cache key.
     pub fn fragment_hash(&self) -> String {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for (name, text) in self.fragments() {
-            for b in name.bytes().chain([0]).chain(text.bytes()).chain([0]) {
-                h ^= b as u64;
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
-        }
-        format!("{h:016x}")
+        fragments_hash(&self.fragments())
     }
 
     pub fn package(&self) -> String {
@@ -136,6 +129,21 @@ pub fn fragments_for(arch: Arch, variants: &[String]) -> Vec<(&'static str, &'st
         .filter(|(n, _)| *n == "cowgup" || *n == arch.name() || variants.iter().any(|v| v == n))
         .copied()
         .collect()
+}
+
+/// FNV-1a (64 bit) of `bytes`.
+pub fn fnv64(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The hash of fragments' names and text, as cache keys and stamps hold it.
+pub fn fragments_hash(fragments: &[(&str, &str)]) -> String {
+    let bytes = fragments
+        .iter()
+        .flat_map(|(name, text)| name.bytes().chain([0]).chain(text.bytes()).chain([0]));
+    format!("{:016x}", fnv64(bytes))
 }
 
 /// The options `fragments` ask for that `config` lacks, each with the

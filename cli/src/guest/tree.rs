@@ -99,6 +99,12 @@ impl Layout {
     }
 }
 
+/// `layout` as this process finds it: `$KBUILD_OUTPUT`, the kernel cache.
+pub fn layout_here(t: &TreeSpec, tree: &Path) -> Layout {
+    let kbuild_output = std::env::var_os("KBUILD_OUTPUT").map(PathBuf::from);
+    layout(t, tree, kbuild_output, &super::spec::cache_dir())
+}
+
 /// A kernel tree: a top `Makefile` and the architecture's `arch/` directory.
 pub fn check_tree(t: &TreeSpec) -> Result<PathBuf, String> {
     let tree =
@@ -147,8 +153,8 @@ pub fn layout(t: &TreeSpec, tree: &Path, kbuild_output: Option<PathBuf>, cache: 
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "root".into());
     let obj = cache.join(format!(
-        "tree-{name}-{}-{}",
-        fnv(tree.display().to_string().as_bytes()),
+        "tree-{name}-{:08x}-{}",
+        build::fnv64(tree.display().to_string().bytes()) >> 32,
         t.arch
     ));
     Layout {
@@ -158,26 +164,13 @@ pub fn layout(t: &TreeSpec, tree: &Path, kbuild_output: Option<PathBuf>, cache: 
     }
 }
 
-fn fnv(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{:08x}", h >> 32)
-}
-
 /// The fragments a tree's config is made from or checked against.
 fn fragments(arch: Arch) -> Vec<(&'static str, &'static str)> {
     build::fragments_for(arch, &[])
 }
 
 fn fragment_hash(arch: Arch) -> String {
-    let mut text = Vec::new();
-    for (n, t) in fragments(arch) {
-        text.extend(n.bytes().chain([0]).chain(t.bytes()).chain([0]));
-    }
-    fnv(&text)
+    build::fragments_hash(&fragments(arch))
 }
 
 /// Our config must be made (again): none yet, or from other fragments.
@@ -287,12 +280,7 @@ pub struct Built {
 /// progress and the time taken on stderr.
 pub fn build(t: &TreeSpec) -> Result<Built, String> {
     let tree = check_tree(t)?;
-    let l = layout(
-        t,
-        &tree,
-        std::env::var_os("KBUILD_OUTPUT").map(PathBuf::from),
-        &super::spec::cache_dir(),
-    );
+    let l = layout_here(t, &tree);
     let label = t.label();
     let config = needs_config(&l, t.arch);
     if let Some(o) = &l.obj {
@@ -309,7 +297,7 @@ pub fn build(t: &TreeSpec) -> Result<Built, String> {
             eprintln!("cowgup: {label}: warning: {w}");
         }
     }
-    let ccache = which("ccache");
+    let ccache = super::tools::tool("ccache").is_some();
     let all = steps(t.arch, &l, build::jobs(), ccache, config);
     let start = Instant::now();
     let text = build::run_steps(&label, &all, l.out(), &l.log())?;
@@ -338,11 +326,6 @@ pub fn build(t: &TreeSpec) -> Result<Built, String> {
         }
     );
     Ok(built)
-}
-
-fn which(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
 #[cfg(test)]

@@ -93,8 +93,7 @@ fn kernel(out: &mut String, spec: &KernelSpec) {
         KernelSpec::Tree(t) => {
             let (l, config) = match tree::check_tree(t) {
                 Ok(root) => {
-                    let kbuild_output = std::env::var_os("KBUILD_OUTPUT").map(PathBuf::from);
-                    let l = tree::layout(t, &root, kbuild_output, &spec::cache_dir());
+                    let l = tree::layout_here(t, &root);
                     let config = tree::needs_config(&l, t.arch);
                     (l, config)
                 }
@@ -114,8 +113,7 @@ fn kernel(out: &mut String, spec: &KernelSpec) {
                 },
                 l.log().display()
             ));
-            let ccache = std::env::var_os("PATH")
-                .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("ccache").is_file()));
+            let ccache = crate::guest::tools::tool("ccache").is_some();
             for st in tree::steps(t.arch, &l, build::jobs(), ccache, config) {
                 out.push_str(&format!("# {}\n{}\n", st.what, shell_words(&st.argv)));
             }
