@@ -248,6 +248,26 @@ pub fn stale(through: Result<(), Mismatch>) -> Option<Observed> {
 
 /// The parent's pages must stay where they were: nothing shared them, or
 /// a pin holds them.
+/// The parent's pages stayed where they were across fork() and, while
+/// pinned, across its own write; then what the pin showed.
+fn parent_kept(
+    before: &View,
+    after_fork: &View,
+    after: &View,
+    pinned: bool,
+    through: Result<(), Mismatch>,
+) -> Step<Observed> {
+    unmoved("the parent's pages across fork()", before, after_fork)?;
+    if pinned {
+        unmoved(
+            "the pinned pages across the parent's write",
+            after_fork,
+            after,
+        )?;
+    }
+    Ok(stale(through).unwrap_or(Observed::Clean))
+}
+
 pub fn unmoved(what: &str, before: &View, after: &View) -> Step<()> {
     let s = evidence::compare(what, "before", before, "after", after);
     cowgup_harness::evidence("sharing", &s);
@@ -345,15 +365,7 @@ fn dont_fork(m: &Memory, pin: Option<PinSource>) -> Step<Observed> {
             ));
         }
     }
-    unmoved("the parent's pages across fork()", &before, &after_fork)?;
-    if held.is_some() {
-        unmoved(
-            "the pinned pages across the parent's write",
-            &after_fork,
-            &after,
-        )?;
-    }
-    Ok(stale(through).unwrap_or(Observed::Clean))
+    parent_kept(&before, &after_fork, &after, held.is_some(), through)
 }
 
 /// MADV_DONTFORK then MADV_DOFORK: fork() as usual. Private memory: the
@@ -550,15 +562,7 @@ fn wipe_on_fork(m: &Memory, private_anon: bool, pin: Option<PinSource>) -> Step<
             "Leak from child into parent: after the child's write the parent's copy holds: {mm}"
         )));
     }
-    unmoved("the parent's pages across fork()", &before, &after_fork)?;
-    if held.is_some() {
-        unmoved(
-            "the pinned pages across the parent's write",
-            &after_fork,
-            &after,
-        )?;
-    }
-    Ok(stale(through).unwrap_or(Observed::Clean))
+    parent_kept(&before, &after_fork, &after, held.is_some(), through)
 }
 
 #[cfg(test)]
