@@ -5,7 +5,7 @@
 
 use std::os::fd::AsRawFd;
 
-use cowgup_fixtures::anon::{self, prove_thp};
+use cowgup_fixtures::anon::{self, fault_in_thp};
 use cowgup_fixtures::mem::{self, Region, RW};
 use cowgup_fixtures::pagemap;
 use cowgup_fixtures::pin::FixedBuffer;
@@ -85,8 +85,7 @@ fn thp_and_base_pages(size: usize, thp_first: bool) -> Step<SpanMemory> {
     let (thp, base) = if thp_first { (lo, hi) } else { (hi, lo) };
     base.no_thp()?;
     thp.madvise(MmapAdvise::MADV_HUGEPAGE, "MADV_HUGEPAGE")?;
-    thp.sub(0, page).touch_write(page);
-    prove_thp(thp, size)?;
+    fault_in_thp(thp, size, || thp.sub(0, page).touch_write(page))?;
     thorough(page).fill(r, Writer::Setup);
     let tail = 4 * page;
     Ok(SpanMemory {
