@@ -247,7 +247,17 @@ pub fn run(b: &GuestBench) -> ExitCode {
     if let Err(e) = spec::check_image("--guest", b.kernel) {
         return crate::fatal(&e);
     }
-    match run_inner(b) {
+    // SIGINT/SIGTERM/SIGHUP stop the guest (a qemu left behind would run
+    // on for the whole time limit) and the work directory goes with us.
+    if let Err(e) = crate::stop::catch() {
+        return crate::fatal(&e);
+    }
+    let result = run_inner(b);
+    if let Some(sig) = crate::stop::requested() {
+        eprintln!("cowgup: bench --guest: stopped by {sig}");
+        return ExitCode::from(130);
+    }
+    match result {
         Ok((text, equal)) => {
             print!("{text}");
             if equal {
@@ -308,6 +318,9 @@ fn run_inner(b: &GuestBench) -> Result<(String, bool), String> {
     let mut ours = vec![];
     for s in b.skip.iter().map(String::as_str).chain(["1048576 kB"]) {
         ours.extend(["--skip".to_string(), s.to_string()]);
+    }
+    if let Some(sig) = crate::stop::requested() {
+        return Err(format!("stopped by {sig} before the boot"));
     }
     let init = init_script(arch.result_port(), &gup, &ours, b.mode);
     let work = tempfile::Builder::new()

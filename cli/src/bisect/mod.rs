@@ -51,17 +51,9 @@ pub struct BisectArgs {
     /// The architecture to build and boot (x86_64, arm64) [default: this host's].
     #[arg(long, value_name = "ARCH")]
     pub arch: Option<String>,
-    /// Trials whose names contain any FILTER (all when none given: slow, name the failing ones).
-    pub filters: Vec<String>,
-    /// Match FILTERs (and --skip) against whole names.
-    #[arg(long)]
-    pub exact: bool,
-    /// Leave out trials whose names contain PATTERN (repeatable).
-    #[arg(long, value_name = "PATTERN")]
-    pub skip: Vec<String>,
-    /// Only trials of this family (repeatable).
-    #[arg(long, value_name = "ID", value_parser = clap::builder::PossibleValuesParser::new(crate::help::family_ids()))]
-    pub family: Vec<String>,
+    /// The trials to bisect (all when no filter is given: slow, name the failing ones).
+    #[command(flatten)]
+    pub select: crate::SelectArgs,
     /// What each boot sets up (as `matrix --topology`: base, zram, ext4, fsdax, movable, joined with +).
     #[arg(long, value_name = "NAME", default_value = "base")]
     pub topology: Topology,
@@ -97,9 +89,14 @@ fn cells_args(
     runs: usize,
     kvm: Kvm,
 ) -> MatrixArgs {
-    let (filters, exact, skip, family) = match only {
-        Some(names) => (names.to_vec(), true, vec![], vec![]),
-        None => (a.filters.clone(), a.exact, a.skip.clone(), a.family.clone()),
+    let select = match only {
+        Some(names) => crate::SelectArgs {
+            filters: names.to_vec(),
+            exact: true,
+            skip: vec![],
+            family: vec![],
+        },
+        None => a.select.clone(),
     };
     // A 1 GiB trial named is run (matrix leaves them out of guests otherwise).
     let with_1g = only.is_some_and(|n| n.iter().any(|n| n.contains("1048576 kB")));
@@ -108,10 +105,7 @@ fn cells_args(
         topology: vec![a.topology.clone(); runs],
         jobs: Some(runs as u64),
         timeout_cell: a.timeout_cell,
-        filters,
-        exact,
-        skip,
-        family,
+        select,
         with_1g,
         simulate_leak: false,
         append: a.append.clone(),

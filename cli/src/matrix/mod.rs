@@ -57,17 +57,9 @@ pub struct MatrixArgs {
     /// Time limit of one cell (boot, suite, report), in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub timeout_cell: u64,
-    /// Run trials whose names contain any FILTER (all when none given).
-    pub filters: Vec<String>,
-    /// Match FILTERs (and --skip) against whole names.
-    #[arg(long)]
-    pub exact: bool,
-    /// Leave out trials whose names contain PATTERN (repeatable).
-    #[arg(long, value_name = "PATTERN")]
-    pub skip: Vec<String>,
-    /// Only trials of this family, in every cell (repeatable; `cowgup --help` lists them).
-    #[arg(long, value_name = "ID", value_parser = clap::builder::PossibleValuesParser::new(crate::help::family_ids()))]
-    pub family: Vec<String>,
+    /// Which trials run in every cell.
+    #[command(flatten)]
+    pub select: crate::SelectArgs,
     /// Run the 1 GiB hugetlb trials in guests too (two pages reserved at boot; slow under TCG).
     #[arg(long)]
     pub with_1g: bool,
@@ -177,15 +169,15 @@ fn suite_args(a: &MatrixArgs, guest: bool) -> Vec<String> {
 /// Which trials a cell runs: FILTERs, `--exact`, `--skip` (and, in guests,
 /// no 1 GiB trials unless `--with-1g`), as `cowgup run` and `list` take them.
 fn selection(a: &MatrixArgs, guest: bool) -> Vec<String> {
-    let mut v: Vec<String> = Vec::new();
-    if a.exact && !a.filters.is_empty() {
+    let (mut v, s) = (Vec::<String>::new(), &a.select);
+    if s.exact && !s.filters.is_empty() {
         v.push("--exact".into());
     }
-    v.extend(a.filters.iter().cloned());
-    for s in &a.skip {
-        v.extend(["--skip".into(), s.clone()]);
+    v.extend(s.filters.iter().cloned());
+    for p in &s.skip {
+        v.extend(["--skip".into(), p.clone()]);
     }
-    for f in &a.family {
+    for f in &s.family {
         v.extend(["--family".into(), f.clone()]);
     }
     if guest && !a.with_1g {
