@@ -93,10 +93,7 @@ impl<W: Write> Reporter for Events<W> {
                     }),
                 )?;
                 if let Some(fd) = self.drain {
-                    // SAFETY: tcdrain only reads the fd, owned by our writer.
-                    if unsafe { libc::tcdrain(fd) } != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
+                    drain(fd)?;
                 }
                 Ok(())
             }
@@ -121,6 +118,24 @@ impl<W: Write> Reporter for Events<W> {
                     "kernel_log_outside_trials": end.kernel_log,
                 }),
             ),
+        }
+    }
+}
+
+/// Wait until the line written so far has left the port. The kernel ends
+/// this wait with EINTR whenever anything is pending for the task, not only
+/// a signal with a handler: io_uring's task work (TIF_NOTIFY_SIGNAL) does
+/// too, and the call is not restarted. Wait again: the line is short, and a
+/// real SIGINT is seen by the run loop right after.
+fn drain(fd: std::os::fd::RawFd) -> io::Result<()> {
+    loop {
+        // SAFETY: tcdrain only reads the fd, owned by our writer.
+        if unsafe { libc::tcdrain(fd) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }
