@@ -146,6 +146,10 @@ struct RunArgs {
     /// that leaks pins would (what `matrix --simulate-leak` runs in guests).
     #[arg(long, hide = true)]
     simulate_leak: bool,
+    /// Test-only: damage one copy per trial as a kernel bug would, SIDE:KIND:PAGE
+    /// (fixtures/src/damage.rs; what `matrix --damage` runs in guests).
+    #[arg(long, hide = true, value_name = "SIDE:KIND:PAGE")]
+    damage: Option<String>,
 }
 
 /// The reports of `cowgup_tap::report` that `run --format` chooses from.
@@ -334,6 +338,13 @@ fn reporters(
 /// (`cowgup_tap::stream`): the human report on the terminal (or in FILE), and
 /// the machine-readable one on stdout or in FILE.
 fn run(args: &RunArgs) -> ExitCode {
+    if let Some(d) = &args.damage {
+        if let Err(e) = cowgup_fixtures::damage::Damage::parse(d) {
+            return fatal(&e);
+        }
+        // Read by the damage hooks in each trial's process; no thread runs yet.
+        std::env::set_var(cowgup_fixtures::damage::VAR, d);
+    }
     let (caps, chosen) = match select(&args.select) {
         Ok(x) => x,
         Err(e) => return fatal(&e),

@@ -8,6 +8,8 @@
 //! named. Skipped (with the reason) without qemu or the image:
 //! `$COWGUP_FAULT_KERNEL`, else `/work/kbuild/bzImage-fault`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -16,25 +18,7 @@ const COWGUP: &str = env!("CARGO_BIN_EXE_cowgup");
 const FILTER: &str = "R/O GUP pin on R/O-mapped shared page";
 
 fn setup() -> Result<PathBuf, String> {
-    let kernel = std::env::var_os("COWGUP_FAULT_KERNEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/work/kbuild/bzImage-fault".into());
-    if !kernel.is_file() {
-        return Err(format!(
-            "no faulting kernel at {} (set COWGUP_FAULT_KERNEL)",
-            kernel.display()
-        ));
-    }
-    for tool in ["qemu-system-x86_64", "mkfs.ext4", "busybox"] {
-        let found = std::env::var("PATH")
-            .unwrap_or_default()
-            .split(':')
-            .any(|d| Path::new(d).join(tool).is_file());
-        if !found {
-            return Err(format!("{tool} not installed"));
-        }
-    }
-    Ok(kernel)
+    common::guest_image("COWGUP_FAULT_KERNEL", "/work/kbuild/bzImage-fault")
 }
 
 fn faulting_cell(kernel: &Path, fault: &str) -> (serde_json::Value, String) {

@@ -6,38 +6,17 @@
 //! image: `$COWGUP_MATRIX_KERNEL`, else the project machine's cached
 //! `/work/shared/kernels/bzImage-6.12.117-guptest`.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::process::Command;
 
 const COWGUP: &str = env!("CARGO_BIN_EXE_cowgup");
 const TRIAL: &str = "Basic COW after fork() ... with base page";
 
-fn on_path(name: &str) -> bool {
-    std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .any(|d| Path::new(d).join(name).is_file())
-}
-
 /// The kernel to boot, or why the test cannot run here.
 fn setup() -> Result<PathBuf, String> {
-    let kernel = std::env::var_os("COWGUP_MATRIX_KERNEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/work/shared/kernels/bzImage-6.12.117-guptest".into());
-    if !kernel.is_file() {
-        return Err(format!(
-            "no kernel image at {} (set COWGUP_MATRIX_KERNEL)",
-            kernel.display()
-        ));
-    }
-    for tool in ["qemu-system-x86_64", "mkfs.ext4", "busybox"] {
-        if !on_path(tool) {
-            return Err(format!(
-                "{tool} not installed (apt-get install qemu-system-x86 e2fsprogs busybox-static)"
-            ));
-        }
-    }
-    Ok(kernel)
+    common::gup_test_image()
 }
 
 #[test]

@@ -107,6 +107,8 @@ fn cells_args(
         timeout_cell: a.timeout_cell,
         select,
         with_1g,
+        thorough: false,
+        damage: None,
         simulate_leak: false,
         append: a.append.clone(),
         guest_bin: a.guest_bin.clone(),

@@ -63,6 +63,13 @@ pub struct MatrixArgs {
     /// Run the 1 GiB hugetlb trials in guests too (two pages reserved at boot; slow under TCG).
     #[arg(long)]
     pub with_1g: bool,
+    /// Stamp and verify every byte of every page in each cell (`cowgup run --thorough`).
+    #[arg(long)]
+    pub thorough: bool,
+    /// Test-only: each cell's suite damages one copy per trial as a kernel bug would
+    /// (`cowgup run --damage`; the verifier's self-test of the guest-only families).
+    #[arg(long, hide = true, value_name = "SIDE:KIND:PAGE")]
+    pub damage: Option<String>,
     /// Test-only: the suite in each guest keeps every io_uring fixed buffer's pins
     /// after its trial, as a kernel that leaks pins would (`cowgup run --simulate-leak`).
     #[arg(long, hide = true)]
@@ -161,6 +168,12 @@ fn suite_args(a: &MatrixArgs, guest: bool) -> Vec<String> {
         if a.simulate_leak {
             v.push("--simulate-leak".into());
         }
+    }
+    if a.thorough {
+        v.push("--thorough".into());
+    }
+    if let Some(d) = &a.damage {
+        v.extend(["--damage".into(), d.clone()]);
     }
     v.extend(selection(a, guest));
     v
