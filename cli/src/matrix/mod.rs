@@ -583,6 +583,18 @@ mod tests {
         assert_eq!(suite_args(&t.m, true), ["--timeout", "600", "--jobs", "2"]);
         assert_eq!(t.m.html, None);
         let t = T::parse_from([
+            "x",
+            "--kernel",
+            "host",
+            "--thorough",
+            "--damage",
+            "reader:flip:last",
+        ]);
+        assert_eq!(
+            suite_args(&t.m, false),
+            ["--thorough", "--damage", "reader:flip:last"]
+        );
+        let t = T::parse_from([
             "x", "--kernel", "host", "--format", "json", "--output", "m.json", "--html", "m.html",
         ]);
         assert_eq!(t.m.output.as_deref(), Some(Path::new("m.json")));
