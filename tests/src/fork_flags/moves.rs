@@ -467,12 +467,7 @@ fn refused_and_written(
             "the refused UFFDIO_MOVE populated the destination: {p:?}"
         ));
     }
-    let stayed = View::capture(region, pattern.unit)?;
-    unmoved(
-        "the pages before vs after the refused UFFDIO_MOVE",
-        &before,
-        &stayed,
-    )?;
+    let stayed = stayed_put(region, pattern.unit, &before)?;
     write_and_check_own(region, pattern, ORIGINAL, Writer::Parent, "the parent")?;
     let after = View::capture(region, pattern.unit)?;
     if held.is_some() {
@@ -515,14 +510,21 @@ pub fn uffd_move_refused(m: &Memory) -> Step<Observed> {
             ))
         }
     }
-    let stayed = View::capture(region, pattern.unit)?;
-    unmoved(
-        "the pages before vs after the refused UFFDIO_MOVE",
-        &before,
-        &stayed,
-    )?;
+    stayed_put(region, pattern.unit, &before)?;
     match pattern.check(region, ORIGINAL) {
         Ok(()) => Ok(Observed::Clean),
         Err(mm) => fail(format!("the refused UFFDIO_MOVE changed the memory: {mm}")),
     }
+}
+
+/// The pages of `region` after a refused UFFDIO_MOVE, proven the ones
+/// `before` had.
+fn stayed_put(region: Region, unit: usize, before: &View) -> Step<View> {
+    let stayed = View::capture(region, unit)?;
+    unmoved(
+        "the pages before vs after the refused UFFDIO_MOVE",
+        before,
+        &stayed,
+    )?;
+    Ok(stayed)
 }
