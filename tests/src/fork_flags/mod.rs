@@ -32,7 +32,7 @@ use cowgup_fixtures::evidence::{self, View};
 use cowgup_fixtures::mem::Region;
 use cowgup_fixtures::pagemap;
 use cowgup_fixtures::pin_source::{Held, PinSource};
-use cowgup_fixtures::proc::{spawn, Pipe};
+use cowgup_fixtures::proc::{collect_holding, spawn, Pipe};
 use cowgup_fixtures::stamp::{identify, Content, Mismatch, Writer};
 use cowgup_fixtures::{fail, Step};
 use cowgup_harness::probe::Capabilities;
@@ -502,9 +502,9 @@ fn wipe_on_fork(m: &Memory, private_anon: bool, pin: Option<PinSource>) -> Step<
     }
     let mut held = take(pin, region)?;
     let before = View::capture(region, pattern.unit)?;
-    let report = Pipe::new()?;
+    let (report, release) = (Pipe::new()?, Pipe::new()?);
     let child = spawn(|| {
-        child_body(&report, || {
+        let code = child_body(&report, || {
             let ptes = pagemap::read(region, pattern.unit).or_else(fail)?;
             damage::copy(Side::Reader, region, pattern);
             let zeroes = pattern.check(region, Writer::Nobody);
@@ -523,13 +523,18 @@ fn wipe_on_fork(m: &Memory, private_anon: bool, pin: Option<PinSource>) -> Step<
                 own,
                 view: View::capture(region, pattern.unit)?,
             })
-        })
+        });
+        // Hold the pages until the parent has its own (collect_holding).
+        let _ = release.wait();
+        code
     })?;
-    let wiped: Wiped = collect(&report, child)?;
-    let kept = pattern.check(region, ORIGINAL);
-    let after_fork = View::capture(region, pattern.unit)?;
-    write_and_check_own(region, pattern, ORIGINAL, Writer::Parent, "the parent")?;
-    let after = View::capture(region, pattern.unit)?;
+    let (wiped, (kept, after_fork, after)): (Wiped, _) =
+        collect_holding(&report, &release, child, || {
+            let kept = pattern.check(region, ORIGINAL);
+            let after_fork = View::capture(region, pattern.unit)?;
+            write_and_check_own(region, pattern, ORIGINAL, Writer::Parent, "the parent")?;
+            Ok((kept, after_fork, View::capture(region, pattern.unit)?))
+        })?;
     let through = through_pin(&mut held, m)?;
     if wiped.populated > 0 {
         return fail(format!(
