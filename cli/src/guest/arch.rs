@@ -184,11 +184,33 @@ impl Arch {
 
     /// [`Arch::of_image`] of a file (its first 4 KiB).
     pub fn of_image_file(p: &std::path::Path) -> Option<Arch> {
-        use std::io::Read;
-        let mut head = vec![0u8; 4096];
-        let n = std::fs::File::open(p).ok()?.read(&mut head).ok()?;
-        head.truncate(n);
-        Arch::of_image(&head)
+        Arch::of_image(&image_head(p)?)
+    }
+}
+
+/// The first 4 KiB of a kernel image.
+fn image_head(p: &std::path::Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut head = vec![0u8; 4096];
+    let n = std::fs::File::open(p).ok()?.read(&mut head).ok()?;
+    head.truncate(n);
+    Some(head)
+}
+
+/// The base page size an arm64 `Image` header states (its flags at 0x18,
+/// bits 1-2: 1 is 4 KiB, 2 is 16 KiB, 3 is 64 KiB; Documentation/arch/arm64/
+/// booting.rst); None for other images or an unstated size.
+pub fn image_page_size(p: &std::path::Path) -> Option<usize> {
+    let head = image_head(p)?;
+    if head.get(0x38..0x3c) != Some(b"ARM\x64") {
+        return None;
+    }
+    let flags = u64::from_le_bytes(head.get(0x18..0x20)?.try_into().ok()?);
+    match (flags >> 1) & 3 {
+        1 => Some(4096),
+        2 => Some(16384),
+        3 => Some(65536),
+        _ => None,
     }
 }
 
