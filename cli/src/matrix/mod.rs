@@ -89,7 +89,7 @@ pub struct MatrixArgs {
     /// Report format.
     #[arg(long, value_enum, default_value_t = Format::Human)]
     pub format: Format,
-    /// Write the JSON report to FILE (the table still goes to the terminal).
+    /// Write the report in --format to FILE (with `--format json` the table still goes to the terminal).
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Also write the report as a self-contained HTML page (a heat map, then each cell's details) to FILE.
