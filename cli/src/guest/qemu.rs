@@ -27,8 +27,6 @@ pub struct Guest {
     pub kvm: bool,
     /// Reserve two 1 GiB hugetlb pages at boot (and give the guest the RAM).
     pub with_1g: bool,
-    /// The base page size the image's header states (arm64), if it does.
-    pub page_size: Option<usize>,
     pub extra_cmdline: Vec<String>,
 }
 
@@ -47,7 +45,6 @@ impl Guest {
             serial_disks: vec![],
             kvm: false,
             with_1g: false,
-            page_size: super::arch::image_page_size(kernel),
             extra_cmdline: vec![],
         }
     }
@@ -71,9 +68,9 @@ pub const GUEST_CPUS: usize = 2;
 /// 64 KiB pages: there a PMD THP and a pageblock are 512 MiB, and after a
 /// few hundred trials few of a 6 GiB guest's 12 pageblocks were free of
 /// unmovable pages, so most 512 MiB THP trials skipped (no THP even after
-/// a full compaction).
+/// a full compaction). The arm64 image's header states its page size.
 fn memory(g: &Guest) -> &'static str {
-    match (g.page_size, g.with_1g) {
+    match (super::arch::image_page_size(&g.kernel), g.with_1g) {
         (Some(65536), _) => "12G",
         (_, true) => "8G",
         _ => "6G",
@@ -230,7 +227,6 @@ pub fn probe_kvm(kernel: &Path, busybox: &Path, dir: &Path, limit: Duration) -> 
         serial_disks: vec![],
         kvm: true,
         with_1g: false,
-        page_size: None,
         extra_cmdline: vec![],
     };
     let ended = run_limited(
@@ -367,7 +363,6 @@ mod tests {
             serial_disks: vec![],
             kvm: false,
             with_1g: false,
-            page_size: None,
             extra_cmdline: vec![],
         }
     }
@@ -439,7 +434,7 @@ mod tests {
             let g = Guest::new(Arch::Arm64, p, "i".into(), Path::new("/w"));
             let a = argv(&g);
             let i = a.iter().position(|x| x == "-m").unwrap();
-            (g.page_size, a[i + 1].clone())
+            (super::super::arch::image_page_size(p), a[i + 1].clone())
         };
         assert_eq!(mem(&image(3 << 1)), (Some(65536), "12G".into()));
         assert_eq!(mem(&image(2 << 1)), (Some(16384), "6G".into()));

@@ -300,7 +300,7 @@ pub(super) fn collapse(m: &AnonMemory, backing: AnonBacking) -> Step<Applied> {
 pub(super) fn compact(_: &AnonMemory, _: AnonBacking) -> Step<Applied> {
     let before = vmstat();
     let started = Instant::now();
-    let r = std::fs::write("/proc/sys/vm/compact_memory", "1");
+    let r = cowgup_fixtures::mem::compact_memory();
     let delta = vmstat_delta(
         &before,
         &[
